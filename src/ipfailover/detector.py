@@ -1,0 +1,100 @@
+"""Per-network failure detector (sans-I/O).
+
+A network is *alive* while the primary has been heard on it within the dead time. "Heard" means a
+verified heartbeat (see :mod:`ipfailover.monitor` for what verifies one); the time recorded is the
+*evidence time* the monitor computes, never later than the arrival time.
+
+The detector also decides Apple's one-network rule: when some networks are alive and another falls
+silent, that network is in *anomaly*; when it is heard again it has *recovered*. Silence on every
+network is the monitor's business (takeover), not an anomaly.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class Change(enum.Enum):
+    ANOMALY = "anomaly"
+    RECOVERED = "recovered"
+
+
+@dataclass
+class NetworkView:
+    """What one network has seen of the primary."""
+
+    name: str
+    last_heard: float | None = None
+    heartbeats: int = 0
+    in_anomaly: bool = False
+
+
+class Detector:
+    """Tracks when each network last heard the primary; all times are caller-supplied floats."""
+
+    def __init__(self, networks: Iterable[str], deadtime: float, now: float) -> None:
+        if deadtime <= 0:
+            raise ValueError("deadtime must be positive")
+        self.deadtime = deadtime
+        self.started = now
+        self.networks: dict[str, NetworkView] = {n: NetworkView(n) for n in networks}
+
+    def heard(self, network: str, evidence: float) -> None:
+        """A verified heartbeat on ``network`` (learned if new) proved life at ``evidence``."""
+        view = self.networks.setdefault(network, NetworkView(network))
+        view.heartbeats += 1
+        if view.last_heard is None or evidence > view.last_heard:
+            view.last_heard = evidence
+
+    def forget(self) -> None:
+        """The primary said it is leaving: nothing heard so far counts any more."""
+        for view in self.networks.values():
+            view.last_heard = None
+            view.in_anomaly = False
+
+    def alive(self, network: str, now: float) -> bool:
+        """Heard on ``network`` within the dead time."""
+        last = self.networks[network].last_heard
+        return last is not None and now < last + self.deadtime
+
+    def any_alive(self, now: float) -> bool:
+        return any(self.alive(n, now) for n in self.networks)
+
+    def in_grace(self, now: float) -> bool:
+        """The first dead time after start-up, when silence is not yet evidence of anything."""
+        return now < self.started + self.deadtime
+
+    def all_silent(self, now: float) -> bool:
+        """Silent on every network for at least the dead time (never during the start-up grace)."""
+        return not self.in_grace(now) and not self.any_alive(now)
+
+    def changes(self, now: float) -> list[tuple[Change, str]]:
+        """Anomaly and recovery transitions since the last call, in network order.
+
+        A network enters anomaly when it is silent (past the grace) while another is alive, and
+        recovers when it is heard again. Nothing is reported while every network is silent.
+        """
+        out: list[tuple[Change, str]] = []
+        others_alive = self.any_alive(now)
+        for name, view in sorted(self.networks.items()):
+            up = self.alive(name, now)
+            if view.in_anomaly and up:
+                view.in_anomaly = False
+                out.append((Change.RECOVERED, name))
+            elif not view.in_anomaly and not up and others_alive and not self.in_grace(now):
+                view.in_anomaly = True
+                out.append((Change.ANOMALY, name))
+        return out
+
+    def next_deadline(self, now: float) -> float | None:
+        """The next instant at which some answer above can change without new input."""
+        times = [
+            v.last_heard + self.deadtime
+            for v in self.networks.values()
+            if v.last_heard is not None and v.last_heard + self.deadtime > now
+        ]
+        if self.in_grace(now):
+            times.append(self.started + self.deadtime)
+        return min(times, default=None)

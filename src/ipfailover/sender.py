@@ -1,0 +1,193 @@
+"""heartbeatd's core (sans-I/O): when to send which heartbeat, and what to do with replies.
+
+Every interval it sends a HEARTBEAT to each target (broadcast or unicast). Each heartbeat echoes
+the latest nonce of every listener (a failoverd that sent us a CHALLENGE), which is what lets the
+listener tell a live heartbeat from a replayed one (see :mod:`ipfailover.monitor`). On RELEASED
+from a listener that held our addresses it asks the shell to re-announce them (Apple's "tickle"),
+and so it does at start-up and on SIGHUP. On a graceful stop it sends LEAVING.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import wire
+
+Addr = wire.Addr
+RandomBytes = Callable[[int], bytes]
+
+MAX_LISTENERS = 16  # (listener, boot) entries echoed; at most MAX_ECHOES fit a heartbeat
+BOOTS_PER_LISTENER = 4
+RELEASED_HORIZON = 30.0  # seconds: a RELEASED must echo a sequence number we sent this recently
+LEAVING_COPIES = 2  # LEAVING is sent twice to each target, back to back, against a single loss
+
+
+@dataclass(frozen=True, kw_only=True)
+class SenderConfig:
+    node: str
+    key: bytes
+    interval: float
+    targets: tuple[Addr, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Announce:
+    """Re-announce (gratuitous ARP / unsolicited NA) our own addresses now."""
+
+    reason: str  # "start", "released" or "sighup"
+    at: float
+    listener: str = ""
+
+
+@dataclass
+class _Listener:
+    seq: int
+    nonce: bytes
+    updated: float
+    expires: float
+
+
+Event = Announce | wire.Dropped
+
+
+class Sender:
+    """The heartbeat sender of one heartbeatd."""
+
+    def __init__(self, cfg: SenderConfig, *, rng: RandomBytes, now: float) -> None:
+        if not cfg.targets:
+            raise ValueError("no heartbeat targets")
+        self.cfg = cfg
+        self.boot_id = rng(wire.BOOT_ID_SIZE)
+        self.seq = 0
+        self.counters: Counter[str] = Counter()
+        self.stopped = False
+        self._next_beat = now
+        self._listeners: OrderedDict[tuple[str, bytes], _Listener] = OrderedDict()
+        self._release_ids: OrderedDict[bytes, None] = OrderedDict()
+        self._out: list[tuple[bytes, Addr]] = []
+        self._events: list[Event] = [Announce(reason="start", at=now)]
+
+    # Inputs ------------------------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        if self.stopped or now < self._next_beat:
+            return
+        self._expire(now)
+        for target in self.cfg.targets:
+            self._out.append((self._beat(wire.MsgType.HEARTBEAT), target))
+        # Keep the cadence; after a stall (suspend, overload) restart it instead of bursting.
+        self._next_beat += self.cfg.interval
+        if self._next_beat <= now:
+            self._next_beat = now + self.cfg.interval
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        try:
+            msg = wire.decode(data, self.cfg.key)
+            self._receive(msg, addr, now)
+        except wire.RemoteProtocolError as err:
+            self.counters[f"rejected.{err.reason.value}"] += 1
+            self._events.append(
+                wire.Dropped(reason=err.reason, detail=err.detail, addr=addr, network="", at=now)
+            )
+
+    def leave(self, now: float) -> None:
+        """Graceful stop: tell every target we are leaving; no heartbeat follows."""
+        if self.stopped:
+            return
+        self._expire(now)
+        for target in self.cfg.targets:
+            for _ in range(LEAVING_COPIES):
+                self._out.append((self._beat(wire.MsgType.LEAVING), target))
+        self.stopped = True
+
+    def tickle(self, now: float, reason: str = "sighup") -> None:
+        self._events.append(Announce(reason=reason, at=now))
+
+    # Outputs -----------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        return None if self.stopped else self._next_beat
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.pop(0) if self._events else None
+
+    @property
+    def listeners(self) -> list[str]:
+        return sorted({name for name, _ in self._listeners})
+
+    # Internals ---------------------------------------------------------------------------------
+
+    def _beat(self, kind: wire.MsgType) -> bytes:
+        self.seq += 1
+        echoes = tuple(entry.nonce for entry in self._listeners.values())[-wire.MAX_ECHOES :]
+        msg = wire.Message(
+            type=kind,
+            sender=self.cfg.node,
+            boot_id=self.boot_id,
+            seq=self.seq,
+            interval=self.cfg.interval,
+            echoes=echoes,
+        )
+        self.counters["sent"] += 1
+        return wire.encode(msg, self.cfg.key)
+
+    def _receive(self, msg: wire.Message, addr: Addr, now: float) -> None:
+        if msg.sender == self.cfg.node:
+            self.counters["own"] += 1
+            return
+        if msg.type is wire.MsgType.CHALLENGE:
+            self._challenged(msg, addr, now)
+        elif msg.type is wire.MsgType.RELEASED:
+            self._released(msg, now)
+        else:
+            raise wire.RemoteProtocolError(wire.Reason.UNEXPECTED, f"{msg.type.name} to heartbeatd")
+
+    def _challenged(self, msg: wire.Message, addr: Addr, now: float) -> None:
+        key = (msg.sender, msg.boot_id)
+        entry = self._listeners.get(key)
+        expires = now + 3 * msg.interval + 1.0
+        if entry is not None:
+            if msg.seq <= entry.seq:
+                raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"challenge seq {msg.seq}")
+            entry.seq, entry.nonce, entry.updated, entry.expires = msg.seq, msg.nonce, now, expires
+            self._listeners.move_to_end(key)
+            self.counters["challenges"] += 1
+            return
+        self._listeners[key] = _Listener(seq=msg.seq, nonce=msg.nonce, updated=now, expires=expires)
+        self._evict(msg.sender)
+        self.counters["challenges"] += 1
+        if not self.stopped:
+            # A new listener (or a restarted one): answer at once so it verifies us without
+            # waiting a whole interval. Only new entries get this, so a flood cannot amplify.
+            self._out.append((self._beat(wire.MsgType.HEARTBEAT), addr))
+
+    def _evict(self, listener: str) -> None:
+        boots = [k for k in self._listeners if k[0] == listener]
+        for key in boots[:-BOOTS_PER_LISTENER]:
+            del self._listeners[key]
+        while len(self._listeners) > MAX_LISTENERS:
+            self._listeners.popitem(last=False)
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, e in self._listeners.items() if e.expires <= now]:
+            del self._listeners[key]
+
+    def _released(self, msg: wire.Message, now: float) -> None:
+        horizon = len(self.cfg.targets) * math.ceil(RELEASED_HORIZON / self.cfg.interval) + 16
+        if msg.echo_boot != self.boot_id or not 0 <= self.seq - msg.echo_seq <= horizon:
+            raise wire.RemoteProtocolError(wire.Reason.STALE, "RELEASED echoes no recent heartbeat")
+        if msg.nonce in self._release_ids:
+            self.counters["released-duplicate"] += 1
+            return
+        self._release_ids[msg.nonce] = None
+        if len(self._release_ids) > 16:
+            self._release_ids.popitem(last=False)
+        self.counters["released"] += 1
+        self._events.append(Announce(reason="released", at=now, listener=msg.sender))

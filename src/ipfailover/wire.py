@@ -1,0 +1,189 @@
+"""The wire format (sans-I/O): encode and decode authenticated datagrams.
+
+Layout (all integers big-endian), documented in ``docs/protocol.md``::
+
+    0   magic      4  b"IPFO"
+    4   version    1  1
+    5   type       1  MsgType
+    6   flags      1  0 (reserved, must be zero)
+    7   name_len   1  1..64
+    8   boot_id    8  random per process start
+    16  seq        8  per-sender counter, +1 for every datagram
+    24  interval   4  sender's interval in microseconds
+    28  name       name_len bytes of UTF-8
+    ..  body       by type (see below)
+    ..  tag        32 HMAC-SHA256 over everything before it
+
+Bodies: HEARTBEAT and LEAVING carry ``count:u8`` then ``count`` echoed nonces of 8 bytes (at most
+16); CHALLENGE carries one 8-byte nonce; RELEASED carries an 8-byte release id, the echoed boot id
+of the primary (8) and the highest primary sequence number seen (u64).
+
+The one public entry point, :func:`decode`, either returns a :class:`Message` or raises
+:class:`RemoteProtocolError` with a ``reason`` used for counting. Any other exception is a bug.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from . import auth
+
+MAGIC = b"IPFO"
+VERSION = 1
+MAX_SIZE = 512
+NONCE_SIZE = 8
+BOOT_ID_SIZE = 8
+MAX_NAME = 64
+MAX_ECHOES = 16
+_HEADER = struct.Struct("!4sBBBB8sQI")
+MIN_SIZE = _HEADER.size + 1 + auth.TAG_SIZE
+
+
+class MsgType(enum.IntEnum):
+    HEARTBEAT = 1
+    LEAVING = 2
+    RELEASED = 3
+    CHALLENGE = 4
+
+
+class Reason(enum.Enum):
+    """Why a datagram was dropped. The values are the stable names used in logs and status."""
+
+    MALFORMED = "malformed"
+    BAD_AUTH = "bad-auth"
+    REPLAY = "replay"  # a sequence number seen before (or far too old) for that sender boot
+    STALE = "stale"  # authentic, but echoes no fresh challenge of ours: an old capture, or a
+    #                  primary that has not yet heard our challenge (normal for its first heartbeat)
+    UNKNOWN_PEER = "unknown-peer"
+    UNEXPECTED = "unexpected"
+
+
+class RemoteProtocolError(Exception):
+    """The peer (or someone on the wire) sent something we must drop."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+Addr = tuple[str, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dropped:
+    """A datagram that was dropped, for the shell to count and log at a rate limit."""
+
+    reason: Reason
+    detail: str
+    addr: Addr
+    network: str
+    at: float
+
+
+class LocalProtocolError(ValueError):
+    """The caller built a message that cannot be encoded."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    type: MsgType
+    sender: str
+    boot_id: bytes
+    seq: int
+    interval: float
+    echoes: tuple[bytes, ...] = ()
+    nonce: bytes = b""
+    echo_boot: bytes = b""
+    echo_seq: int = 0
+
+    def __post_init__(self) -> None:
+        name = self.sender.encode("utf-8")
+        if not 1 <= len(name) <= MAX_NAME:
+            raise LocalProtocolError(f"sender name must be 1..{MAX_NAME} bytes of UTF-8")
+        if len(self.boot_id) != BOOT_ID_SIZE:
+            raise LocalProtocolError(f"boot id must be {BOOT_ID_SIZE} bytes")
+        if not 0 <= self.seq < 2**64:
+            raise LocalProtocolError("seq must fit in 64 bits")
+        if not 0 < self.interval * 1e6 < 2**32:
+            raise LocalProtocolError("interval must be positive and under 4294 s")
+        if len(self.echoes) > MAX_ECHOES or any(len(e) != NONCE_SIZE for e in self.echoes):
+            raise LocalProtocolError(f"at most {MAX_ECHOES} echoes of {NONCE_SIZE} bytes")
+        if self.type in (MsgType.CHALLENGE, MsgType.RELEASED) and len(self.nonce) != NONCE_SIZE:
+            raise LocalProtocolError(f"{self.type.name} needs a {NONCE_SIZE}-byte nonce")
+        if self.type is MsgType.RELEASED and len(self.echo_boot) != BOOT_ID_SIZE:
+            raise LocalProtocolError("RELEASED needs the echoed boot id")
+
+
+def encode(msg: Message, key: bytes) -> bytes:
+    """Serialize and sign ``msg``."""
+    name = msg.sender.encode("utf-8")
+    head = _HEADER.pack(
+        MAGIC, VERSION, msg.type, 0, len(name), msg.boot_id, msg.seq, round(msg.interval * 1e6)
+    )
+    if msg.type in (MsgType.HEARTBEAT, MsgType.LEAVING):
+        body = bytes([len(msg.echoes)]) + b"".join(msg.echoes)
+    elif msg.type is MsgType.CHALLENGE:
+        body = msg.nonce
+    else:
+        body = msg.nonce + msg.echo_boot + struct.pack("!Q", msg.echo_seq)
+    data = head + name + body
+    return data + auth.sign(key, data)
+
+
+def decode(data: bytes, key: bytes) -> Message:
+    """Verify and parse one datagram; raise :class:`RemoteProtocolError` if it must be dropped."""
+    if not MIN_SIZE <= len(data) <= MAX_SIZE:
+        raise RemoteProtocolError(Reason.MALFORMED, f"size {len(data)}")
+    magic, version, mtype, flags, name_len, boot_id, seq, interval_us = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise RemoteProtocolError(Reason.MALFORMED, "bad magic")
+    if version != VERSION:
+        raise RemoteProtocolError(Reason.MALFORMED, f"unsupported version {version}")
+    signed, tag = data[: -auth.TAG_SIZE], data[-auth.TAG_SIZE :]
+    if not auth.verify(key, signed, tag):
+        raise RemoteProtocolError(Reason.BAD_AUTH, "tag does not verify")
+    # Authenticated from here on; a structural error now means a peer bug, still only dropped.
+    try:
+        kind = MsgType(mtype)
+    except ValueError:
+        raise RemoteProtocolError(Reason.MALFORMED, f"unknown type {mtype}") from None
+    if flags != 0 or not 1 <= name_len <= MAX_NAME or interval_us == 0:
+        raise RemoteProtocolError(Reason.MALFORMED, "bad header field")
+    pos = _HEADER.size + name_len
+    try:
+        sender = signed[_HEADER.size : pos].decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(Reason.MALFORMED, "sender is not UTF-8") from None
+    body = signed[pos:]
+    echoes, nonce, echo_boot, echo_seq = _decode_body(kind, body)
+    return Message(
+        type=kind,
+        sender=sender,
+        boot_id=boot_id,
+        seq=seq,
+        interval=interval_us / 1e6,
+        echoes=echoes,
+        nonce=nonce,
+        echo_boot=echo_boot,
+        echo_seq=echo_seq,
+    )
+
+
+def _decode_body(kind: MsgType, body: bytes) -> tuple[tuple[bytes, ...], bytes, bytes, int]:
+    """(echoes, nonce, echo_boot, echo_seq) of a body; raise if its length does not fit its type."""
+    if kind in (MsgType.HEARTBEAT, MsgType.LEAVING):
+        if not body or body[0] > MAX_ECHOES or len(body) != 1 + body[0] * NONCE_SIZE:
+            raise RemoteProtocolError(Reason.MALFORMED, "bad echo list")
+        echoes = tuple(body[1 + i * NONCE_SIZE : 1 + (i + 1) * NONCE_SIZE] for i in range(body[0]))
+        return echoes, b"", b"", 0
+    if kind is MsgType.CHALLENGE:
+        if len(body) != NONCE_SIZE:
+            raise RemoteProtocolError(Reason.MALFORMED, "bad challenge body")
+        return (), body, b"", 0
+    if len(body) != NONCE_SIZE + BOOT_ID_SIZE + 8:
+        raise RemoteProtocolError(Reason.MALFORMED, "bad released body")
+    (echo_seq,) = struct.unpack_from("!Q", body, NONCE_SIZE + BOOT_ID_SIZE)
+    return (), body[:NONCE_SIZE], body[NONCE_SIZE : NONCE_SIZE + BOOT_ID_SIZE], echo_seq

@@ -1,0 +1,342 @@
+"""failoverd's core: scenarios on plain float clocks, then properties over random schedules."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sim import KEY, NETS, PRIMARY, Sim
+
+from ipfailover import wire
+from ipfailover.monitor import (
+    TRANSITIONS,
+    LocalProtocolError,
+    Monitor,
+    MonitorConfig,
+    NetworkEvent,
+    State,
+    Trigger,
+)
+
+
+def events(m: Monitor) -> list[object]:
+    out = []
+    while (ev := m.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+# Scenarios -------------------------------------------------------------------------------------
+
+
+def test_takes_over_deadtime_after_last_heartbeat() -> None:
+    sim = Sim()
+    sim.run_until(10.5)
+    assert sim.monitor and sim.monitor.state is State.STANDBY
+    sim.kill_primary()
+    sim.run_until(30)
+    (t, reason), *_ = sim.rec.acquires
+    assert reason is Trigger.PEER_SILENT
+    assert 13.0 <= t <= 13.01  # last heartbeat left at 10.0; dead time 3 s
+
+
+def test_one_network_silent_is_an_anomaly_not_a_takeover() -> None:
+    sim = Sim()
+    sim.run_until(5)
+    sim.up["pub"] = False
+    sim.run_until(30)
+    assert sim.rec.acquires == []
+    assert sim.monitor is not None
+    sim.up["pub"] = True
+    sim.run_until(40)
+    kinds = [(kind, net) for _, kind, net in sim.rec.network_events if kind != "verified"]
+    assert ("anomaly", "pub") in kinds
+    assert kinds.index(("anomaly", "pub")) < kinds.index(("recovered", "pub"))
+    assert ("anomaly", "priv") not in kinds
+
+
+def test_failback_after_holddown_even_on_private_alone() -> None:
+    """Apple's test: the private cable goes back first; the secondary must let go."""
+    sim = Sim(failback=3.0)
+    sim.run_until(5)
+    sim.up = {"pub": False, "priv": False}
+    sim.run_until(15)
+    assert len(sim.rec.acquires) == 1
+    sim.up["priv"] = True
+    t_back = sim.now
+    sim.run_until(30)
+    assert sim.monitor is not None and sim.monitor.state is State.STANDBY
+    ((t_rel, reason),) = sim.rec.releases
+    assert reason is Trigger.PEER_HEARD
+    assert t_back + 3.0 <= t_rel <= t_back + 3.0 + 2.0  # hold-down + at most a challenge round
+    # The primary was told and re-announced its addresses.
+    assert any(r == "released" and t > t_rel for t, r in sim.rec.announces)
+
+
+def test_primary_dying_during_holddown_is_not_handed_back() -> None:
+    sim = Sim(failback=10.0)
+    sim.run_until(5)
+    sim.kill_primary()
+    sim.run_until(15)
+    sim.revive_primary()
+    sim.run_until(17)
+    assert sim.monitor is not None and sim.monitor.state is State.HOLDDOWN
+    sim.kill_primary()
+    sim.run_until(40)
+    assert sim.rec.releases == [] and sim.monitor.state is State.ACTIVE
+
+
+def test_graceful_leave_takes_over_at_once_and_not_handed_back() -> None:
+    sim = Sim()
+    sim.run_until(5.5)
+    sim.stop_primary()
+    sim.run_until(20)
+    ((t, reason),) = sim.rec.acquires
+    assert reason is Trigger.PEER_LEAVING and t < 5.51
+    assert sim.rec.releases == []  # heartbeats from before the LEAVING do not bring it back
+
+
+def test_started_while_primary_down_takes_over_after_deadtime() -> None:
+    sim = Sim(start_secondary_at=2.0)
+    sim.kill_primary()
+    sim.run_until(20)
+    ((t, _),) = sim.rec.acquires
+    assert t == pytest.approx(5.0)
+
+
+def test_restart_while_holding_adopts_without_release() -> None:
+    sim = Sim(holding=True)
+    sim.kill_primary()
+    sim.run_until(20)
+    assert sim.monitor is not None and sim.monitor.state is State.ACTIVE
+    assert sim.rec.acquires == [] and sim.rec.releases == []
+
+
+def test_replayed_capture_after_restart_does_not_prevent_takeover() -> None:
+    first = Sim(seed=1)
+    first.run_until(20)
+    capture = list(first.captured)
+    sim = Sim(seed=2)  # a fresh failoverd; the same key
+    sim.kill_primary()
+    for i in range(100):  # replay the whole capture, ten times over, throughout
+        for data, net in capture[i % 10 :: 10]:
+            sim.replay(data, net, at=i * 0.1)
+    sim.run_until(30)
+    ((t, reason),) = sim.rec.acquires
+    assert reason is Trigger.PEER_SILENT and t == pytest.approx(3.0)
+    assert sim.monitor is not None
+    assert sim.monitor.counters["rejected.stale"] + sim.monitor.counters["rejected.replay"] > 0
+
+
+def test_replay_of_unseen_capture_delays_at_most_one_period() -> None:
+    """The strongest attacker: held back datagrams the secondary never saw, replayed later."""
+    sim = Sim()
+    sim.run_until(10.0)
+    sim.up = {"pub": False, "priv": False}  # the attacker swallows the next heartbeats...
+    sim.run_until(10.9)
+    held = [d for d in sim.captured[-2:]]
+    sim.kill_primary()  # ...the primary dies at 10.9, having sent at 10.0
+    sim.up = {"pub": True, "priv": True}
+    for i, data in enumerate(held):
+        sim.replay(data, NETS[i], at=12.9)
+    sim.run_until(30)
+    ((t, _),) = sim.rec.acquires
+    assert t <= 10.0 + 1.0 + 3.0 + 0.01
+
+
+def test_forged_and_unknown_are_counted() -> None:
+    cfg = MonitorConfig(
+        node="s",
+        key=KEY,
+        period=1.0,
+        deadtime=3.0,
+        failback_delay=3.0,
+        networks=("pub",),
+        peer_name="primary",
+    )
+    m = Monitor(cfg, rng=random.Random(0).randbytes, now=0.0)
+    hb = wire.Message(
+        type=wire.MsgType.HEARTBEAT, sender="other", boot_id=b"b" * 8, seq=1, interval=1.0
+    )
+    m.receive_datagram(wire.encode(hb, KEY), ("203.0.113.9", 1), "pub", 0.1)
+    m.receive_datagram(wire.encode(hb, b"x" * 32), ("203.0.113.9", 1), "pub", 0.2)
+    m.receive_datagram(b"heartbeat", ("203.0.113.9", 1), "pub", 0.3)
+    own = wire.Message(
+        type=wire.MsgType.HEARTBEAT, sender="s", boot_id=b"b" * 8, seq=1, interval=1.0
+    )
+    m.receive_datagram(wire.encode(own, KEY), ("203.0.113.20", 1), "pub", 0.4)
+    assert m.counters["rejected.unknown-peer"] == 1
+    assert m.counters["rejected.bad-auth"] == 1
+    assert m.counters["rejected.malformed"] == 1
+    assert m.counters["own"] == 1
+    dropped = [e for e in events(m) if isinstance(e, wire.Dropped)]
+    assert [d.reason for d in dropped] == [
+        wire.Reason.UNKNOWN_PEER,
+        wire.Reason.BAD_AUTH,
+        wire.Reason.MALFORMED,
+    ]
+
+
+def test_peer_name_is_pinned_from_peer_ip() -> None:
+    import ipaddress
+
+    sim = Sim()
+    sim.mcfg = MonitorConfig(
+        **{**sim.mcfg.__dict__, "peer_ip": ipaddress.ip_address(PRIMARY["pub"][0])}
+    )
+    sim.run_until(5)
+    assert sim.monitor is not None and sim.monitor.peer_name == "primary"
+
+
+def test_illegal_transition_raises() -> None:
+    cfg = MonitorConfig(
+        node="s", key=KEY, period=1.0, deadtime=3.0, failback_delay=1.0, networks=("pub",)
+    )
+    m = Monitor(cfg, rng=random.Random(0).randbytes, now=0.0)
+    with pytest.raises(LocalProtocolError):
+        m.acquire_done(1.0, ok=True)  # nothing was being acquired
+
+
+def test_transition_table_is_closed() -> None:
+    """Every state but STOPPED can be left, and every target is a state."""
+    sources = {s for s, _ in TRANSITIONS}
+    assert sources == set(State) - {State.STOPPED}
+    assert set(TRANSITIONS.values()) <= set(State)
+
+
+def test_shutdown_waits_for_acquire_then_releases() -> None:
+    cfg = MonitorConfig(
+        node="s", key=KEY, period=1.0, deadtime=3.0, failback_delay=1.0, networks=("pub",)
+    )
+    m = Monitor(cfg, rng=random.Random(0).randbytes, now=0.0)
+    m.handle_timer(3.0)
+    assert m.state is State.ACQUIRING
+    m.shutdown(3.1)
+    assert m.state is State.ACQUIRING
+    m.acquire_done(3.2, ok=True)
+    assert m.state is State.STOPPING
+    m.release_done(3.3, ok=True)
+    assert m.state is State.STOPPED and m.get_timer() is None
+
+
+def test_declined_waits_for_the_peer() -> None:
+    sim = Sim()
+    sim.veto_acquire = True
+    sim.run_until(3)
+    sim.kill_primary()
+    sim.run_until(20)
+    assert sim.monitor is not None and sim.monitor.state is State.DECLINED
+    assert len(sim.rec.acquires) == 1  # asked once, not again every tick
+    sim.revive_primary()
+    sim.run_until(25)
+    assert sim.monitor.state is State.STANDBY
+
+
+# Properties ------------------------------------------------------------------------------------
+
+step = st.tuples(
+    st.floats(0.05, 6.0),  # how long this phase lasts
+    st.booleans(),  # pub up
+    st.booleans(),  # priv up
+    st.sampled_from(["alive", "alive", "alive", "dead", "leave"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    schedule=st.lists(step, min_size=1, max_size=12),
+    interval=st.sampled_from([0.01, 0.05, 0.2, 1.0]),
+    dead_mult=st.sampled_from([2.5, 3.0, 5.0]),
+    failback_mult=st.sampled_from([0.0, 1.0, 3.0, 8.0]),
+    seed=st.integers(0, 2**16),
+    replay=st.booleans(),
+)
+def test_invariants_over_random_schedules(
+    schedule: list[tuple[float, bool, bool, str]],
+    interval: float,
+    dead_mult: float,
+    failback_mult: float,
+    seed: int,
+    replay: bool,
+) -> None:
+    deadtime = interval * dead_mult
+    failback = interval * failback_mult
+    sim = Sim(interval=interval, deadtime=deadtime, failback=failback, seed=seed)
+    rnd = random.Random(seed)
+    dead_since: float | None = None  # ground truth: when the primary last stopped
+    checks: list[tuple[float, float]] = []  # (silence began, must have acquired by)
+    phases: list[tuple[float, float, dict[str, bool]]] = []  # (start, end, net -> up and alive)
+    for duration, pub, priv, life in schedule:
+        duration *= interval * 4
+        sim.up = {"pub": pub, "priv": priv}
+        if life == "alive":
+            sim.revive_primary()
+        elif life == "dead":
+            sim.kill_primary()
+        elif sim.primary_alive:
+            sim.stop_primary()
+        silent = not sim.primary_alive or not (pub or priv)
+        if silent and dead_since is None:
+            dead_since = sim.now
+        elif not silent:
+            dead_since = None
+        end = sim.now + duration
+        phases.append((sim.now, end, {n: sim.up[n] and sim.primary_alive for n in NETS}))
+        if replay and sim.captured:
+            for _ in range(5):
+                data, net = rnd.choice(sim.captured)
+                sim.replay(data, net, at=rnd.uniform(sim.now, end))
+        if dead_since is not None:
+            checks.append((dead_since, end))
+        sim.run_until(end)
+        _check_invariants(sim, deadtime, failback)
+    assert sim.monitor is not None
+    # Safety against ground truth: never acquire for silence while some network has carried a
+    # live primary's heartbeats (both ways) for the dead time plus the few round trips it takes
+    # to learn its address and have a challenge echoed.
+    settle = deadtime + 3 * (interval + sim.latency)
+    for t, reason in sim.rec.acquires:
+        if reason is Trigger.PEER_SILENT:
+            for n in NETS:
+                assert not _covered(phases, n, t - settle, t), (t, n, phases)
+    # Liveness: silence on every network for the dead time (plus one challenge period, the most a
+    # replay can add) means we acquired, unless we already held.
+    slack = interval + sim.latency + sim.transition + 1e-6
+    for began, end in checks:
+        if end - began >= deadtime + slack:
+            held = [t for t, _ in sim.rec.acquires if t <= began + deadtime + slack]
+            assert held or sim.monitor.holding, (began, end, sim.rec.acquires)
+
+
+def _covered(
+    phases: list[tuple[float, float, dict[str, bool]]], net: str, a: float, b: float
+) -> bool:
+    """Whether ``net`` carried a live primary throughout [a, b]."""
+    if a < 0:
+        return False
+    reach = a
+    for start, end, ok in phases:
+        if start <= reach < end and ok[net]:
+            reach = end
+    return reach >= b
+
+
+def _check_invariants(sim: Sim, deadtime: float, failback: float) -> None:
+    rec = sim.rec
+    assert not rec.overlap, "a transition was asked for while another was in progress"
+    delivered = sorted(t for n in NETS for t in rec.delivered[n])
+    for t, reason in rec.releases:
+        if reason is Trigger.PEER_HEARD:
+            # Heard steadily: over the whole hold-down, no gap longer than the dead time between
+            # heartbeats actually delivered.
+            window = [d for d in delivered if t - failback - deadtime < d <= t]
+            points = [t - failback, *[d for d in window if d >= t - failback], t]
+            before = [d for d in window if d < t - failback]
+            assert before or window, "released with no heartbeat heard"
+            last = max(before) if before else window[0]
+            for p in points:
+                heard = [d for d in window if d <= p]
+                last = max(heard) if heard else last
+                assert p - last < deadtime + 1e-9, (t, failback, p, last)

@@ -1,0 +1,211 @@
+"""The wire format: one table of (message, bytes) cases drives encoder and decoder tests."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ipfailover import auth, wire
+from ipfailover.wire import Message, MsgType, Reason, RemoteProtocolError
+
+KEY = bytes(range(32))
+BOOT = bytes.fromhex("0102030405060708")
+
+CASES = [
+    (
+        Message(type=MsgType.HEARTBEAT, sender="a", boot_id=BOOT, seq=1, interval=1.0),
+        "4950464f0101000101020304050607080000000000000001000f42406100",
+    ),
+    (
+        Message(
+            type=MsgType.LEAVING,
+            sender="pri",
+            boot_id=BOOT,
+            seq=7,
+            interval=0.01,
+            echoes=(b"N" * 8, b"M" * 8),
+        ),
+        "4950464f"
+        "01"
+        "02"
+        "00"
+        "03"
+        "0102030405060708"
+        "0000000000000007"
+        "00002710"
+        "707269"
+        "02" + (b"N" * 8 + b"M" * 8).hex(),
+    ),
+    (
+        Message(
+            type=MsgType.CHALLENGE, sender="s", boot_id=BOOT, seq=2, interval=0.5, nonce=b"x" * 8
+        ),
+        "4950464f01040001010203040506070800000000000000020007a12073" + (b"x" * 8).hex(),
+    ),
+    (
+        Message(
+            type=MsgType.RELEASED,
+            sender="s",
+            boot_id=BOOT,
+            seq=3,
+            interval=1.0,
+            nonce=b"r" * 8,
+            echo_boot=b"B" * 8,
+            echo_seq=99,
+        ),
+        "4950464f"
+        "01"
+        "03"
+        "00"
+        "01"
+        "0102030405060708"
+        "0000000000000003"
+        "000f4240"
+        "73" + (b"r" * 8 + b"B" * 8).hex() + "0000000000000063",
+    ),
+]
+
+
+@pytest.mark.parametrize(("msg", "hexbody"), CASES)
+def test_encode_matches_table(msg: Message, hexbody: str) -> None:
+    body = bytes.fromhex(hexbody)
+    assert wire.encode(msg, KEY) == body + auth.sign(KEY, body)
+
+
+@pytest.mark.parametrize(("msg", "hexbody"), CASES)
+def test_decode_matches_table(msg: Message, hexbody: str) -> None:
+    body = bytes.fromhex(hexbody)
+    assert wire.decode(body + auth.sign(KEY, body), KEY) == msg
+
+
+@pytest.mark.parametrize(("msg", "_"), CASES)
+def test_every_truncation_and_extension_is_dropped(msg: Message, _: str) -> None:
+    data = wire.encode(msg, KEY)
+    for cut in range(len(data)):
+        with pytest.raises(RemoteProtocolError):
+            wire.decode(data[:cut], KEY)
+    with pytest.raises(RemoteProtocolError):
+        wire.decode(data + b"\0", KEY)
+
+
+@pytest.mark.parametrize(("msg", "_"), CASES)
+def test_every_bit_flip_is_dropped(msg: Message, _: str) -> None:
+    data = wire.encode(msg, KEY)
+    for i in range(len(data)):
+        for bit in (0x01, 0x80):
+            flipped = bytearray(data)
+            flipped[i] ^= bit
+            with pytest.raises(RemoteProtocolError) as info:
+                wire.decode(bytes(flipped), KEY)
+            assert info.value.reason in (Reason.MALFORMED, Reason.BAD_AUTH)
+
+
+def test_wrong_key_is_bad_auth() -> None:
+    data = wire.encode(CASES[0][0], KEY)
+    with pytest.raises(RemoteProtocolError) as info:
+        wire.decode(data, b"k" * 32)
+    assert info.value.reason is Reason.BAD_AUTH
+
+
+def test_apple_bare_heartbeat_string_is_malformed() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        wire.decode(b"heartbeat", KEY)
+    assert info.value.reason is Reason.MALFORMED
+
+
+def test_oversize_is_malformed() -> None:
+    with pytest.raises(RemoteProtocolError):
+        wire.decode(b"IPFO" + bytes(wire.MAX_SIZE), KEY)
+
+
+def test_signed_garbage_body_is_malformed_not_a_crash() -> None:
+    """Authentic but structurally wrong (a peer bug): dropped as malformed."""
+    head = bytes.fromhex("4950464f01010001") + BOOT + bytes(8) + bytes.fromhex("000f4240")
+    body = head + b"a" + b"\x05"  # claims 5 echoes, carries none
+    with pytest.raises(RemoteProtocolError) as info:
+        wire.decode(body + auth.sign(KEY, body), KEY)
+    assert info.value.reason is Reason.MALFORMED
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sender": ""},
+        {"sender": "x" * 65},
+        {"boot_id": b"short"},
+        {"seq": -1},
+        {"interval": 0.0},
+        {"echoes": (b"x",)},
+        {"echoes": (b"x" * 8,) * 17},
+    ],
+)
+def test_local_misuse_raises_local_error(kwargs: dict[str, object]) -> None:
+    base: dict[str, object] = {
+        "type": MsgType.HEARTBEAT,
+        "sender": "a",
+        "boot_id": BOOT,
+        "seq": 1,
+        "interval": 1.0,
+    }
+    with pytest.raises(wire.LocalProtocolError):
+        Message(**{**base, **kwargs})  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=600))
+def test_fuzz_either_parses_or_remote_error(data: bytes) -> None:
+    """h11's invariant: any bytes either parse or raise RemoteProtocolError, never anything else."""
+    try:
+        wire.decode(data, KEY)
+    except RemoteProtocolError:
+        pass
+
+
+@given(st.binary(min_size=wire.MIN_SIZE - auth.TAG_SIZE, max_size=wire.MAX_SIZE - auth.TAG_SIZE))
+def test_fuzz_signed_garbage_never_crashes(body: bytes) -> None:
+    """Even garbage signed with the right key (a buggy peer) only ever raises RemoteProtocolError."""
+    body = b"IPFO\x01" + body[5:]
+    try:
+        wire.decode(body + auth.sign(KEY, body), KEY)
+    except RemoteProtocolError:
+        pass
+
+
+@given(
+    kind=st.sampled_from(list(MsgType)),
+    sender=st.text(min_size=1, max_size=16),
+    seq=st.integers(0, 2**64 - 1),
+    interval_us=st.integers(1, 2**32 - 1),
+    echoes=st.lists(st.binary(min_size=8, max_size=8), max_size=16),
+    nonce=st.binary(min_size=8, max_size=8),
+)
+def test_roundtrip(
+    kind: MsgType, sender: str, seq: int, interval_us: int, echoes: list[bytes], nonce: bytes
+) -> None:
+    extra: dict[str, object] = {}
+    if kind in (MsgType.HEARTBEAT, MsgType.LEAVING):
+        extra["echoes"] = tuple(echoes)
+    else:
+        extra["nonce"] = nonce
+    if kind is MsgType.RELEASED:
+        extra.update(echo_boot=BOOT, echo_seq=seq)
+    msg = Message(
+        type=kind, sender=sender, boot_id=BOOT, seq=seq, interval=interval_us / 1e6, **extra
+    )  # type: ignore[arg-type]
+    assert wire.decode(wire.encode(msg, KEY), KEY) == msg
+
+
+def test_replay_window() -> None:
+    w = auth.ReplayWindow(size=8)
+    assert w.accept(5) and w.accept(3) and w.accept(10)
+    assert not w.accept(5) and not w.accept(10)
+    assert not w.accept(2)  # 8 behind the highest
+    assert w.accept(4) and not w.accept(4)
+
+
+def test_key_text() -> None:
+    key = bytes(range(32))
+    assert auth.parse_key_text("# comment\n" + auth.format_key(key)) == key
+    for bad in ("", "zz", "00" * 8, "00\n11"):
+        with pytest.raises(auth.KeyError_):
+            auth.parse_key_text(bad)
