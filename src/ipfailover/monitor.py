@@ -194,6 +194,7 @@ class Monitor:
         self._stop_pending = False
         self._warned_boots: set[bytes] = set()
         self._left_boots: set[bytes] = set()
+        self._immediate: dict[Addr, float] = {}  # addr -> when we last challenged it out of turn
 
     # Inputs ------------------------------------------------------------------------------------
 
@@ -279,13 +280,15 @@ class Monitor:
         if not self._peer_matches(msg.sender):
             raise wire.RemoteProtocolError(wire.Reason.UNKNOWN_PEER, f"sender {msg.sender!r}")
         if msg.boot_id in self._left_boots:
-            raise wire.RemoteProtocolError(wire.Reason.REPLAY, "sender boot has said it is leaving")
+            self.counters["after-leaving"] += 1  # the other copies of LEAVING, or stragglers
+            return
         if not self._window(msg.sender, msg.boot_id).accept(msg.seq):
             raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"seq {msg.seq} seen or too old")
         peer = self._peers.setdefault(network, _PeerNet())
         evidence = self._evidence(msg, now)
         if evidence is None:
             self._remember_candidate(peer, addr, now)
+            self._challenge_now(addr, now)
             raise wire.RemoteProtocolError(wire.Reason.STALE, "echoes no fresh challenge of ours")
         peer.verified = addr
         self._pin_peer(msg.sender, addr)
@@ -335,15 +338,22 @@ class Monitor:
         return evidence if evidence + self.cfg.deadtime > now else None
 
     def _remember_candidate(self, peer: _PeerNet, addr: Addr, now: float) -> None:
-        """An authentic but unverified heartbeat: challenge its source so the next one verifies."""
-        if addr in peer.candidates:
-            peer.candidates.move_to_end(addr)
-            return
+        """Remember the source of an authentic but unverified heartbeat, to challenge it."""
         peer.candidates[addr] = None
+        peer.candidates.move_to_end(addr)
         if len(peer.candidates) > MAX_CANDIDATES:
             peer.candidates.popitem(last=False)
-        nonce = self._current_nonce(now)
-        self._out.append((self._encode_challenge(nonce), addr))
+
+    def _challenge_now(self, addr: Addr, now: float) -> None:
+        """The primary at ``addr`` lacks a fresh nonce of ours (it just started, or a link just
+        came back): send one at once rather than at the next round, at most once a period."""
+        last = self._immediate.get(addr)
+        if last is not None and now - last < self.cfg.period:
+            return
+        self._immediate[addr] = now
+        if len(self._immediate) > 4 * MAX_CANDIDATES:
+            self._immediate.pop(next(iter(self._immediate)))
+        self._out.append((self._encode_challenge(self._current_nonce(now)), addr))
 
     def _note_peer_boot(self, msg: wire.Message, now: float) -> None:
         if msg.boot_id != self.peer_boot:
@@ -390,6 +400,7 @@ class Monitor:
             seq=self._next_seq(),
             interval=self.cfg.period,
             nonce=nonce,
+            holding=self.holding,
         )
         return wire.encode(msg, self.cfg.key)
 

@@ -4,7 +4,9 @@ Every interval it sends a HEARTBEAT to each target (broadcast or unicast). Each 
 the latest nonce of every listener (a failoverd that sent us a CHALLENGE), which is what lets the
 listener tell a live heartbeat from a replayed one (see :mod:`ipfailover.monitor`). On RELEASED
 from a listener that held our addresses it asks the shell to re-announce them (Apple's "tickle"),
-and so it does at start-up and on SIGHUP. On a graceful stop it sends LEAVING.
+and so it does on SIGHUP and shortly after start-up -- unless a listener's challenge says it still
+holds them, in which case the RELEASED that follows its hand-back triggers the announcement. On a
+graceful stop it sends LEAVING.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ MAX_LISTENERS = 16  # (listener, boot) entries echoed; at most MAX_ECHOES fit a 
 BOOTS_PER_LISTENER = 4
 RELEASED_HORIZON = 30.0  # seconds: a RELEASED must echo a sequence number we sent this recently
 LEAVING_COPIES = 2  # LEAVING is sent twice to each target, back to back, against a single loss
+STARTUP_ANNOUNCE_DELAY = 0.5  # seconds: time for listeners to answer our first heartbeat
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,15 +45,25 @@ class Announce:
     listener: str = ""
 
 
+@dataclass(frozen=True, kw_only=True)
+class AnnounceDeferred:
+    """The start-up announcement was skipped: ``listener`` still holds our addresses, and we
+    announce when it reports RELEASED (Apple's flaw was to fight it for them)."""
+
+    listener: str
+    at: float
+
+
 @dataclass
 class _Listener:
     seq: int
     nonce: bytes
     updated: float
     expires: float
+    holding: bool
 
 
-Event = Announce | wire.Dropped
+Event = Announce | AnnounceDeferred | wire.Dropped
 
 
 class Sender:
@@ -68,11 +81,19 @@ class Sender:
         self._listeners: OrderedDict[tuple[str, bytes], _Listener] = OrderedDict()
         self._release_ids: OrderedDict[bytes, None] = OrderedDict()
         self._out: list[tuple[bytes, Addr]] = []
-        self._events: list[Event] = [Announce(reason="start", at=now)]
+        self._events: list[Event] = []
+        self._startup_announce: float | None = now + STARTUP_ANNOUNCE_DELAY
 
     # Inputs ------------------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
+        if self._startup_announce is not None and now >= self._startup_announce:
+            self._startup_announce = None
+            holders = [name for (name, _), e in self._listeners.items() if e.holding]
+            if holders:
+                self._events.append(AnnounceDeferred(listener=holders[0], at=now))
+            else:
+                self._events.append(Announce(reason="start", at=now))
         if self.stopped or now < self._next_beat:
             return
         self._expire(now)
@@ -109,7 +130,11 @@ class Sender:
     # Outputs -----------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        return None if self.stopped else self._next_beat
+        if self.stopped:
+            return None
+        if self._startup_announce is not None:
+            return min(self._next_beat, self._startup_announce)
+        return self._next_beat
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
         out, self._out = self._out, []
@@ -154,13 +179,19 @@ class Sender:
         entry = self._listeners.get(key)
         expires = now + 3 * msg.interval + 1.0
         if entry is not None:
+            if msg.seq == entry.seq and msg.nonce == entry.nonce:
+                self.counters["challenge-copies"] += 1  # the same round, via another network
+                return
             if msg.seq <= entry.seq:
                 raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"challenge seq {msg.seq}")
             entry.seq, entry.nonce, entry.updated, entry.expires = msg.seq, msg.nonce, now, expires
+            entry.holding = msg.holding
             self._listeners.move_to_end(key)
             self.counters["challenges"] += 1
             return
-        self._listeners[key] = _Listener(seq=msg.seq, nonce=msg.nonce, updated=now, expires=expires)
+        self._listeners[key] = _Listener(
+            seq=msg.seq, nonce=msg.nonce, updated=now, expires=expires, holding=msg.holding
+        )
         self._evict(msg.sender)
         self.counters["challenges"] += 1
         if not self.stopped:

@@ -5,7 +5,7 @@ Layout (all integers big-endian), documented in ``docs/protocol.md``::
     0   magic      4  b"IPFO"
     4   version    1  1
     5   type       1  MsgType
-    6   flags      1  0 (reserved, must be zero)
+    6   flags      1  CHALLENGE: bit 0 = the sender holds the primary's addresses; else zero
     7   name_len   1  1..64
     8   boot_id    8  random per process start
     16  seq        8  per-sender counter, +1 for every datagram
@@ -46,6 +46,9 @@ class MsgType(enum.IntEnum):
     LEAVING = 2
     RELEASED = 3
     CHALLENGE = 4
+
+
+FLAG_HOLDING = 0x01
 
 
 class Reason(enum.Enum):
@@ -98,6 +101,7 @@ class Message:
     nonce: bytes = b""
     echo_boot: bytes = b""
     echo_seq: int = 0
+    holding: bool = False  # CHALLENGE only: the sender holds the primary's addresses
 
     def __post_init__(self) -> None:
         name = self.sender.encode("utf-8")
@@ -115,13 +119,16 @@ class Message:
             raise LocalProtocolError(f"{self.type.name} needs a {NONCE_SIZE}-byte nonce")
         if self.type is MsgType.RELEASED and len(self.echo_boot) != BOOT_ID_SIZE:
             raise LocalProtocolError("RELEASED needs the echoed boot id")
+        if self.holding and self.type is not MsgType.CHALLENGE:
+            raise LocalProtocolError("only a CHALLENGE carries the holding flag")
 
 
 def encode(msg: Message, key: bytes) -> bytes:
     """Serialize and sign ``msg``."""
     name = msg.sender.encode("utf-8")
+    flags = FLAG_HOLDING if msg.holding else 0
     head = _HEADER.pack(
-        MAGIC, VERSION, msg.type, 0, len(name), msg.boot_id, msg.seq, round(msg.interval * 1e6)
+        MAGIC, VERSION, msg.type, flags, len(name), msg.boot_id, msg.seq, round(msg.interval * 1e6)
     )
     if msg.type in (MsgType.HEARTBEAT, MsgType.LEAVING):
         body = bytes([len(msg.echoes)]) + b"".join(msg.echoes)
@@ -150,7 +157,8 @@ def decode(data: bytes, key: bytes) -> Message:
         kind = MsgType(mtype)
     except ValueError:
         raise RemoteProtocolError(Reason.MALFORMED, f"unknown type {mtype}") from None
-    if flags != 0 or not 1 <= name_len <= MAX_NAME or interval_us == 0:
+    allowed = FLAG_HOLDING if kind is MsgType.CHALLENGE else 0
+    if flags & ~allowed or not 1 <= name_len <= MAX_NAME or interval_us == 0:
         raise RemoteProtocolError(Reason.MALFORMED, "bad header field")
     pos = _HEADER.size + name_len
     try:
@@ -169,6 +177,7 @@ def decode(data: bytes, key: bytes) -> Message:
         nonce=nonce,
         echo_boot=echo_boot,
         echo_seq=echo_seq,
+        holding=bool(flags & FLAG_HOLDING),
     )
 
 

@@ -1,0 +1,273 @@
+"""What both daemons' asyncio shells share: start-up checks, logging, key loading, UDP sockets.
+
+Everything that touches the outside world lives in the shells; the cores (``sender``, ``monitor``)
+never see a socket or a clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+
+from . import auth, config, wire
+
+EXIT_CONFIG = 2
+
+
+class StartupError(Exception):
+    """A problem found before touching the network; printed as is, then exit status 2."""
+
+
+# Logging ---------------------------------------------------------------------------------------
+
+
+def _quote(value: object) -> str:
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    if not text or any(c in text for c in ' "=\\'):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def format_event(event: str, **fields: object) -> str:
+    """One log line of stable ``key=value`` fields, ``event`` first (journald/syslog friendly)."""
+    parts = [f"event={event}"]
+    parts += [f"{k.replace('_', '-')}={_quote(v)}" for k, v in fields.items() if v is not None]
+    return " ".join(parts)
+
+
+class EventLog:
+    """Logs events as ``key=value`` lines; repeated drops are rate-limited per reason."""
+
+    def __init__(self, logger: logging.Logger, *, burst: int = 5, window: float = 10.0) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.window = window
+        self._drops: dict[str, tuple[float, int, int]] = {}  # reason -> (window start, n, hidden)
+
+    def __call__(self, event: str, level: int = logging.INFO, **fields: object) -> None:
+        self.logger.log(level, format_event(event, **fields))
+
+    def dropped(self, d: wire.Dropped, now: float) -> None:
+        start, shown, hidden = self._drops.get(d.reason.value, (now, 0, 0))
+        if now - start >= self.window:
+            if hidden:
+                self("drops-suppressed", logging.WARNING, reason=d.reason.value, count=hidden)
+            start, shown, hidden = now, 0, 0
+        if shown < self.burst:
+            level = logging.INFO if d.reason is wire.Reason.STALE else logging.WARNING
+            self(
+                "dropped",
+                level,
+                reason=d.reason.value,
+                detail=d.detail,
+                source=f"{d.addr[0]}:{d.addr[1]}",
+                network=d.network or None,
+            )
+            shown += 1
+        else:
+            hidden += 1
+        self._drops[d.reason.value] = (start, shown, hidden)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    logging.Formatter.converter = time.gmtime
+
+
+# Start-up --------------------------------------------------------------------------------------
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument(
+        "--config",
+        default="/etc/hostconfig",
+        metavar="PATH",
+        help="hostconfig-style file with FAILOVER_* variables (default: %(default)s)",
+    )
+    p.add_argument("--verbose", action="store_true", help="log every heartbeat decision")
+    return p
+
+
+def load_role_config(path: str, role: config.Role) -> config.Config:
+    """Parse and check the config for ``role``; raise StartupError listing every problem."""
+    try:
+        cfg = config.load_config(path)
+    except config.ConfigErrors as errs:
+        raise StartupError(str(errs)) from None
+    problems = config.role_problems(cfg, role)
+    if problems:
+        raise StartupError("\n".join(str(p) for p in problems))
+    return cfg
+
+
+def load_key(cfg: config.Config) -> bytes:
+    """Read FAILOVER_KEY_FILE; it must be a regular file that others cannot read or write."""
+    path = cfg.key_file
+    where = f"{cfg.path}:{cfg.line_of('FAILOVER_KEY_FILE') or 0}: FAILOVER_KEY_FILE"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        hint = (
+            " (create one with: ipfailover keygen PATH)" if isinstance(e, FileNotFoundError) else ""
+        )
+        raise StartupError(f"{where}: cannot open key file {path}: {e.strerror}{hint}") from None
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise StartupError(f"{where}: key file {path} is not a regular file")
+        if st.st_mode & 0o007:
+            raise StartupError(
+                f"{where}: key file {path} is accessible by others (mode {st.st_mode & 0o777:04o});"
+                f" run: chmod 600 {path}"
+            )
+        try:
+            return auth.parse_key_text(f.read())
+        except (auth.KeyError_, UnicodeDecodeError) as e:
+            raise StartupError(f"{where}: key file {path}: {e}") from None
+
+
+def node_name(cfg: config.Config) -> str:
+    return cfg.node_name or socket.gethostname()[:64] or "localhost"
+
+
+def run(main: Coroutine[object, object, int]) -> int:
+    """Run a daemon's main coroutine; a StartupError means exit 2, before touching the network."""
+    try:
+        return asyncio.run(main)
+    except StartupError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_CONFIG
+
+
+class Timer:
+    """One re-armable absolute deadline on the event loop (the cores hand out deadlines)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self.loop = loop
+        self.callback = callback
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self, deadline: float | None) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if deadline is not None:
+            self._handle = self.loop.call_at(deadline, self.callback)
+
+
+# UDP -------------------------------------------------------------------------------------------
+
+_IN_PKTINFO = struct.Struct("@i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
+_IN6_PKTINFO = struct.Struct("@16sI")  # struct in6_pktinfo: addr, ifindex
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+
+
+@dataclass
+class Datagram:
+    data: bytes
+    addr: wire.Addr
+    ifname: str
+
+
+class UdpEndpoint:
+    """An IPv4 and an IPv6 UDP socket on one port, reporting the interface each datagram came in on.
+
+    The receiving interface is what names a network: it comes from the kernel (IP_PKTINFO /
+    IPV6_PKTINFO), never from the payload.
+    """
+
+    def __init__(self, port: int, *, broadcast: bool = False, families: Iterable[int] = ()) -> None:
+        self.socks: dict[int, socket.socket] = {}
+        for family in families or (socket.AF_INET, socket.AF_INET6):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+                if broadcast:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                sock.bind(("0.0.0.0", port))
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+                sock.bind(("::", port))
+            self.socks[family] = sock
+        self._names: dict[int, str] = {}
+        self.send_errors = 0
+
+    def start(
+        self, loop: asyncio.AbstractEventLoop, on_datagram: Callable[[Datagram], None]
+    ) -> None:
+        for sock in self.socks.values():
+            loop.add_reader(sock.fileno(), self._drain, sock, on_datagram)
+
+    def close(self) -> None:
+        for sock in self.socks.values():
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+
+    def _ifname(self, index: int) -> str:
+        if index not in self._names:
+            try:
+                self._names[index] = socket.if_indextoname(index)
+            except OSError:
+                return f"if{index}"
+        return self._names[index]
+
+    def _drain(self, sock: socket.socket, on_datagram: Callable[[Datagram], None]) -> None:
+        for _ in range(64):  # bounded per wake-up so timers are never starved
+            try:
+                data, anc, _flags, addr = sock.recvmsg(wire.MAX_SIZE + 1, 256)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # e.g. ICMP port unreachable reported on the socket; nothing to read
+            index = 0
+            for level, kind, payload in anc:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                    index = _IN_PKTINFO.unpack_from(payload)[0]
+                elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
+                    index = _IN6_PKTINFO.unpack_from(payload)[1]
+            on_datagram(Datagram(data, (addr[0], addr[1]), self._ifname(index)))
+
+    def sendto(self, data: bytes, addr: wire.Addr) -> bool:
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        sock = self.socks.get(family)
+        if sock is None:
+            self.send_errors += 1
+            return False
+        try:
+            sock.sendto(data, addr)
+            return True
+        except OSError:
+            self.send_errors += 1  # link down, no route: the peer will notice the silence
+            return False
+
+
+def install_signals(
+    loop: asyncio.AbstractEventLoop, handlers: dict[int, Callable[[], None]]
+) -> None:
+    for sig, handler in handlers.items():
+        loop.add_signal_handler(sig, handler)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

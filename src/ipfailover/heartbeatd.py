@@ -1,0 +1,140 @@
+"""heartbeatd: the primary's daemon. Sends authenticated heartbeats to FAILOVER_BCAST_IPS.
+
+The asyncio shell around :class:`ipfailover.sender.Sender`: it feeds the core the loop's clock and
+the datagrams that arrive, sends what the core says, and re-announces this node's addresses when
+the core asks (at start-up, on SIGHUP, and when a secondary reports it has released them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+
+from . import config, daemon, netif
+from .sender import Announce, AnnounceDeferred, Sender, SenderConfig
+from .wire import Dropped
+
+log = logging.getLogger("ipfailover.heartbeatd")
+
+
+async def announced_addresses(cfg: config.Config) -> list[netif.Assignment]:
+    """This node's own addresses to re-announce: every address on an interface whose subnet
+    contains one of the heartbeat targets (the public and private networks of Apple's setup)."""
+    out: list[netif.Assignment] = []
+    for _, ifname in socket.if_nameindex():
+        for a in await netif.interface_addresses(ifname):
+            net = ipaddress.ip_network(f"{a.address}/{a.prefixlen}", strict=False)
+            if any(t in net for t in cfg.bcast_ips):
+                out.append(a)
+    return out
+
+
+class Heartbeatd:
+    def __init__(self, cfg: config.Config, key: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        self.cfg = cfg
+        self.loop = loop
+        self.events = daemon.EventLog(log)
+        families = {socket.AF_INET6 if ip.version == 6 else socket.AF_INET for ip in cfg.bcast_ips}
+        self.udp = daemon.UdpEndpoint(0, broadcast=True, families=sorted(families))
+        self.core = Sender(
+            SenderConfig(
+                node=daemon.node_name(cfg),
+                key=key,
+                interval=cfg.interval,
+                targets=tuple((str(ip), cfg.port) for ip in cfg.bcast_ips),
+            ),
+            rng=os.urandom,
+            now=loop.time(),
+        )
+        self.timer = daemon.Timer(loop, self._on_timer)
+        self.stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self.udp.start(self.loop, self._on_datagram)
+        daemon.install_signals(
+            self.loop,
+            {
+                signal.SIGTERM: self._on_stop,
+                signal.SIGINT: self._on_stop,
+                signal.SIGHUP: self._on_hup,
+            },
+        )
+        self.events(
+            "start",
+            role="heartbeatd",
+            node=self.core.cfg.node,
+            targets=" ".join(f"{h}:{p}" for h, p in self.core.cfg.targets),
+            interval=self.cfg.interval,
+        )
+        self._flush()
+
+    def _on_timer(self) -> None:
+        self.core.handle_timer(self.loop.time())
+        self._flush()
+
+    def _on_datagram(self, dg: daemon.Datagram) -> None:
+        self.core.receive_datagram(dg.data, dg.addr, self.loop.time())
+        self._flush()
+
+    def _on_hup(self) -> None:
+        self.core.tickle(self.loop.time(), "sighup")
+        self._flush()
+
+    def _on_stop(self) -> None:
+        self.core.leave(self.loop.time())
+        self.events("leaving", node=self.core.cfg.node)
+        self._flush()
+        self.stopped.set()
+
+    def _flush(self) -> None:
+        for data, addr in self.core.datagrams_to_send():
+            self.udp.sendto(data, addr)
+        while (ev := self.core.next_event()) is not None:
+            if isinstance(ev, Announce):
+                task = self.loop.create_task(self._announce(ev))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            elif isinstance(ev, AnnounceDeferred):
+                self.events("announce-deferred", reason="start", holder=ev.listener)
+            elif isinstance(ev, Dropped):
+                self.events.dropped(ev, self.loop.time())
+        self.timer.arm(self.core.get_timer())
+
+    async def _announce(self, ev: Announce) -> None:
+        addrs = await announced_addresses(self.cfg)
+        self.events(
+            "announce",
+            reason=ev.reason,
+            listener=ev.listener or None,
+            addresses=" ".join(str(a) for a in addrs),
+        )
+        await asyncio.gather(
+            *(netif.announce(a, self.cfg.garp_count, self.cfg.garp_interval) for a in addrs)
+        )
+
+
+async def amain(argv: list[str] | None) -> int:
+    args = daemon.base_parser("heartbeatd", __doc__.splitlines()[0]).parse_args(argv)
+    daemon.setup_logging(args.verbose)
+    cfg = daemon.load_role_config(args.config, "heartbeatd")
+    key = daemon.load_key(cfg)
+    hb = Heartbeatd(cfg, key, asyncio.get_running_loop())
+    hb.start()
+    await hb.stopped.wait()
+    await asyncio.sleep(0)  # let the LEAVING datagrams go out
+    hb.udp.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return daemon.run(amain(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
