@@ -12,8 +12,11 @@ network is the monitor's business (takeover), not an anomaly.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+LOSS_WINDOW = 60.0  # seconds over which per-network loss is reported
 
 
 class Change(enum.Enum):
@@ -29,6 +32,7 @@ class NetworkView:
     last_heard: float | None = None
     heartbeats: int = 0
     in_anomaly: bool = False
+    arrivals: deque[float] = field(default_factory=deque)  # arrival times in the loss window
 
 
 class Detector:
@@ -41,12 +45,26 @@ class Detector:
         self.started = now
         self.networks: dict[str, NetworkView] = {n: NetworkView(n) for n in networks}
 
-    def heard(self, network: str, evidence: float) -> None:
+    def heard(self, network: str, evidence: float, now: float) -> None:
         """A verified heartbeat on ``network`` (learned if new) proved life at ``evidence``."""
         view = self.networks.setdefault(network, NetworkView(network))
         view.heartbeats += 1
+        view.arrivals.append(now)
+        while view.arrivals and view.arrivals[0] <= now - LOSS_WINDOW:
+            view.arrivals.popleft()
         if view.last_heard is None or evidence > view.last_heard:
             view.last_heard = evidence
+
+    def loss(self, network: str, interval: float, now: float) -> float | None:
+        """The fraction of the peer's heartbeats (sent every ``interval``) that did not arrive on
+        ``network`` over the last minute, or since start-up if that is shorter; None before a
+        whole interval has passed."""
+        span = min(LOSS_WINDOW, now - self.started)
+        if span < interval:
+            return None
+        arrivals = self.networks[network].arrivals
+        received = sum(1 for t in arrivals if t > now - span)
+        return max(0.0, 1.0 - received / (span / interval))
 
     def forget(self) -> None:
         """The primary said it is leaving: nothing heard so far counts any more."""

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import auth, wire
-from .detector import Detector
+from .detector import Detector, NetworkView
 
 Addr = wire.Addr
 RandomBytes = Callable[[int], bytes]
@@ -180,6 +180,7 @@ class Monitor:
         self.counters: Counter[str] = Counter()
         self.peer_name = cfg.peer_name
         self.peer_boot: bytes | None = None
+        self.peer_interval: float | None = None
         self.peer_seq = 0
         self._now = now
         self._events: list[Event] = []
@@ -240,6 +241,24 @@ class Monitor:
         elif self.state is not State.STOPPED:
             self._fire(Trigger.SHUTDOWN, now)
 
+    def reconfigure(self, cfg: MonitorConfig, now: float) -> None:
+        """Apply a reloaded configuration without leaving the current state.
+
+        What was heard stays heard; the new dead time and hold-down apply from now on. A changed
+        key takes effect for the next datagram; nonces already issued stay valid.
+        """
+        self._now = max(self._now, now)
+        self.cfg = cfg
+        self.detector.deadtime = cfg.deadtime
+        for name in cfg.networks:
+            self.detector.networks.setdefault(name, NetworkView(name))
+        if cfg.peer_name is not None:
+            self.peer_name = cfg.peer_name
+        if self.state is State.HOLDDOWN and self._holddown_until is not None:
+            self._holddown_until = self.since + cfg.failback_delay
+        self._next_challenge = min(self._next_challenge, now + cfg.period)
+        self._evaluate(now)
+
     # Outputs -----------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
@@ -294,7 +313,8 @@ class Monitor:
         self._pin_peer(msg.sender, addr)
         self._note_peer_boot(msg, now)
         was_alive = network in self.detector.networks and self.detector.alive(network, now)
-        self.detector.heard(network, evidence)
+        self.detector.heard(network, evidence, now)
+        self.peer_interval = msg.interval
         self.counters[f"heartbeats.{network}"] += 1
         if not was_alive and self.detector.alive(network, now):
             self._events.append(NetworkEvent(kind="verified", network=network, at=now))

@@ -124,6 +124,14 @@ class Sender:
                 self._out.append((self._beat(wire.MsgType.LEAVING), target))
         self.stopped = True
 
+    def reconfigure(self, cfg: SenderConfig, now: float) -> None:
+        """Apply a reloaded configuration: new targets, interval or key from the next beat on.
+        The boot id, sequence numbers and listeners' nonces carry over, so nothing restarts."""
+        if not cfg.targets:
+            raise ValueError("no heartbeat targets")
+        self.cfg = cfg
+        self._next_beat = min(self._next_beat, now + cfg.interval)
+
     def tickle(self, now: float, reason: str = "sighup") -> None:
         self._events.append(Announce(reason=reason, at=now))
 

@@ -340,3 +340,27 @@ def _check_invariants(sim: Sim, deadtime: float, failback: float) -> None:
                 heard = [d for d in window if d <= p]
                 last = max(heard) if heard else last
                 assert p - last < deadtime + 1e-9, (t, failback, p, last)
+
+
+def test_reconfigure_keeps_holding_and_applies_new_deadtime() -> None:
+    sim = Sim()
+    sim.run_until(5)
+    sim.kill_primary()
+    sim.run_until(10)
+    assert sim.monitor is not None and sim.monitor.state is State.ACTIVE
+    events_before = len(sim.rec.acquires) + len(sim.rec.releases)
+    sim.monitor.reconfigure(MonitorConfig(**{**sim.mcfg.__dict__, "deadtime": 1.0}), sim.now)
+    assert sim.monitor.state is State.ACTIVE and sim.monitor.detector.deadtime == 1.0
+    sim.run_until(15)
+    assert len(sim.rec.acquires) + len(sim.rec.releases) == events_before
+
+
+def test_loss_over_the_last_minute() -> None:
+    sim = Sim(interval=0.5, deadtime=5.0)
+    sim.run_until(30)
+    assert sim.monitor is not None
+    assert sim.monitor.detector.loss("pub", 0.5, sim.now) == pytest.approx(0.0, abs=0.05)
+    sim.up["pub"] = False
+    sim.run_until(45)
+    loss = sim.monitor.detector.loss("pub", 0.5, sim.now)
+    assert loss == pytest.approx(15 / 45, abs=0.05)

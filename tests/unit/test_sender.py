@@ -173,3 +173,16 @@ def test_garbage_is_counted_never_raised() -> None:
     for data in (b"", b"heartbeat", bytes(100), challenge(1, b"n" * 8)[:-1] + b"\0"):
         s.receive_datagram(data, LISTENER, 0.1)
     assert s.counters["rejected.malformed"] + s.counters["rejected.bad-auth"] == 4
+
+
+def test_reconfigure_keeps_boot_and_sequence() -> None:
+    s = make(1.0)
+    s.handle_timer(0.0)
+    boot, seq = s.boot_id, s.seq
+    s.reconfigure(SenderConfig(node="primary", key=KEY, interval=0.1, targets=TARGETS[:1]), 0.2)
+    deadline = s.get_timer()
+    assert deadline == pytest.approx(0.3)
+    s.handle_timer(deadline)
+    out = sent(s)
+    assert s.boot_id == boot and out[-1][0].seq == seq + 1 and out[-1][1] == TARGETS[0]
+    assert out[-1][0].interval == 0.1
