@@ -124,11 +124,12 @@ def daemon_command(name: str) -> list[str]:
 
 
 def write_key(path: Path) -> Path:
-    """Write a fresh shared key the way ``ipfailover keygen`` does: 64 hex chars, mode 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(32) + "\n")
-    os.chmod(path, 0o600)
+    """Write a fresh shared key with the product's own ``ipfailover keygen PATH``.
+
+    That writes 64 hex digits and a newline, mode 0600; using the real command
+    keeps the lab honest about the key format the daemons accept.
+    """
+    sh([*daemon_command("ipfailover"), "keygen", "--force", str(path)])
     return path
 
 
@@ -208,6 +209,7 @@ class LabProcess(subprocess.Popen[bytes]):
         self.lines: list[LogLine] = []
         self._cond = threading.Condition()
         self._eof = False
+        self.closed_at: float | None = None
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         super().__init__(
             list(argv),
@@ -234,6 +236,7 @@ class LabProcess(subprocess.Popen[bytes]):
                     self._cond.notify_all()
         with self._cond:
             self._eof = True
+            self.closed_at = time.monotonic()  # about when it exited (or closed its output)
             self._cond.notify_all()
 
     @property
@@ -672,15 +675,16 @@ class Lab:
             raise LabError("spawn needs a built lab that is not torn down")
         log_path = self.tmpdir / "logs" / f"{NODE_NAMES[node]}-{log_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        proc = LabProcess(
-            ["ip", "netns", "exec", self.ns(node), *argv],
-            node=node,
-            name=log_name,
-            log_path=log_path,
-            capture_stdout=capture_stdout,
-            stdin_pipe=stdin_pipe,
-        )
-        self.processes.append(proc)
+        with _signals_deferred():  # a Ctrl-C here must not leave an untracked process
+            proc = LabProcess(
+                ["ip", "netns", "exec", self.ns(node), *argv],
+                node=node,
+                name=log_name,
+                log_path=log_path,
+                capture_stdout=capture_stdout,
+                stdin_pipe=stdin_pipe,
+            )
+            self.processes.append(proc)
         return proc
 
     def start_daemon(
@@ -916,8 +920,7 @@ class Scenario:
         self.heartbeatd.send_signal(signal.SIGTERM)
         result = self.measure_takeover("graceful-stop", start)
         try:
-            code = self.heartbeatd.wait(5.0)
-            self.lab.mark(f"primary/heartbeatd exited with {code}")
+            self.heartbeatd.wait(5.0)
         except subprocess.TimeoutExpired:
             self.heartbeatd.stop(0.0)
             self.lab.mark("primary/heartbeatd ignored SIGTERM for 5s; killed")
@@ -926,10 +929,10 @@ class Scenario:
 
     def restart(self) -> PhaseResult:
         """Start heartbeatd again and wait for the failback."""
+        start = time.monotonic()
         self.heartbeatd = self.lab.start_daemon(
             Node.PRIMARY, "heartbeatd", self.primary_config, log_name="heartbeatd-2"
         )
-        start = self.lab.marks[-1][0]
         result = self.measure_failback("restart-failback", start)
         self._await_release(start)
         return result
@@ -957,12 +960,20 @@ class Scenario:
         for proc in self.lab.processes:
             if proc.name == "client" or proc.name == "responder":
                 continue
-            entries += [(ln.t - origin, proc.label, ln.text) for ln in proc.events()]
+            entries += [(ln.t - origin, proc.label, _from_event(ln.text)) for ln in proc.events()]
+            if proc.closed_at is not None:
+                entries.append((proc.closed_at - origin, proc.label, f"exited ({proc.poll()})"))
         if self.client is not None:
             entries += [
                 (t - origin, "client", text) for t, text in answer_changes(self.client.between(0))
             ]
         return sorted(entries, key=lambda e: e[0])
+
+
+def _from_event(text: str) -> str:
+    """A log line from its ``event=`` field on (dropping the logger's own time and level)."""
+    start = text.find("event=")
+    return text[start:] if start >= 0 else text
 
 
 def answer_changes(probes: Sequence[Probe]) -> list[tuple[float, str]]:
@@ -992,6 +1003,7 @@ def run_once(args: argparse.Namespace, index: int) -> RunResult:
         except LabError as error:
             result.error = str(error)
         finally:
+            lab.mark("measurements over; stopping all processes")
             lab.stop_processes()
             result.timeline = scenario.timeline(origin)
             if args.keep_logs:
@@ -1028,11 +1040,21 @@ def _fmt(value: float | None, unit: str = "s") -> str:
     return "-" if value is None else f"{value:.3f}{unit}"
 
 
+MAX_CLIENT_LINES = 80
+"""Human timelines show at most this many answer changes (a flapping run has thousands)."""
+
+
 def print_run(result: RunResult, out: IO[str]) -> None:
     """Human report of one run: timeline and a phase table."""
     print(f"== run {result.index}: timeline (seconds since the lab was built)", file=out)
+    client_lines = 0
     for t, source, text in result.timeline:
-        print(f"  {t:+9.3f}  {source:<22} {text}", file=out)
+        client_lines += source == "client"
+        if source != "client" or client_lines <= MAX_CLIENT_LINES:
+            print(f"  {t:+9.3f}  {source:<22} {text}", file=out)
+    if client_lines > MAX_CLIENT_LINES:
+        hidden = client_lines - MAX_CLIENT_LINES
+        print(f"  ({hidden} more changes of who answers not shown; see --json)", file=out)
     print(f"{'phase':<18}{'time':>10}{'lost':>8}  status", file=out)
     for name in PHASES:
         phase = result.phases.get(name)
@@ -1044,6 +1066,19 @@ def print_run(result: RunResult, out: IO[str]) -> None:
         print(f"{name:<18}{_fmt(phase.seconds):>10}{lost:>8}  {status}", file=out)
     if result.error:
         print(f"run {result.index} failed: {result.error}", file=out)
+
+
+def print_header(args: argparse.Namespace, out: IO[str]) -> None:
+    """What is measured, with which settings, and how long each wait may take."""
+    bounds = Bounds.from_args(args)
+    deadtime = "default" if args.deadtime is None else f"{args.deadtime}s"
+    failback = "default" if args.failback_delay is None else f"{args.failback_delay}s"
+    print(
+        f"ipfailover lab: probing {service_address(args.ipv6)}; interval={args.interval}s "
+        f"deadtime={deadtime} failback-delay={failback}; waits bounded at "
+        f"{bounds.failover:.0f}s (takeover) and {bounds.failback:.0f}s (failback)",
+        file=out,
+    )
 
 
 def print_summary(summary: dict[str, dict[str, Any]], out: IO[str]) -> None:
@@ -1096,6 +1131,8 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"ipfailover lab: {problem}", file=sys.stderr)
         return 2
+    if not args.json:
+        print_header(args, sys.stdout)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     runs: list[RunResult] = []
     try:

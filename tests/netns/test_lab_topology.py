@@ -8,12 +8,14 @@ left behind afterwards, even when a test body raises.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,8 +31,10 @@ from ipfailover.lab import (
     Network,
     Node,
     ProbeMonitor,
+    configure_parser,
     list_namespaces,
     parse_fields,
+    run,
     sh,
 )
 from ipfailover.labprobe import PROBE_PORT
@@ -38,8 +42,8 @@ from ipfailover.labprobe import PROBE_PORT
 WhoAnswers = Callable[..., Counter[str | None]]
 
 
-def ip_json(lab: Lab, node: Node, *args: str) -> list[dict[str, object]]:
-    result: list[dict[str, object]] = json.loads(sh(["ip", "-j", "-n", lab.ns(node), *args]))
+def ip_json(lab: Lab, node: Node, *args: str) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = json.loads(sh(["ip", "-j", "-n", lab.ns(node), *args]))
     return result
 
 
@@ -191,3 +195,33 @@ def test_a_failed_build_cleans_up_what_it_created() -> None:
     with pytest.raises(LabError, match="x" * 16):
         lab.build()
     assert not {*lab.namespaces.values(), lab.switch_ns} & set(list_namespaces())
+
+
+def test_daemon_helpers_bring_the_real_daemons_to_peer_verified(
+    start_daemon: Callable[..., LabProcess], who_answers: WhoAnswers
+) -> None:
+    heartbeatd = start_daemon(Node.PRIMARY, "heartbeatd", FAILOVER_INTERVAL=0.2)
+    failoverd = start_daemon(
+        Node.SECONDARY, "failoverd", FAILOVER_INTERVAL=0.2, FAILOVER_DEADTIME=0.7
+    )
+    heartbeatd.wait_event("start", timeout=10.0)
+    for network in Network:
+        failoverd.wait_event("peer-verified", timeout=10.0, network=network.value)
+    assert set(who_answers()) == {"primary"}
+
+
+def test_the_lab_command_measures_every_phase(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(["--interval=0.2", "--deadtime=0.7", "--failback-delay=0.5", "--json"])
+    code = run(args)
+    result = json.loads(capsys.readouterr().out)
+    phases = result["runs"][0]["phases"]
+    assert list(phases) == ["failover", "failback", "graceful-stop", "restart-failback"]
+    assert code == 0 and result["ok"], result["runs"][0]["error"]
+    # cables pulled: the secondary answers about one dead time later, not before
+    assert 0.5 <= phases["failover"]["seconds"] <= 3.0
+    assert phases["graceful-stop"]["seconds"] < phases["failover"]["seconds"]
+    assert result["summary"]["failover"]["ok"] == 1
+    events = [e["text"] for e in result["runs"][0]["timeline"]]
+    assert any(text.startswith("event=acquire-done") for text in events)
