@@ -17,8 +17,9 @@ import stat
 import struct
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from . import auth, config, wire
 
@@ -87,6 +88,21 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     logging.Formatter.converter = time.gmtime
+
+
+class WallClock:
+    """Converts the loop's monotonic times into wall-clock seconds, for status and mail."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.offset = time.time() - loop.time()
+
+    def __call__(self, t: float | None) -> float | None:
+        return None if t is None else t + self.offset
+
+
+def rejected_counts(counters: Mapping[str, int]) -> dict[str, int]:
+    """``rejected.<reason>`` counters as {reason: count}, with every reason present."""
+    return {r.value: counters.get(f"rejected.{r.value}", 0) for r in wire.Reason}
 
 
 # Start-up --------------------------------------------------------------------------------------
@@ -212,6 +228,9 @@ class UdpEndpoint:
             self.socks[family] = sock
         self._names: dict[int, str] = {}
         self.send_errors = 0
+        # destination IP -> where to send instead, as a socket address without the port;
+        # see netif.unicast_substitute
+        self.redirects: dict[str, tuple[Any, ...]] = {}
 
     def start(
         self, loop: asyncio.AbstractEventLoop, on_datagram: Callable[[Datagram], None]
@@ -255,8 +274,10 @@ class UdpEndpoint:
         if sock is None:
             self.send_errors += 1
             return False
+        sub = self.redirects.get(addr[0])
+        dest: tuple[Any, ...] = addr if sub is None else (sub[0], addr[1], *sub[1:])
         try:
-            sock.sendto(data, addr)
+            sock.sendto(data, dest)
             return True
         except OSError:
             self.send_errors += 1  # link down, no route: the peer will notice the silence

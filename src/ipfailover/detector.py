@@ -44,6 +44,8 @@ class Detector:
         self.deadtime = deadtime
         self.started = now
         self.networks: dict[str, NetworkView] = {n: NetworkView(n) for n in networks}
+        self._any_alive_before = True  # start-up counts as "was alive": the grace covers it
+        self._quiet_until = now
 
     def heard(self, network: str, evidence: float, now: float) -> None:
         """A verified heartbeat on ``network`` (learned if new) proved life at ``evidence``."""
@@ -91,17 +93,31 @@ class Detector:
     def changes(self, now: float) -> list[tuple[Change, str]]:
         """Anomaly and recovery transitions since the last call, in network order.
 
-        A network enters anomaly when it is silent (past the grace) while another is alive, and
-        recovers when it is heard again. Nothing is reported while every network is silent.
+        A network enters anomaly when it is silent while another is alive and has heard the
+        primary since this one fell silent, and recovers when it is heard again. Nothing is
+        reported while every network is silent, nor for one dead time after start-up or after
+        the primary is heard again following silence on every network (the other networks get
+        as long to come back as the first one did).
         """
         out: list[tuple[Change, str]] = []
         others_alive = self.any_alive(now)
+        if others_alive and not self._any_alive_before:
+            self._quiet_until = now + self.deadtime
+        self._any_alive_before = others_alive
+        quiet = self.in_grace(now) or now < self._quiet_until
+        newest = self.last_evidence()
         for name, view in sorted(self.networks.items()):
             up = self.alive(name, now)
+            # Silent here, and heard elsewhere *after* this network fell silent: not just the
+            # last heartbeats of a dying primary arriving a little apart on two networks.
+            fell_silent = (
+                self.started if view.last_heard is None else view.last_heard
+            ) + self.deadtime
+            heard_after = newest is not None and newest > fell_silent
             if view.in_anomaly and up:
                 view.in_anomaly = False
                 out.append((Change.RECOVERED, name))
-            elif not view.in_anomaly and not up and others_alive and not self.in_grace(now):
+            elif not view.in_anomaly and not up and others_alive and heard_after and not quiet:
                 view.in_anomaly = True
                 out.append((Change.ANOMALY, name))
         return out
@@ -115,4 +131,10 @@ class Detector:
         ]
         if self.in_grace(now):
             times.append(self.started + self.deadtime)
+        if self._quiet_until > now:
+            times.append(self._quiet_until)
         return min(times, default=None)
+
+    def last_evidence(self) -> float | None:
+        """The latest evidence of life on any network."""
+        return max((v.last_heard for v in self.networks.values() if v.last_heard), default=None)

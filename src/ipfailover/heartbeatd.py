@@ -14,8 +14,9 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
-from . import config, daemon, netif
+from . import __version__, config, control, daemon, netif
 from .sender import Announce, AnnounceDeferred, Sender, SenderConfig
 from .wire import Dropped
 
@@ -23,15 +24,29 @@ log = logging.getLogger("ipfailover.heartbeatd")
 
 
 async def announced_addresses(cfg: config.Config) -> list[netif.Assignment]:
-    """This node's own addresses to re-announce: every address on an interface whose subnet
-    contains one of the heartbeat targets (the public and private networks of Apple's setup)."""
+    """This node's own addresses to re-announce: every global address, IPv4 and IPv6, on each
+    interface one of whose subnets contains a heartbeat target (the public and private networks
+    of Apple's setup)."""
     out: list[netif.Assignment] = []
     for _, ifname in socket.if_nameindex():
-        for a in await netif.interface_addresses(ifname):
-            net = ipaddress.ip_network(f"{a.address}/{a.prefixlen}", strict=False)
-            if any(t in net for t in cfg.bcast_ips):
-                out.append(a)
+        addrs = await netif.interface_addresses(ifname)
+        nets = [ipaddress.ip_network(f"{a.address}/{a.prefixlen}", strict=False) for a in addrs]
+        if any(t in net for t in cfg.bcast_ips for net in nets):
+            out.extend(addrs)
     return out
+
+
+def _families(cfg: config.Config) -> list[int]:
+    return sorted({socket.AF_INET6 if ip.version == 6 else socket.AF_INET for ip in cfg.bcast_ips})
+
+
+def _sender_config(cfg: config.Config, key: bytes) -> SenderConfig:
+    return SenderConfig(
+        node=daemon.node_name(cfg),
+        key=key,
+        interval=cfg.interval,
+        targets=tuple((str(ip), cfg.port) for ip in cfg.bcast_ips),
+    )
 
 
 class Heartbeatd:
@@ -39,21 +54,34 @@ class Heartbeatd:
         self.cfg = cfg
         self.loop = loop
         self.events = daemon.EventLog(log)
-        families = {socket.AF_INET6 if ip.version == 6 else socket.AF_INET for ip in cfg.bcast_ips}
-        self.udp = daemon.UdpEndpoint(0, broadcast=True, families=sorted(families))
-        self.core = Sender(
-            SenderConfig(
-                node=daemon.node_name(cfg),
-                key=key,
-                interval=cfg.interval,
-                targets=tuple((str(ip), cfg.port) for ip in cfg.bcast_ips),
-            ),
-            rng=os.urandom,
-            now=loop.time(),
-        )
+        self.udp = daemon.UdpEndpoint(0, broadcast=True, families=_families(cfg))
+        self.core = Sender(_sender_config(cfg, key), rng=os.urandom, now=loop.time())
         self.timer = daemon.Timer(loop, self._on_timer)
         self.stopped = asyncio.Event()
+        self.control = control.ControlServer(cfg.run_dir, "heartbeatd", self.snapshot)
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status this daemon reports (docs/status.md)."""
+        wall = daemon.WallClock(self.loop)
+        return {
+            "schema": control.SCHEMA,
+            "role": "heartbeatd",
+            "node": self.core.cfg.node,
+            "pid": os.getpid(),
+            "version": __version__,
+            "config": self.cfg.path,
+            "interval": self.core.cfg.interval,
+            "targets": [f"{h}:{p}" for h, p in self.core.cfg.targets],
+            "sent": self.core.counters["sent"],
+            "seq": self.core.seq,
+            "send_errors": self.udp.send_errors,
+            "listeners": [
+                {"name": name, "holding": holding, "last_challenge": wall(updated)}
+                for name, holding, updated in self.core.listener_state()
+            ],
+            "rejected": daemon.rejected_counts(self.core.counters),
+        }
 
     def start(self) -> None:
         self.udp.start(self.loop, self._on_datagram)
@@ -83,8 +111,30 @@ class Heartbeatd:
         self._flush()
 
     def _on_hup(self) -> None:
+        self.reload()
         self.core.tickle(self.loop.time(), "sighup")
         self._flush()
+
+    def reload(self) -> None:
+        """Re-read the config; a bad one is logged and the old one kept. Never stops beating."""
+        try:
+            cfg = daemon.load_role_config(self.cfg.path, "heartbeatd")
+            key = daemon.load_key(cfg)
+        except daemon.StartupError as e:
+            self.events("reload-failed", logging.ERROR, errors=str(e).replace("\n", "; "))
+            return
+        if _families(cfg) != _families(self.cfg):
+            new = daemon.UdpEndpoint(0, broadcast=True, families=_families(cfg))
+            self.udp.close()
+            self.udp = new
+            self.udp.start(self.loop, self._on_datagram)
+        self.core.reconfigure(_sender_config(cfg, key), self.loop.time())
+        self.cfg = cfg
+        self.events(
+            "reload-done",
+            targets=" ".join(f"{h}:{p}" for h, p in self.core.cfg.targets),
+            interval=cfg.interval,
+        )
 
     def _on_stop(self) -> None:
         self.core.leave(self.loop.time())
@@ -125,9 +175,11 @@ async def amain(argv: list[str] | None) -> int:
     cfg = daemon.load_role_config(args.config, "heartbeatd")
     key = daemon.load_key(cfg)
     hb = Heartbeatd(cfg, key, asyncio.get_running_loop())
+    await hb.control.start()
     hb.start()
     await hb.stopped.wait()
     await asyncio.sleep(0)  # let the LEAVING datagrams go out
+    await hb.control.close()
     hb.udp.close()
     return 0
 

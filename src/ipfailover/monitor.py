@@ -479,11 +479,17 @@ class Monitor:
                 return
             self._fire(trigger, now)
 
+    def _heard_since(self, t: float, now: float) -> bool:
+        """Alive, on evidence newer than ``t``: life proven before we decided the primary was
+        gone (or before we adopted its addresses) does not bring it back."""
+        last = self.detector.last_evidence()
+        return last is not None and last > t and self.detector.any_alive(now)
+
     def _due_trigger(self, now: float) -> Trigger | None:
         det = self.detector
         if self.state is State.STANDBY and det.all_silent(now):
             return Trigger.PEER_SILENT
-        if self.state in (State.ACTIVE, State.DECLINED) and det.any_alive(now):
+        if self.state in (State.ACTIVE, State.DECLINED) and self._heard_since(self.since, now):
             return Trigger.PEER_HEARD
         if self.state is State.HOLDDOWN:
             if not det.any_alive(now):

@@ -453,3 +453,39 @@ async def _send_repeatedly(
             sent += 1
     log.info("announced %s: %d of %d sent", a, sent, count)
     return sent
+
+
+def accept_local(ifname: str) -> bool:
+    """Let IPv4 packets whose source is one of our own addresses in on ``ifname``.
+
+    While failoverd holds the primary's public address, the primary's heartbeats on that network
+    come *from* an address that is now also ours, and Linux drops such packets unless
+    ``accept_local`` is set. Returns True if the setting was changed (False: already set).
+    """
+    knob = Path("/proc/sys/net/ipv4/conf") / ifname / "accept_local"
+    try:
+        if knob.read_text().strip() == "1":
+            return False
+        knob.write_text("1\n")
+    except OSError as e:
+        raise NetifError(f"cannot enable {knob}: {e}") from e
+    log.info("enabled %s so the primary is heard while we hold its address", knob)
+    return True
+
+
+def unicast_substitute(a: Assignment) -> tuple[Any, ...] | None:
+    """Where to send a datagram meant for the primary at ``a.address``, a held address.
+
+    While we hold that address a unicast to it never leaves this host, so failoverd sends to the
+    link instead: the subnet's broadcast address (IPv4) or all-nodes ff02::1 on the interface
+    (IPv6); heartbeatd's wildcard-bound socket receives either. None for a host route (/31, /32,
+    /128), where there is no such link-wide address.
+    """
+    if a.address.version == 4:
+        if a.prefixlen >= 31:
+            return None
+        net = ipaddress.ip_network(f"{a.address}/{a.prefixlen}", strict=False)
+        return (str(net.broadcast_address),)
+    if a.prefixlen >= 127:
+        return None
+    return (ALL_NODES, 0, 0, a.ifindex)

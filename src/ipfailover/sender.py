@@ -155,6 +155,10 @@ class Sender:
     def listeners(self) -> list[str]:
         return sorted({name for name, _ in self._listeners})
 
+    def listener_state(self) -> list[tuple[str, bool, float]]:
+        """(name, holds our addresses, when it last challenged us) of each listener boot."""
+        return [(name, e.holding, e.updated) for (name, _), e in self._listeners.items()]
+
     # Internals ---------------------------------------------------------------------------------
 
     def _beat(self, kind: wire.MsgType) -> bytes:

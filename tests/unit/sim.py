@@ -1,4 +1,4 @@
-"""Two endpoints over an in-memory link: a heartbeatd core and a failoverd core, on plain float time.
+"""Two endpoints over an in-memory link: a heartbeatd core and a failoverd core, on float time.
 
 The simulation is discrete-event: both cores' timers and every datagram delivery are put on one
 queue ordered by time. Each network can be cut (both directions) and the primary can die; an
@@ -58,6 +58,7 @@ class Sim:
     ) -> None:
         self.rand = random.Random(seed)
         self.latency = latency
+        self.skew: dict[str, float] = {}  # extra one-way latency per network
         self.transition = transition
         self.now = 0.0
         self.up = dict.fromkeys(NETS, True)
@@ -144,8 +145,9 @@ class Sim:
             net = net_of(dest)
             self.captured.append((data, net))
             if self.up[net]:
-                self.rec.delivered[net].append(self.now + self.latency)
-                self._push(self.now + self.latency, "to-secondary", (data, PRIMARY[net], net))
+                at = self.now + self.latency + self.skew.get(net, 0.0)
+                self.rec.delivered[net].append(at)
+                self._push(at, "to-secondary", (data, PRIMARY[net], net))
         while (ev := self.sender.next_event()) is not None:
             if isinstance(ev, Announce):
                 self.rec.announces.append((ev.at, ev.reason))

@@ -15,7 +15,6 @@ from ipfailover.monitor import (
     LocalProtocolError,
     Monitor,
     MonitorConfig,
-    NetworkEvent,
     State,
     Trigger,
 )
@@ -364,3 +363,52 @@ def test_loss_over_the_last_minute() -> None:
     sim.run_until(45)
     loss = sim.monitor.detector.loss("pub", 0.5, sim.now)
     assert loss == pytest.approx(15 / 45, abs=0.05)
+
+
+def test_old_evidence_arriving_after_takeover_does_not_start_a_holddown() -> None:
+    """A heartbeat that echoes a nonce from before the takeover proves nothing new: no flap."""
+    cfg = MonitorConfig(
+        node="s", key=KEY, period=1.0, deadtime=3.0, failback_delay=3.0, networks=("pub",)
+    )
+    m = Monitor(cfg, rng=random.Random(0).randbytes, now=0.0)
+    m.handle_timer(0.0)
+    src = ("203.0.113.10", 40000)
+    seq = iter(range(1, 100))
+
+    def beat(echo: tuple[bytes, ...], at: float) -> None:
+        hb = wire.Message(
+            type=wire.MsgType.HEARTBEAT,
+            sender="primary",
+            boot_id=b"p" * 8,
+            seq=next(seq),
+            interval=1.0,
+            echoes=echo,
+        )
+        m.receive_datagram(wire.encode(hb, KEY), src, "pub", at)
+
+    def nonce() -> bytes:
+        (data, _), *_ = m.datagrams_to_send()
+        return wire.decode(data, KEY).nonce
+
+    beat((), 0.1)  # stale: answered at once with a challenge
+    beat((nonce(),), 0.2)
+    m.handle_timer(1.0)  # the next round's nonce reaches the primary, which then goes quiet
+    n1 = nonce()
+    m.handle_timer(3.2)
+    assert m.state is State.ACQUIRING
+    m.acquire_done(3.21, ok=True)
+    beat((n1,), 3.5)  # proves life at 2.0 at best: before we took over
+    m.handle_timer(5.5)
+    assert m.state is State.ACTIVE
+    assert not [e for e in events(m) if getattr(e, "new", None) is State.HOLDDOWN]
+
+
+def test_dying_primary_is_a_takeover_not_an_anomaly() -> None:
+    sim = Sim(latency=0.001, start_secondary_at=0.5)  # evidence = arrival time
+    sim.skew["priv"] = 0.0005  # the last heartbeats arrive a little apart
+    sim.run_until(5.5)
+    sim.kill_primary()
+    sim.run_until(12)
+    sim.revive_primary()
+    sim.run_until(20)
+    assert [k for _, k, _ in sim.rec.network_events if k != "verified"] == []
