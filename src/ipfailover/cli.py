@@ -36,7 +36,7 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import lab
+    from . import lab, status
 
     p = argparse.ArgumentParser(
         prog="ipfailover",
@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lab.configure_parser(lb)
     lb.set_defaults(handler=lab.run)
+
+    st = sub.add_parser(
+        "status",
+        help="show what the running daemons see (exit 3 if none is running)",
+        description="Ask heartbeatd and failoverd over their control sockets and show role, "
+        "state, per-network heartbeats and loss, addresses, transitions, pending mail and "
+        "rejected datagrams. The --json form is documented in docs/status.md.",
+    )
+    status.configure_parser(st)
+    st.set_defaults(handler=status.run)
     return p
 
 

@@ -1,0 +1,94 @@
+"""The control socket: each daemon answers `status` on a root-only Unix socket in its run dir.
+
+Protocol: the client connects, writes one line (a command, e.g. ``status``), and reads one JSON
+object followed by a newline; then the server closes. The JSON schema is documented in
+``docs/status.md`` and versioned by its ``schema`` field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+ROLES = ("failoverd", "heartbeatd")
+Snapshot = Callable[[], dict[str, Any]]
+
+
+def socket_path(run_dir: str, role: str) -> Path:
+    return Path(run_dir) / f"{role}.sock"
+
+
+class ControlServer:
+    """Serves snapshots of a daemon's state; the socket is mode 0600 in a 0700 directory."""
+
+    def __init__(self, run_dir: str, role: str, snapshot: Snapshot) -> None:
+        self.path = socket_path(run_dir, role)
+        self.snapshot = snapshot
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = self.path.parent.stat()
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            os.chmod(self.path.parent, 0o700)
+        if self.path.is_socket() and not _answers(self.path):
+            self.path.unlink()  # left behind by a process that died
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        finally:
+            os.umask(old)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=5.0)
+            command = line.decode("ascii", "replace").strip() or "status"
+            if command == "status":
+                reply: dict[str, Any] = self.snapshot()
+            else:
+                reply = {"schema": SCHEMA, "error": f"unknown command {command!r}"}
+            writer.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+def query(path: Path, command: str = "status", timeout: float = 5.0) -> dict[str, Any]:
+    """Ask one daemon; raises OSError if nothing answers there."""
+    if not stat.S_ISSOCK(path.stat().st_mode):
+        raise OSError(f"{path} is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    reply: dict[str, Any] = json.loads(b"".join(chunks))
+    return reply

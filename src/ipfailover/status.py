@@ -1,0 +1,138 @@
+"""``ipfailover status``: ask the running daemons over their control sockets and show the answer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from . import config, control
+
+EXIT_NOT_RUNNING = 3  # as systemctl status says for a unit that is not running
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the documented JSON (docs/status.md)")
+    p.add_argument(
+        "--config",
+        default="/etc/hostconfig",
+        metavar="PATH",
+        help="read FAILOVER_RUN_DIR from this file (default: %(default)s)",
+    )
+    p.add_argument("--run-dir", metavar="DIR", help="where the control sockets are (overrides)")
+
+
+def collect(run_dir: str) -> list[dict[str, Any]]:
+    """The status of every daemon that answers in ``run_dir``."""
+    out = []
+    for role in control.ROLES:
+        path = control.socket_path(run_dir, role)
+        try:
+            out.append(control.query(path))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = args.run_dir
+    if run_dir is None:
+        try:
+            run_dir = config.load_config(args.config).run_dir
+        except config.ConfigErrors:
+            run_dir = config.Config(path=args.config).run_dir
+    daemons = collect(run_dir)
+    if args.json:
+        print(json.dumps({"schema": control.SCHEMA, "daemons": daemons}, indent=2, sort_keys=True))
+    elif daemons:
+        print("\n\n".join(render(d) for d in daemons))
+    else:
+        print(f"no ipfailover daemon is running (no control socket answers in {run_dir})")
+    return 0 if daemons else EXIT_NOT_RUNNING
+
+
+# Human output ----------------------------------------------------------------------------------
+
+
+def _clock(wall: float | None) -> str:
+    if wall is None:
+        return "never"
+    ago = time.time() - wall
+    return f"{time.strftime('%H:%M:%S', time.localtime(wall))} ({ago:.1f} s ago)"
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in rows
+    ]
+
+
+def _rejected(d: dict[str, Any]) -> str:
+    counts = d.get("rejected", {})
+    return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
+
+
+def render(d: dict[str, Any]) -> str:
+    if d.get("role") == "heartbeatd":
+        return _render_heartbeatd(d)
+    return _render_failoverd(d)
+
+
+def _render_failoverd(d: dict[str, Any]) -> str:
+    peer = d["peer"]
+    lines = [
+        f"failoverd on {d['node']} (pid {d['pid']}): {d['state'].upper()} since "
+        f"{_clock(d['since'])}",
+        f"  peer: {peer['name'] or '(not yet identified)'} ({peer['ip']}), interval "
+        f"{_num(peer['interval'])}, dead time {_num(d['deadtime'])}, failback delay "
+        f"{_num(d['failback_delay'])}",
+    ]
+    if d.get("holddown_until"):
+        lines.append(f"  hands back at {_clock(d['holddown_until'])} if the peer stays up")
+    rows = [["network", "alive", "last heartbeat", "loss 1m", "heartbeats"]]
+    for n in d["networks"]:
+        loss = "-" if n["loss_1m"] is None else f"{100 * n['loss_1m']:.1f}%"
+        alive = "yes" if n["alive"] else ("ANOMALY" if n["anomaly"] else "no")
+        rows.append([n["name"], alive, _clock(n["last_heard"]), loss, str(n["heartbeats"])])
+    lines += _table(rows)
+    rows = [["address", "held here"]]
+    rows += [[a["address"], "yes" if a["held"] else "no"] for a in d["addresses"]]
+    lines += _table(rows)
+    if d["transitions"]:
+        lines.append("  last transitions:")
+        rows = []
+        for t in d["transitions"]:
+            steps = ", ".join(f"{s['step']} {s['duration']:.3f}" for s in t["steps"])
+            result = "ok" if t["ok"] else "FAILED" if not t.get("vetoed") else "VETOED"
+            total = "-" if t["duration"] is None else f"{t['duration']:.3f} s"
+            rows.append([_clock(t["started"]), t["action"], t["reason"], result, total, steps])
+        lines += _table(rows, "    ")
+    lines.append(f"  mail pending: {d['mail']['pending']}")
+    lines.append(f"  rejected datagrams: {_rejected(d)}")
+    return "\n".join(lines)
+
+
+def _render_heartbeatd(d: dict[str, Any]) -> str:
+    lines = [
+        f"heartbeatd on {d['node']} (pid {d['pid']}): sending every {_num(d['interval'])} to "
+        + " ".join(d["targets"]),
+        f"  sent: {d['sent']} datagrams, send errors: {d['send_errors']}",
+    ]
+    if d["listeners"]:
+        rows = [["listener", "holds our addresses", "last challenge"]]
+        rows += [
+            [x["name"], "yes" if x["holding"] else "no", _clock(x["last_challenge"])]
+            for x in d["listeners"]
+        ]
+        lines += _table(rows)
+    else:
+        lines.append("  listeners: none (no failoverd has challenged us)")
+    lines.append(f"  rejected datagrams: {_rejected(d)}")
+    return "\n".join(lines)
+
+
+def _num(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:g} s"
