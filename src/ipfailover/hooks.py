@@ -1,0 +1,372 @@
+"""Transition scripts: find them in the script folder, check them, run them with a timeout.
+
+Apple's failoverd ran ``Test``, ``PreAcq*``, ``PostAcq*``, ``PreRel*`` and ``PostRel*`` from
+``/Library/IPFailover/<primary's public IP>/`` and documented little else. This module is the
+contract we give them (``docs/scripts.md``):
+
+* a script is an executable regular file whose name is the phase name (``Test``) or starts with
+  it (``PreAcq10.StopDIP``); each phase runs in ``ls`` order, a bytewise sort of the names;
+* it runs as an argument list, never through a shell string, with stdin ``/dev/null``, the script
+  folder as working directory, a clean documented environment, and stdout and stderr captured;
+* it runs in its own session (process group); on timeout the whole group is killed with SIGKILL,
+  grandchildren included (a child that calls ``setsid`` itself escapes, as from any supervisor);
+* as root, and with ``FAILOVER_SCRIPT_STRICT`` on, a script or folder that others could change is
+  refused, in the manner of sshd's StrictModes.
+
+:func:`run_program` is the general runner; the notifier uses it for ``FAILOVER_NOTIFY_PROGRAM``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import signal
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from . import config
+
+#: The PATH scripts and the notify program get (their environment is otherwise clean).
+SCRIPT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+OUTPUT_LIMIT = 64 * 1024  # bytes of a program's output kept; the rest is read and counted
+EOF_GRACE = 0.2  # seconds to wait for the output pipe to close after the program exits
+KILL_WAIT = 5.0  # seconds to wait for a SIGKILLed program to be reaped
+
+
+class Phase(enum.StrEnum):
+    """The kinds of transition script; the value is the name or the name prefix."""
+
+    TEST = "Test"
+    PRE_ACQ = "PreAcq"
+    POST_ACQ = "PostAcq"
+    PRE_REL = "PreRel"
+    POST_REL = "PostRel"
+
+
+class Status(enum.StrEnum):
+    """How one script run ended."""
+
+    OK = "ok"  # exit status 0
+    FAILED = "failed"  # non-zero exit status or killed by a signal
+    TIMEOUT = "timeout"  # still running at the timeout; its process group was killed
+    REFUSED = "refused"  # not run: unsafe ownership or permissions (strict mode)
+    ERROR = "error"  # could not be started at all (e.g. bad interpreter line)
+
+
+@dataclass(frozen=True)
+class Script:
+    """One script found in the folder; ``problem`` says why it must not run (strict mode)."""
+
+    path: Path
+    phase: Phase
+    problem: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass(frozen=True)
+class ProgramResult:
+    """What a finished program did; ``error`` is set when it could not be started."""
+
+    exit_code: int | None  # None if it timed out or never started; negative = killed by signal
+    timed_out: bool
+    output: str  # stdout and stderr interleaved, at most OUTPUT_LIMIT bytes of it
+    output_dropped: int  # bytes of output beyond the limit (read and discarded)
+    duration: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ScriptResult:
+    """One script's run, as reported in the log, the transition record and the mail."""
+
+    name: str
+    phase: Phase
+    status: Status
+    started: float  # loop time when it started (or was refused)
+    duration: float
+    exit_code: int | None = None
+    output: str = ""
+    detail: str = ""  # "exit 0", "killed after the 30 s timeout", "refused: ..."
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+
+class HookRunner(Protocol):
+    """What the transition executor needs from the script folder (tests plug in fakes)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def scripts(self, phase: Phase) -> list[Script]: ...
+
+    async def run(self, script: Script, env: Mapping[str, str]) -> ScriptResult: ...
+
+
+# --- safety checks -----------------------------------------------------------------------------
+
+
+def unsafe(st: os.stat_result, uid: int, *, allow_sticky: bool = False) -> str | None:
+    """Why a file or directory with this stat is unsafe to trust, or None.
+
+    It must be owned by root or by ``uid`` (the daemon's user) and not writable by group or
+    others. ``allow_sticky`` accepts a group/other-writable directory with the sticky bit (``/tmp``)
+    owned by root or ``uid``: there nobody else can rename or remove the entries we own.
+    """
+    if st.st_uid not in (0, uid):
+        return f"owned by uid {st.st_uid}, not root"
+    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    sticky_dir = allow_sticky and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+    if writable and not sticky_dir:
+        who = _WRITERS[writable]
+        return f"writable by {who} (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+_WRITERS = {
+    stat.S_IWGRP: "group",
+    stat.S_IWOTH: "others",
+    stat.S_IWGRP | stat.S_IWOTH: "group and others",
+}
+
+
+def folder_problem(folder: Path, uid: int) -> str | None:
+    """Why the script folder is unsafe: the folder itself, or any directory above it."""
+    try:
+        problem = unsafe(folder.stat(), uid)
+    except OSError as e:
+        return f"cannot check {folder}: {e.strerror}"
+    if problem:
+        return f"folder {folder} is {problem}"
+    for parent in folder.resolve().parents:
+        try:
+            problem = unsafe(parent.stat(), uid, allow_sticky=True)
+        except OSError as e:
+            return f"cannot check {parent}: {e.strerror}"
+        if problem:
+            return f"directory {parent} (above the script folder) is {problem}"
+    return None
+
+
+# --- the folder ---------------------------------------------------------------------------------
+
+
+def script_folder(cfg: config.Config, given: Sequence[config.IPAddress] = ()) -> Path:
+    """``<FAILOVER_SCRIPT_DIR>/<address>/``: Apple named it after the primary's public IP.
+
+    The address is the first pair's of FAILOVER_PEER_IP_PAIRS (in Apple's setup the primary's
+    public IP), else FAILOVER_PEER_IP, else the first of ``given`` (``ipfailover process`` with a
+    configuration that names neither). failoverd and ``process`` thus use the same folder.
+    """
+    if cfg.peer_ip_pairs:
+        address: object = cfg.peer_ip_pairs[0].address
+    elif cfg.peer_ip is not None:
+        address = cfg.peer_ip
+    elif given:
+        address = given[0]
+    else:
+        raise ValueError("no address to name the script folder after")
+    return Path(cfg.script_dir) / str(address)
+
+
+def sort_key(name: str) -> bytes:
+    """``ls`` order in the C locale: a bytewise comparison of the file names."""
+    return os.fsencode(name)
+
+
+class ScriptFolder:
+    """The scripts of one folder, checked and run under one timeout.
+
+    ``enforce`` turns on the StrictModes checks; the daemon passes
+    ``FAILOVER_SCRIPT_STRICT and euid == 0``. A missing folder means no scripts.
+    """
+
+    def __init__(
+        self, path: Path, *, timeout: float, enforce: bool, uid: int | None = None
+    ) -> None:
+        self._path = path
+        self.timeout = timeout
+        self.enforce = enforce
+        self.uid = os.geteuid() if uid is None else uid
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def scripts(self, phase: Phase) -> list[Script]:
+        """The scripts of ``phase`` in run order, each checked now (not cached: admins edit)."""
+        try:
+            names = [e.name for e in os.scandir(self._path)]
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            return [Script(self._path / str(phase), phase, f"cannot list the folder: {e.strerror}")]
+        if phase is Phase.TEST:
+            names = [n for n in names if n == Phase.TEST.value]
+        else:
+            names = [n for n in names if n.startswith(phase.value)]
+        found = [self._check(self._path / n, phase) for n in sorted(names, key=sort_key)]
+        return [s for s in found if s is not None]
+
+    def _check(self, path: Path, phase: Phase) -> Script | None:
+        """The script at ``path``, with its problem if unsafe; None if it is not a program.
+
+        A name that matches but is a directory or lacks the execute bit (a README, an editor
+        backup) is not a script; the executor never sees it.
+        """
+        try:
+            st = path.stat()  # follows a symlink: the target is what runs
+        except OSError as e:
+            return Script(path, phase, f"cannot stat: {e.strerror}")
+        if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+            return None
+        if not self.enforce:
+            return Script(path, phase)
+        problem = folder_problem(self._path, self.uid)
+        if problem is None:
+            file_problem = unsafe(st, self.uid)
+            problem = f"script {path} is {file_problem}" if file_problem else None
+        return Script(path, phase, problem)
+
+    async def run(self, script: Script, env: Mapping[str, str]) -> ScriptResult:
+        """Run one script (or refuse it); never raises for the script's own misbehaviour."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if script.problem is not None:
+            refused = f"refused: {script.problem}"
+            return ScriptResult(
+                script.name, script.phase, Status.REFUSED, started, 0.0, detail=refused
+            )
+        res = await run_program([str(script.path)], env=env, cwd=self._path, timeout=self.timeout)
+        return script_result(script, res, started, self.timeout)
+
+
+def script_result(
+    script: Script, res: ProgramResult, started: float, timeout: float
+) -> ScriptResult:
+    """Classify a finished run of ``script``."""
+    if res.error is not None:
+        status, detail = Status.ERROR, f"could not start: {res.error}"
+    elif res.timed_out:
+        status, detail = Status.TIMEOUT, f"killed after the {timeout:g} s timeout"
+    elif res.exit_code == 0:
+        status, detail = Status.OK, "exit 0"
+    elif res.exit_code is not None and res.exit_code < 0:
+        status, detail = Status.FAILED, f"killed by {signal.Signals(-res.exit_code).name}"
+    else:
+        status, detail = Status.FAILED, f"exit {res.exit_code}"
+    output = res.output
+    if res.output_dropped:
+        output += f"\n[{res.output_dropped} more bytes of output not kept]"
+    return ScriptResult(
+        script.name, script.phase, status, started, res.duration, res.exit_code, output, detail
+    )
+
+
+# --- running a program ----------------------------------------------------------------------------
+
+
+class _Collector(asyncio.Protocol):
+    """Reads a pipe to EOF, keeping the first ``limit`` bytes and counting the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.dropped = 0
+        self.eof = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        room = max(0, self.limit - len(self.data))
+        self.data += data[:room]
+        self.dropped += max(0, len(data) - room)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.eof.done():
+            self.eof.set_result(None)
+
+
+async def run_program(
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | str,
+    timeout: float,
+    stdin: bytes | None = None,
+) -> ProgramResult:
+    """Run ``argv`` with a timeout; capture stdout and stderr together through one pipe.
+
+    The program gets its own session, so on timeout ``killpg(SIGKILL)`` reaches everything it
+    started that stayed in its process group. Its output pipe is ours, not asyncio's: once the
+    program has exited we wait at most EOF_GRACE for the pipe to close and then stop reading,
+    so a background child that inherited the pipe (``daemon &``) cannot hold the transition up.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+        )
+    except OSError as e:
+        os.close(read_fd)
+        return ProgramResult(None, False, "", 0, loop.time() - started, e.strerror or str(e))
+    finally:
+        os.close(write_fd)
+    transport, collector = await loop.connect_read_pipe(
+        lambda: _Collector(OUTPUT_LIMIT), os.fdopen(read_fd, "rb", buffering=0)
+    )
+    timed_out = False
+    try:
+        await asyncio.wait_for(_feed_and_wait(proc, stdin), timeout)
+    except TimeoutError:
+        timed_out = True
+        _kill_group(proc.pid)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), KILL_WAIT)
+    except asyncio.CancelledError:
+        _kill_group(proc.pid)  # the daemon is going away: take the program with it
+        transport.close()
+        raise
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(collector.eof), EOF_GRACE)
+    transport.close()
+    return ProgramResult(
+        None if timed_out else proc.returncode,
+        timed_out,
+        bytes(collector.data).decode("utf-8", "replace"),
+        collector.dropped,
+        loop.time() - started,
+    )
+
+
+async def _feed_and_wait(proc: asyncio.subprocess.Process, stdin: bytes | None) -> None:
+    if stdin is not None and proc.stdin is not None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.write(stdin)
+            await proc.stdin.drain()
+        proc.stdin.close()
+    await proc.wait()
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the process group we created for a program (its pid is the group id)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)

@@ -1,0 +1,615 @@
+"""Notifications: build the mail, spool it to disk, deliver it in the background with backoff.
+
+Apple's failoverd called ``NotifyFailover {up|down} ip...``, which mailed
+``FAILOVER_EMAIL_RECIPIENT``; admins could replace the program. Here:
+
+* a :class:`Notice` (subject, body, Apple's direction and addresses) becomes an RFC 5322 message
+  addressed to ``FAILOVER_EMAIL_RECIPIENT`` and is written to the spool (``FAILOVER_SPOOL_DIR``) as
+  one JSON file, atomically (write, fsync, rename, fsync the folder). Nothing else happens on the
+  caller's path: a takeover never waits for a mail server;
+* an :class:`Outbox` task delivers what is due, oldest first, over SMTP (``FAILOVER_SMTP_*``) or
+  through ``FAILOVER_NOTIFY_PROGRAM`` (called with Apple's arguments ``up|down ip...`` and the
+  message on stdin; exit 0 means delivered). A failure reschedules the item with exponential
+  backoff (1 s doubling to 5 min); the schedule is kept in the item's file, so it survives
+  restarts. Each delivery holds an flock on the item, so two processes never send it twice.
+
+SMTP runs stdlib ``smtplib`` in a daemon thread with a socket timeout: a hung server can delay
+nothing but its own mail, and cannot keep the daemon from exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.policy
+import email.utils
+import fcntl
+import json
+import logging
+import os
+import secrets
+import smtplib
+import socket
+import ssl
+import stat
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from . import config, daemon, hooks
+
+log = logging.getLogger("ipfailover.mail")
+T = TypeVar("T")
+
+SMTP_TIMEOUT = 30.0  # seconds per SMTP socket operation
+PROGRAM_TIMEOUT = 60.0  # seconds FAILOVER_NOTIFY_PROGRAM may take per message
+BACKOFF_FIRST = 1.0  # seconds before the first retry
+BACKOFF_MAX = 300.0  # the retry interval doubles up to this
+RESCAN = 60.0  # the outbox looks at the spool at least this often (items other processes add)
+SPOOL_VERSION = 1
+
+
+class DeliveryError(Exception):
+    """One delivery attempt failed; the message says why (it goes to the log and the spool)."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What to tell the admin. ``direction`` and ``ips`` are Apple's NotifyFailover arguments."""
+
+    event: str  # takeover, release, anomaly, recovered, declined, failed, manual, notify
+    direction: str  # "down": the primary failed (or looks failing); "up": it is back
+    ips: tuple[str, ...]
+    subject: str
+    body: str
+
+
+@dataclass(frozen=True)
+class Situation:
+    """The facts every failoverd mail states: who, about whom, which addresses, last heard."""
+
+    node: str  # this node's name (FAILOVER_NODE_NAME or the host name)
+    host: str  # this machine's host name
+    peer: str  # the primary's node name, or what we know of it
+    addresses: tuple[str, ...]  # interface:address/prefix
+    heard: tuple[tuple[str, float | None], ...] = ()  # (network, wall time last heard or None)
+    watched: bool = True  # False for a transition by hand: nothing was listening
+
+
+def format_time(wall: float) -> str:
+    """A wall-clock time as UTC with milliseconds: 2024-05-01 12:00:03.123Z."""
+    whole = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(wall))
+    return f"{whole}.{int((wall % 1) * 1000):03d}Z"
+
+
+def situation_text(s: Situation, now: float) -> str:
+    """The common head of every mail body (``now`` is wall-clock time)."""
+    lines = [
+        f"Host:      {s.host} (node {s.node})",
+        f"Peer:      {s.peer}",
+        f"Addresses: {' '.join(s.addresses) or '-'}",
+        f"Time:      {format_time(now)}",
+        "",
+    ]
+    if not s.watched:
+        lines.append("Heartbeats: not watched (a transition by hand)")
+        return "\n".join(lines)
+    lines.append("Last heard the primary, per network:")
+    for network, wall in s.heard:
+        when = "never" if wall is None else f"{format_time(wall)} ({now - wall:.1f} s ago)"
+        lines.append(f"  {network:<12} {when}")
+    return "\n".join(lines)
+
+
+def network_notice(kind: str, network: str, s: Situation, now: float) -> Notice:
+    """Apple's one-network rule: heartbeats lost (``anomaly``) or back (``recovered``) on one."""
+    ips = tuple(a.split(":", 1)[1].rsplit("/", 1)[0] for a in s.addresses)
+    if kind == "anomaly":
+        subject = (
+            f"[ipfailover] {s.node}: no heartbeats from {s.peer} on {network}; nothing taken over"
+        )
+        intro = (
+            f"Heartbeats from {s.peer} stopped on network {network} but still arrive on another.\n"
+            "This is a network anomaly, not a failure of the primary: nothing was taken over.\n"
+            "Check the cabling and switches of that network."
+        )
+        direction = "down"
+    else:
+        subject = f"[ipfailover] {s.node}: heartbeats from {s.peer} on {network} again"
+        intro = f"Heartbeats from {s.peer} arrive on network {network} again; the anomaly is over."
+        direction = "up"
+    return Notice(kind, direction, ips, subject, f"{intro}\n\n{situation_text(s, now)}\n")
+
+
+def command_notice(direction: str, ips: Sequence[str], host: str) -> Notice:
+    """What ``ipfailover notify up|down ip...`` says when it gets no message on stdin."""
+    listed = " ".join(ips)
+    if direction == "down":
+        text = f"The primary's addresses {listed} are down; {host} is taking them over."
+    else:
+        text = f"The primary's addresses {listed} are up again; {host} is handing them back."
+    subject = f"[ipfailover] {host}: failover {direction} {listed}"
+    return Notice("notify", direction, tuple(ips), subject, text + "\n")
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """The FAILOVER_* variables of the notifier, parsed once."""
+
+    recipients: tuple[str, ...]
+    smtp_host: str
+    smtp_port: int
+    starttls: bool
+    credentials_file: str | None
+    notify_program: str | None
+    spool_dir: Path
+    sender: str  # envelope and From address: root@<host name>
+
+    @classmethod
+    def from_config(cls, cfg: config.Config) -> MailSettings:
+        host, port = config.split_host_port(cfg.smtp_server, 25)
+        return cls(
+            recipients=cfg.email_recipients,
+            smtp_host=host,
+            smtp_port=port,
+            starttls=cfg.smtp_starttls,
+            credentials_file=cfg.smtp_credentials_file,
+            notify_program=cfg.notify_program,
+            spool_dir=Path(cfg.spool_dir),
+            sender=f"root@{socket.gethostname()}",
+        )
+
+
+def build_message(notice: Notice, settings: MailSettings, node: str, now: float) -> EmailMessage:
+    """The RFC 5322 message for ``notice`` (CRLF line endings, ready for SMTP)."""
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = email.utils.formataddr((f"ipfailover on {node}", settings.sender))
+    msg["To"] = ", ".join(settings.recipients)
+    msg["Subject"] = notice.subject
+    msg["Date"] = email.utils.formatdate(now)
+    msg["Message-ID"] = email.utils.make_msgid("ipfailover", settings.sender.split("@", 1)[1])
+    msg["X-IPFailover-Event"] = notice.event
+    msg["X-IPFailover-Notify"] = " ".join([notice.direction, *notice.ips])
+    msg.set_content(notice.body)
+    return msg
+
+
+def make_item(
+    notice: Notice, settings: MailSettings, node: str, item_id: str, now: float
+) -> SpoolItem:
+    """The message for ``notice`` with its envelope, ready to spool or to deliver at once."""
+    return SpoolItem(
+        id=item_id,
+        created=now,
+        event=notice.event,
+        direction=notice.direction,
+        ips=notice.ips,
+        recipients=settings.recipients,
+        sender=settings.sender,
+        subject=notice.subject,
+        message=build_message(notice, settings, node, now).as_string(),
+        next_attempt=now,
+    )
+
+
+# --- the spool ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpoolItem:
+    """One message waiting for delivery: the file's content, plus its file name as ``id``."""
+
+    id: str
+    created: float  # wall clock
+    event: str
+    direction: str
+    ips: tuple[str, ...]
+    recipients: tuple[str, ...]
+    sender: str
+    subject: str
+    message: str  # the whole RFC 5322 message, CRLF line endings
+    attempts: int = 0
+    next_attempt: float = 0.0  # wall clock; persisted so a restart keeps the backoff
+    last_error: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"version": SPOOL_VERSION, **asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, name: str, text: str) -> SpoolItem:
+        data: dict[str, Any] = json.loads(text)
+        if data.pop("version", None) != SPOOL_VERSION:
+            raise ValueError("unknown spool format version")
+        data["id"] = name
+        for key in ("ips", "recipients"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+class Spool:
+    """A folder of ``<time>-<random>.json`` files, one per undelivered message.
+
+    Every write is atomic (a temporary file renamed into place, both fsynced), so a crash leaves
+    either the old or the new content, never half a message. A file that cannot be parsed is
+    renamed to ``*.bad`` (kept for the admin) and logged.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def ensure(self) -> None:
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def new_id(self, now: float) -> str:
+        return f"{int(now * 1e9):020d}-{secrets.token_hex(4)}.json"
+
+    def write(self, item: SpoolItem) -> None:
+        self.ensure()
+        tmp = self.path / f".tmp-{item.id}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(item.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / item.id)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def ids(self) -> list[str]:
+        """The waiting items' names, oldest first."""
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
+
+    def read(self, name: str) -> SpoolItem | None:
+        """The item, or None if it is gone (delivered meanwhile) or unreadable (set aside)."""
+        try:
+            text = (self.path / name).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return SpoolItem.from_json(name, text)
+        except (ValueError, TypeError, KeyError) as e:
+            with contextlib.suppress(OSError):
+                os.replace(self.path / name, self.path / f"{name}.bad")
+            log.error(daemon.format_event("mail-spool-bad", file=name, error=e))
+            return None
+
+    @contextlib.contextmanager
+    def claim(self, name: str) -> Any:
+        """Lock one item for delivery; yields False if another process holds it or it is gone."""
+        try:
+            fd = os.open(self.path / name, os.O_RDONLY)
+        except FileNotFoundError:
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield os.fstat(fd).st_nlink > 0  # 0: replaced or removed while we waited
+        finally:
+            os.close(fd)
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / name).unlink()
+        self._sync_dir()
+
+
+# --- delivery ----------------------------------------------------------------------------------
+
+
+class Delivery(Protocol):
+    """One way to hand a spooled message on; raises DeliveryError if it did not go."""
+
+    via: str
+
+    async def deliver(self, item: SpoolItem) -> None: ...
+
+
+def read_credentials(path: str, uid: int | None = None) -> tuple[str, str]:
+    """``user=NAME`` and ``password=SECRET`` lines from a file only its owner can read.
+
+    The file must be a regular file owned by root (or the daemon's user) with no group or other
+    permissions at all (mode 0600 or 0400): it holds a password.
+    """
+    uid = os.geteuid() if uid is None else uid
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise DeliveryError(f"credentials file {path}: {e.strerror}") from None
+    with os.fdopen(fd, encoding="utf-8") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, uid) or st.st_mode & 0o077:
+            raise DeliveryError(
+                f"credentials file {path} must be a regular file owned by root with mode 0600 "
+                f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}); run: "
+                f"chown root {path} && chmod 600 {path}"
+            )
+        values: dict[str, str] = {}
+        for line in f.read().splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip()
+    if not values.get("user") or "password" not in values:
+        raise DeliveryError(f"credentials file {path} needs a user= and a password= line")
+    return values["user"], values["password"]
+
+
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """Run blocking ``fn`` in a daemon thread and await it.
+
+    Unlike ``asyncio.to_thread``, a hung call does not keep the process from exiting: asyncio
+    waits for its default executor's threads at shutdown, and not for this one.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as e:  # handed to the awaiting task
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="ipfailover-smtp", daemon=True).start()
+    return await future
+
+
+@dataclass
+class SmtpDelivery:
+    """Delivery over SMTP, with optional STARTTLS (never falling back to plain text) and login."""
+
+    host: str
+    port: int
+    starttls: bool = False
+    credentials_file: str | None = None
+    timeout: float = SMTP_TIMEOUT
+    via: str = "smtp"
+
+    async def deliver(self, item: SpoolItem) -> None:
+        credentials = read_credentials(self.credentials_file) if self.credentials_file else None
+        try:
+            refused = await in_daemon_thread(lambda: self._send(item, credentials))
+        except (smtplib.SMTPException, OSError, ssl.SSLError) as e:
+            raise DeliveryError(f"{self.host}:{self.port}: {_smtp_error(e)}") from None
+        if refused:
+            log.warning(
+                daemon.format_event(
+                    "mail-recipients-refused", id=item.id, refused=" ".join(sorted(refused))
+                )
+            )
+
+    def _send(self, item: SpoolItem, credentials: tuple[str, str] | None) -> dict[str, Any]:
+        with smtplib.SMTP(
+            self.host, self.port, timeout=self.timeout, local_hostname=socket.gethostname()
+        ) as smtp:
+            smtp.ehlo()
+            if self.starttls:
+                if not smtp.has_extn("starttls"):
+                    raise smtplib.SMTPNotSupportedError("the server does not offer STARTTLS")
+                smtp.starttls(context=ssl.create_default_context())
+                smtp.ehlo()
+            if credentials is not None:
+                smtp.login(*credentials)
+            refused: dict[str, Any] = smtp.sendmail(
+                item.sender, list(item.recipients), item.message.encode("utf-8")
+            )
+            return refused
+
+
+def _smtp_error(e: BaseException) -> str:
+    if isinstance(e, smtplib.SMTPResponseException):
+        text = e.smtp_error.decode("utf-8", "replace") if isinstance(e.smtp_error, bytes) else ""
+        return f"{e.smtp_code} {text}".strip()
+    return f"{type(e).__name__}: {e}"
+
+
+@dataclass
+class ProgramDelivery:
+    """FAILOVER_NOTIFY_PROGRAM: ``program up|down ip...`` with the message on stdin; 0 = sent."""
+
+    program: str
+    timeout: float = PROGRAM_TIMEOUT
+    via: str = "program"
+
+    async def deliver(self, item: SpoolItem) -> None:
+        env = {
+            "PATH": hooks.SCRIPT_PATH,
+            "IPFAILOVER_EVENT": item.event,
+            "IPFAILOVER_SUBJECT": item.subject,
+            "IPFAILOVER_RECIPIENTS": " ".join(item.recipients),
+        }
+        argv = [self.program, item.direction, *item.ips]
+        stdin = item.message.replace("\r\n", "\n").encode("utf-8")
+        res = await hooks.run_program(argv, env=env, cwd="/", timeout=self.timeout, stdin=stdin)
+        if res.error is not None:
+            raise DeliveryError(f"{self.program}: cannot run: {res.error}")
+        if res.timed_out:
+            raise DeliveryError(f"{self.program}: killed after the {self.timeout:g} s timeout")
+        if res.exit_code != 0:
+            output = res.output.strip()[-300:]
+            raise DeliveryError(f"{self.program}: exit {res.exit_code}: {output}".rstrip(": "))
+
+
+def delivery_for(settings: MailSettings) -> Delivery:
+    """The admin's notify program if set (it replaces SMTP, as Apple's did), else SMTP."""
+    if settings.notify_program:
+        return ProgramDelivery(settings.notify_program)
+    return SmtpDelivery(
+        settings.smtp_host, settings.smtp_port, settings.starttls, settings.credentials_file
+    )
+
+
+# --- the outbox ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retry delays: ``first`` seconds, doubling per failed attempt, at most ``limit``."""
+
+    first: float = BACKOFF_FIRST
+    limit: float = BACKOFF_MAX
+
+    def delay(self, attempts: int) -> float:
+        return float(min(self.limit, self.first * 2 ** min(max(attempts - 1, 0), 30)))
+
+
+@dataclass
+class Outbox:
+    """Spools notices and delivers them in the background; see the module docstring.
+
+    ``submit`` only writes the spool file. ``start`` runs the delivery task; ``deliver_due``
+    is one pass over what is due (the ``process`` command uses it once, without the task).
+    """
+
+    settings: MailSettings
+    delivery: Delivery
+    events: daemon.EventLog
+    node: str
+    backoff: Backoff = field(default_factory=Backoff)
+    clock: Callable[[], float] = time.time
+    spool: Spool = field(init=False)
+    _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = field(init=False, default=None)
+    _stopping: bool = field(init=False, default=False)
+    _pending: int = field(init=False, default=-1)
+
+    def __post_init__(self) -> None:
+        self.spool = Spool(self.settings.spool_dir)
+
+    def pending(self) -> int:
+        """How many messages are waiting in the spool (for logs and the status command)."""
+        return len(self.spool.ids())
+
+    async def submit(self, notice: Notice) -> SpoolItem:
+        """Queue ``notice`` for delivery: an atomic spool write, then wake the delivery task."""
+        now = self.clock()
+        item = make_item(notice, self.settings, self.node, self.spool.new_id(now), now)
+        await asyncio.to_thread(self.spool.write, item)
+        self.events("mail-queued", id=item.id, mail_event=notice.event, subject=notice.subject)
+        self._note_pending()
+        self._wake.set()
+        return item
+
+    def start(self) -> None:
+        self._note_pending()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self, grace: float) -> None:
+        """Let a delivery pass that is under way finish (at most ``grace`` s), then stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._note_pending(force=True)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            next_due = await self.deliver_due()
+            if self._stopping:
+                return
+            wait = RESCAN if next_due is None else min(RESCAN, max(0.0, next_due - self.clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def deliver_due(self) -> float | None:
+        """Deliver every due item, oldest first; return when the next one is due (None: none).
+
+        A failure ends the pass (the server is likely down for all of them); a success makes
+        every other item due at once (the server is back).
+        """
+        recovered = False
+        for name in await asyncio.to_thread(self.spool.ids):
+            item = self.spool.read(name)
+            if item is None or (not recovered and item.next_attempt > self.clock()):
+                continue
+            ok = await self._attempt(item)
+            if not ok:
+                break
+            recovered = True
+        self._note_pending()
+        items = [i for i in map(self.spool.read, self.spool.ids()) if i is not None]
+        return min((i.next_attempt for i in items), default=None)
+
+    async def _attempt(self, item: SpoolItem) -> bool:
+        with self.spool.claim(item.id) as mine:
+            if not mine:
+                return True  # another process is delivering it, or already did
+            try:
+                await self.delivery.deliver(item)
+            except DeliveryError as e:
+                self._defer(item, str(e))
+                return False
+            await asyncio.to_thread(self.spool.remove, item.id)
+        self.events(
+            "mail-sent",
+            id=item.id,
+            via=self.delivery.via,
+            mail_event=item.event,
+            attempts=item.attempts + 1,
+            recipients=" ".join(item.recipients),
+        )
+        return True
+
+    def _defer(self, item: SpoolItem, error: str) -> None:
+        attempts = item.attempts + 1
+        delay = self.backoff.delay(attempts)
+        later = replace(
+            item, attempts=attempts, next_attempt=self.clock() + delay, last_error=error
+        )
+        self.spool.write(later)
+        self.events(
+            "mail-deferred",
+            logging.WARNING,
+            id=item.id,
+            via=self.delivery.via,
+            attempt=attempts,
+            retry_in=delay,
+            error=error,
+        )
+
+    def _note_pending(self, force: bool = False) -> None:
+        count = self.pending()
+        if force or count != self._pending:
+            self._pending = count
+            self.events("mail-pending", count=count, spool=self.spool.path)

@@ -1,0 +1,607 @@
+"""The one executor of a takeover or a release, used by failoverd and by ``ipfailover process``.
+
+A takeover runs, in this order, with nothing overlapping:
+
+1. ``Test`` (the gate): absent or exit 0 goes ahead; anything else (non-zero, timeout, refused)
+   declines the takeover, and only mail is sent;
+2. ``PreAcq*`` scripts, one after the other; all have finished before any address changes;
+3. the netlink change (add each address);
+4. the first round of announcements (gratuitous ARP / unsolicited NA) for every address taken;
+   the rest of ``FAILOVER_GARP_COUNT`` goes on in the background, ``FAILOVER_GARP_INTERVAL`` apart;
+5. ``PostAcq*`` scripts;
+6. the mail, queued to the spool (delivery never holds a transition up).
+
+A release is the same with ``PreRel*``, delete, ``PostRel*`` and no announcements; ``Test`` gates
+it too, except when the daemon is shutting down. A failing script is reported but does not stop
+the others; only ``Test`` gates. The result is a :class:`TransitionRecord` with a timeline of step
+durations and every script's result, for the log, the mail and the status command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import fcntl
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from . import daemon, hooks, mail, netif
+from .hooks import Phase, ScriptResult, Status
+
+log = logging.getLogger("ipfailover.transition")
+
+LOCK_NAME = "failoverd.lock"  # in FAILOVER_RUN_DIR: failoverd's claim on its addresses
+OUTPUT_LOG_LINES = 40  # lines of a script's output copied to the log (the mail has more)
+MAIL_OUTPUT_CHARS = 2000  # characters of a script's output quoted in the mail
+
+
+class Action(enum.StrEnum):
+    ACQUIRE = "acquire"
+    RELEASE = "release"
+
+
+class Outcome(enum.StrEnum):
+    DONE = "done"  # every address changed
+    PARTIAL = "partial"  # a takeover that added some addresses but not all
+    DECLINED = "declined"  # Test said no: nothing changed
+    FAILED = "failed"  # the address change failed (nothing added, or something not deleted)
+
+
+def plain(a: netif.Assignment) -> str:
+    """``interface:address/prefix``, IPv6 without brackets (easy to split in a shell script)."""
+    return f"{a.ifname}:{a.address}/{a.prefixlen}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the timeline; times in seconds from the start of the transition."""
+
+    name: str
+    start: float
+    duration: float
+    detail: str = ""
+
+
+@dataclass
+class TransitionRecord:
+    """One takeover or release as it happened."""
+
+    action: Action
+    reason: str  # peer-silent, peer-leaving, peer-heard, shutdown, manual
+    addresses: tuple[str, ...]
+    started: float  # loop time
+    started_wall: float
+    steps: list[Step] = field(default_factory=list)
+    scripts: list[ScriptResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # netlink failures, one per address
+    outcome: Outcome = Outcome.FAILED
+    why: str = ""  # for DECLINED and FAILED: the reason in words
+    changed_at: float | None = None  # seconds from the start when the addresses had changed
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Whether the core should treat it as done (a partial takeover still holds some)."""
+        if self.action is Action.ACQUIRE:
+            return self.outcome in (Outcome.DONE, Outcome.PARTIAL)
+        return self.outcome is Outcome.DONE
+
+    @property
+    def script_problems(self) -> list[ScriptResult]:
+        """Scripts that failed, timed out, were refused or could not start.
+
+        A Test that declined the transition is the outcome, not a problem of its own.
+        """
+        declined = self.outcome is Outcome.DECLINED
+        return [s for s in self.scripts if not s.ok and not (declined and s.phase is Phase.TEST)]
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-ready view for the status command (wall-clock start, seconds elsewhere)."""
+        return {
+            "started": self.started_wall,
+            "action": str(self.action),
+            "reason": self.reason,
+            "outcome": str(self.outcome),
+            "ok": self.ok,
+            "vetoed": self.outcome is Outcome.DECLINED,
+            "why": self.why,
+            "duration": self.duration,
+            "changed_at": self.changed_at,
+            "steps": [
+                {"step": st.name, "start": st.start, "duration": st.duration, "detail": st.detail}
+                for st in self.steps
+            ],
+            "scripts": [
+                {
+                    "name": r.name,
+                    "status": str(r.status),
+                    "detail": r.detail,
+                    "duration": r.duration,
+                }
+                for r in self.scripts
+            ],
+            "errors": list(self.errors),
+        }
+
+
+class AddressBackend(Protocol):
+    """Adds, deletes and announces addresses (netlink in production, a fake in tests)."""
+
+    async def add(self, a: netif.Assignment) -> bool: ...
+
+    async def delete(self, a: netif.Assignment) -> bool: ...
+
+    async def announce(self, a: netif.Assignment, count: int, interval: float) -> int: ...
+
+
+class NetlinkBackend:
+    """The real thing: :mod:`ipfailover.netif` in the current network namespace."""
+
+    async def add(self, a: netif.Assignment) -> bool:
+        return await netif.add(a)
+
+    async def delete(self, a: netif.Assignment) -> bool:
+        return await netif.delete(a)
+
+    async def announce(self, a: netif.Assignment, count: int, interval: float) -> int:
+        return await netif.announce(a, count, interval)
+
+
+class Notifier(Protocol):
+    async def submit(self, notice: mail.Notice) -> object: ...
+
+
+@dataclass(frozen=True)
+class Announcing:
+    """FAILOVER_GARP_COUNT announcements per address, FAILOVER_GARP_INTERVAL apart."""
+
+    count: int
+    interval: float
+
+
+_OUTCOME_LEVEL = {
+    Outcome.DONE: logging.INFO,
+    Outcome.PARTIAL: logging.WARNING,
+    Outcome.DECLINED: logging.WARNING,
+    Outcome.FAILED: logging.ERROR,
+}
+
+
+class Executor:
+    """Carries out transitions one at a time (an asyncio.Lock serializes them)."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        addresses: Sequence[netif.Assignment],
+        scripts: hooks.HookRunner,
+        backend: AddressBackend,
+        announcing: Announcing,
+        notifier: Notifier | None,
+        events: daemon.EventLog | None = None,
+    ) -> None:
+        self.node = node
+        self.addresses = tuple(addresses)
+        self.scripts = scripts
+        self.backend = backend
+        self.announcing = announcing
+        self.notifier = notifier
+        self.events = events or daemon.EventLog(log)
+        self._lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        self._last_release_problem: tuple[str, str] | None = None
+
+    # Public -------------------------------------------------------------------------------------
+
+    async def acquire(
+        self, reason: str, situation: mail.Situation, *, gate: bool = True
+    ) -> TransitionRecord:
+        """Take the addresses over (Test gate unless ``gate`` is False)."""
+        async with self._lock:
+            rec = self._begin(Action.ACQUIRE, reason, situation)
+            if not gate or await self._gate(rec, situation):
+                await self._phase(rec, Phase.PRE_ACQ, situation)
+                held = await self._add_all(rec)
+                if held:
+                    await self._announce_first(rec, held)
+                    await self._phase(rec, Phase.POST_ACQ, situation)
+            return await self._finish(rec, situation)
+
+    async def release(
+        self, reason: str, situation: mail.Situation, *, gate: bool
+    ) -> TransitionRecord:
+        """Hand the addresses back; ``gate`` is False for a release because we are stopping."""
+        async with self._lock:
+            self._stop_announcing()
+            rec = self._begin(Action.RELEASE, reason, situation)
+            if not gate or await self._gate(rec, situation):
+                await self._phase(rec, Phase.PRE_REL, situation)
+                if await self._delete_all(rec):
+                    await self._phase(rec, Phase.POST_REL, situation)
+            return await self._finish(rec, situation)
+
+    async def drain(self) -> None:
+        """Wait for the background announcements (a one-shot command must not cut them short)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # Steps ----------------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _begin(self, action: Action, reason: str, situation: mail.Situation) -> TransitionRecord:
+        rec = TransitionRecord(
+            action, reason, tuple(plain(a) for a in self.addresses), self._now(), time.time()
+        )
+        self.events(
+            f"{action}-start",
+            reason=reason,
+            peer=situation.peer,
+            addresses=" ".join(str(a) for a in self.addresses),
+            folder=self.scripts.path,
+        )
+        return rec
+
+    def _step(self, rec: TransitionRecord, name: str, began: float, detail: str = "") -> None:
+        now = self._now()
+        rec.steps.append(Step(name, began - rec.started, now - began, detail))
+
+    async def _gate(self, rec: TransitionRecord, situation: mail.Situation) -> bool:
+        began = self._now()
+        tests = self.scripts.scripts(Phase.TEST)
+        if not tests:
+            self._step(rec, "Test", began, "absent: go ahead")
+            return True
+        result = await self._run(rec, tests[0], situation)
+        go = result.ok
+        self._step(rec, "Test", began, f"{result.detail}: {'go ahead' if go else 'no'}")
+        if not go:
+            rec.outcome = Outcome.DECLINED
+            verdict = "Test was refused" if result.status is Status.REFUSED else "Test said no"
+            rec.why = f"{verdict} ({result.detail})"
+            self.events("test-said-no", logging.WARNING, action=rec.action, detail=result.detail)
+        return go
+
+    async def _phase(self, rec: TransitionRecord, phase: Phase, situation: mail.Situation) -> None:
+        began = self._now()
+        found = self.scripts.scripts(phase)
+        results = [await self._run(rec, s, situation) for s in found]
+        bad = sum(1 for r in results if not r.ok)
+        detail = f"{len(results)} script(s)" + (f", {bad} not ok" if bad else "")
+        self._step(rec, phase.value, began, detail if found else "no scripts")
+
+    async def _run(
+        self, rec: TransitionRecord, script: hooks.Script, situation: mail.Situation
+    ) -> ScriptResult:
+        env = script_env(
+            action=rec.action,
+            reason=rec.reason,
+            phase=script.phase,
+            node=self.node,
+            situation=situation,
+            addresses=self.addresses,
+            folder=self.scripts.path,
+        )
+        self.events("script-start", logging.DEBUG, script=script.name, phase=script.phase)
+        result = await self.scripts.run(script, env)
+        rec.scripts.append(result)
+        self._log_script(result)
+        return result
+
+    def _log_script(self, r: ScriptResult) -> None:
+        level = {
+            Status.OK: logging.INFO,
+            Status.FAILED: logging.WARNING,
+            Status.TIMEOUT: logging.WARNING,
+        }.get(r.status, logging.ERROR)
+        event = "script-done" if r.ok else f"script-{r.status}"
+        self.events(
+            event, level, script=r.name, phase=r.phase, duration=r.duration, detail=r.detail
+        )
+        lines = r.output.splitlines()
+        for line in lines[:OUTPUT_LOG_LINES]:
+            self.events("script-output", level, script=r.name, text=line)
+        if len(lines) > OUTPUT_LOG_LINES:
+            more = len(lines) - OUTPUT_LOG_LINES
+            self.events("script-output", level, script=r.name, text=f"[{more} more lines]")
+
+    async def _add_all(self, rec: TransitionRecord) -> list[netif.Assignment]:
+        began = self._now()
+        held = []
+        for a in self.addresses:
+            try:
+                await self.backend.add(a)
+                held.append(a)
+            except netif.NetifError as e:
+                rec.errors.append(str(e))
+                self.events("acquire-error", logging.ERROR, address=a, error=e)
+        rec.changed_at = self._now() - rec.started
+        self._step(rec, "add-addresses", began, f"{len(held)}/{len(self.addresses)} added")
+        if not held:
+            rec.outcome, rec.why = Outcome.FAILED, "no address could be added"
+        else:
+            rec.outcome = Outcome.DONE if len(held) == len(self.addresses) else Outcome.PARTIAL
+        return held
+
+    async def _delete_all(self, rec: TransitionRecord) -> bool:
+        began = self._now()
+        for a in self.addresses:
+            try:
+                await self.backend.delete(a)
+            except netif.NetifError as e:
+                rec.errors.append(str(e))
+                self.events("release-error", logging.ERROR, address=a, error=e)
+        rec.changed_at = self._now() - rec.started
+        failed, total = len(rec.errors), len(self.addresses)
+        self._step(rec, "delete-addresses", began, f"{total - failed}/{total} deleted")
+        if failed:
+            rec.outcome, rec.why = Outcome.FAILED, f"{failed} address(es) could not be deleted"
+        else:
+            rec.outcome = Outcome.DONE
+        return not failed
+
+    async def _announce_first(self, rec: TransitionRecord, held: list[netif.Assignment]) -> None:
+        """Send the first announcement for every address now; the rest in the background."""
+        began = self._now()
+        count = self.announcing.count
+        results = await asyncio.gather(
+            *(self.backend.announce(a, 1, 0.0) for a in held), return_exceptions=True
+        )
+        sent = sum(r for r in results if isinstance(r, int))
+        for a, r in zip(held, results, strict=True):
+            if isinstance(r, BaseException):
+                self.events("announce-error", logging.ERROR, address=a, error=r)
+        self._step(rec, "announce", began, f"first of {count} sent for {sent}/{len(held)}")
+        self.events("announced", round=1, of=count, sent=f"{sent}/{len(held)}")
+        if count > 1:
+            for a in held:
+                task = asyncio.get_running_loop().create_task(self._announce_rest(a))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _announce_rest(self, a: netif.Assignment) -> None:
+        count, interval = self.announcing.count, self.announcing.interval
+        await asyncio.sleep(interval)
+        try:
+            await self.backend.announce(a, count - 1, interval)
+        except Exception as e:  # a bug in the sender must not go unseen
+            self.events("announce-error", logging.ERROR, address=a, error=e)
+
+    def _stop_announcing(self) -> None:
+        """A release stops the announcements that are still going on for the takeover."""
+        for task in list(self._background):
+            task.cancel()
+
+    async def _finish(self, rec: TransitionRecord, situation: mail.Situation) -> TransitionRecord:
+        rec.duration = self._now() - rec.started
+        problems = rec.script_problems
+        self.events(
+            f"{rec.action}-{'done' if rec.ok else rec.outcome}",
+            _OUTCOME_LEVEL[rec.outcome],
+            reason=rec.reason,
+            outcome=rec.outcome,
+            duration=rec.duration,
+            changed_at=rec.changed_at,
+            scripts=len(rec.scripts),
+            script_problems=len(problems) or None,
+            why=rec.why or None,
+        )
+        await self._mail(rec, situation)
+        return rec
+
+    async def _mail(self, rec: TransitionRecord, situation: mail.Situation) -> None:
+        """Queue the mail; a release refused again in the same way is not mailed again."""
+        if self.notifier is None:
+            return
+        if rec.action is Action.RELEASE:
+            problem = None if rec.ok else (str(rec.outcome), rec.why)
+            repeat = problem is not None and problem == self._last_release_problem
+            self._last_release_problem = problem
+            if repeat:
+                self.events("mail-suppressed", action=rec.action, why=rec.why)
+                return
+        else:
+            self._last_release_problem = None
+        notice = transition_notice(rec, situation, time.time())
+        try:
+            await self.notifier.submit(notice)
+        except OSError as e:  # a full or read-only spool: say so, never fail the transition
+            self.events("mail-spool-error", logging.ERROR, error=e, subject=notice.subject)
+
+
+def script_env(
+    *,
+    action: Action,
+    reason: str,
+    phase: Phase,
+    node: str,
+    situation: mail.Situation,
+    addresses: Iterable[netif.Assignment],
+    folder: Path,
+) -> dict[str, str]:
+    """The whole environment of a transition script (nothing is inherited from the daemon)."""
+    addresses = list(addresses)
+    return {
+        "PATH": hooks.SCRIPT_PATH,
+        "IPFAILOVER_ACTION": str(action),
+        "IPFAILOVER_REASON": reason,
+        "IPFAILOVER_PHASE": str(phase),
+        "IPFAILOVER_NODE": node,
+        "IPFAILOVER_PEER": situation.peer,
+        "IPFAILOVER_ADDRESSES": " ".join(plain(a) for a in addresses),
+        "IPFAILOVER_IPS": " ".join(str(a.address) for a in addresses),
+        "IPFAILOVER_SCRIPT_DIR": str(folder),
+    }
+
+
+# --- mail text ------------------------------------------------------------------------------------
+
+
+def _ips(rec: TransitionRecord) -> tuple[str, ...]:
+    return tuple(a.split(":", 1)[1].rsplit("/", 1)[0] for a in rec.addresses)
+
+
+def transition_subject(rec: TransitionRecord, s: mail.Situation) -> str:
+    ips, peer = " ".join(_ips(rec)), s.peer
+    retry = {"manual": "", "shutdown": "; gave up, exiting while still holding them"}.get(
+        rec.reason, "; retrying after the hold-down"
+    )
+    acquire = {
+        Outcome.DONE: f"took over {ips} from {peer} ({rec.reason})",
+        Outcome.PARTIAL: f"took over only part of {ips} from {peer} ({rec.reason})",
+        Outcome.DECLINED: f"did NOT take over {ips} from {peer}: {rec.why}",
+        Outcome.FAILED: f"FAILED to take over {ips} from {peer}: {rec.why}; gave up",
+    }
+    release = {
+        Outcome.DONE: f"released {ips} to {peer} ({rec.reason})",
+        Outcome.DECLINED: f"keeps {ips}: {rec.why}{retry}",
+        Outcome.FAILED: f"FAILED to release {ips}: {rec.why}{retry}",
+    }
+    table = acquire if rec.action is Action.ACQUIRE else release
+    text = f"[ipfailover] {s.node} {table.get(rec.outcome, rec.outcome)}"
+    problems = len(rec.script_problems)
+    if problems:
+        text += f" -- {problems} script(s) failed or refused"
+    return text
+
+
+def timeline_text(rec: TransitionRecord) -> str:
+    """Steps and scripts in time order, each with its start offset and duration."""
+    rows = [(round(st.start, 6), 0, f"{st.name}: {st.detail}", st.duration) for st in rec.steps]
+    rows += [
+        (round(r.started - rec.started, 6), 1, f"  {r.name}: {r.detail}", r.duration)
+        for r in rec.scripts
+    ]  # a step sorts before its own scripts, which start when it does
+    lines = [f"  {start:+8.3f}  {dur:7.3f} s  {text}" for start, _, text, dur in sorted(rows)]
+    lines.append(f"  {rec.duration:+8.3f}             {rec.outcome}")
+    return "\n".join(lines)
+
+
+def scripts_text(rec: TransitionRecord) -> str:
+    if not rec.scripts:
+        return "  (none ran)"
+    width = max(len(r.name) for r in rec.scripts)
+    out = []
+    for r in rec.scripts:
+        out.append(f"  {r.name:<{width}}  {r.status.upper():<8} {r.duration:7.3f} s  {r.detail}")
+        text = r.output.strip()
+        if len(text) > MAIL_OUTPUT_CHARS:
+            text = text[:MAIL_OUTPUT_CHARS] + f"\n[{len(text) - MAIL_OUTPUT_CHARS} more characters]"
+        out += [f"      | {line}" for line in text.splitlines()]
+    return "\n".join(out)
+
+
+def transition_notice(rec: TransitionRecord, s: mail.Situation, now: float) -> mail.Notice:
+    """The mail about one transition: the situation, outcome, timeline and each script."""
+    event = "takeover" if rec.action is Action.ACQUIRE else "release"
+    if not rec.ok:
+        event += f"-{rec.outcome}"
+    changed = "" if rec.changed_at is None else f"; addresses changed at +{rec.changed_at:.3f} s"
+    body = [
+        transition_subject(rec, s).removeprefix("[ipfailover] "),
+        "",
+        mail.situation_text(s, now),
+        "",
+        f"Action:    {rec.action} ({rec.reason}), started {mail.format_time(rec.started_wall)}",
+        f"Outcome:   {rec.outcome} in {rec.duration:.3f} s{changed}",
+    ]
+    if rec.why:
+        body.append(f"Why:       {rec.why}")
+    body += [f"Error:     {e}" for e in rec.errors]
+    body += ["", "Timeline (seconds from the start, duration):", timeline_text(rec)]
+    body += ["", "Scripts:", scripts_text(rec), ""]
+    direction = "down" if rec.action is Action.ACQUIRE else "up"
+    return mail.Notice(event, direction, _ips(rec), transition_subject(rec, s), "\n".join(body))
+
+
+# --- failoverd's claim on its addresses ---------------------------------------------------------
+
+
+class LockHeld(Exception):
+    """Another process holds failoverd's lock (``pid`` and the addresses it manages)."""
+
+    def __init__(self, path: Path, pid: int | None, addresses: list[str]) -> None:
+        super().__init__(path, pid, addresses)
+        self.path = path
+        self.pid = pid
+        self.addresses = addresses
+
+
+class ManagerLock:
+    """An flock on ``<FAILOVER_RUN_DIR>/failoverd.lock``, held for failoverd's lifetime.
+
+    The file says which process manages which addresses, so ``ipfailover process`` can refuse to
+    touch them. The kernel drops the lock when the process dies, however it dies, so a stale file
+    never blocks anyone.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+
+    @classmethod
+    def take(cls, run_dir: str, addresses: Iterable[netif.Assignment]) -> ManagerLock:
+        """Take the lock and write our pid and addresses; LockHeld if someone has it."""
+        path = Path(run_dir) / LOCK_NAME
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            content = os.read(fd, 65536).decode("utf-8", "replace")
+            os.close(fd)
+            raise LockHeld(path, *_parse_lock(content)) from None
+        text = f"pid {os.getpid()}\n" + "".join(f"address {plain(a)}\n" for a in addresses)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode(), 0)
+        return cls(fd, path)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _parse_lock(text: str) -> tuple[int | None, list[str]]:
+    pid, addresses = None, []
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "pid" and value.isdigit():
+            pid = int(value)
+        elif key == "address":
+            addresses.append(value)
+    return pid, addresses
+
+
+def manager(run_dir: str) -> LockHeld | None:
+    """Who manages addresses here: a LockHeld describing the running failoverd, or None."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return LockHeld(path, *_parse_lock(os.read(fd, 65536).decode("utf-8", "replace")))
+        return None  # nobody holds it: the file is left over from a failoverd that stopped
+    finally:
+        os.close(fd)
+
+
+def overlap(held: LockHeld, wanted: Iterable[netif.Assignment]) -> list[str]:
+    """The addresses of ``wanted`` that the lock holder manages (compared by IP address)."""
+    managed = set()
+    for entry in held.addresses:
+        with contextlib.suppress(ValueError):
+            managed.add(ipaddress.ip_address(entry.split(":", 1)[1].rsplit("/", 1)[0]))
+    return [str(a.address) for a in wanted if a.address in managed]
