@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import auth, config, wire
+from . import auth, config, sdnotify, wire
 
 EXIT_CONFIG = 2
 
@@ -108,8 +108,25 @@ def rejected_counts(counters: Mapping[str, int]) -> dict[str, int]:
 # Start-up --------------------------------------------------------------------------------------
 
 
-def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
+SIGNALS_EPILOG = """signals:
+  SIGTERM, SIGINT  stop gracefully ({stop})
+  SIGHUP           re-read the configuration; a bad one is logged and the old one kept{hup}
+
+exit status:
+  0  stopped on a signal
+  2  a configuration, key or interface problem, reported before touching the network
+"""
+
+
+def base_parser(
+    prog: str, description: str, *, stop: str = "release what it holds", hup: str = ""
+) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=SIGNALS_EPILOG.format(stop=stop, hup=hup),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--config",
         default="/etc/hostconfig",
@@ -169,6 +186,32 @@ def run(main: Coroutine[object, object, int]) -> int:
     except StartupError as e:
         print(str(e), file=sys.stderr)
         return EXIT_CONFIG
+
+
+class Service:
+    """What the service manager hears (sd_notify): READY, RELOADING, STOPPING, and the watchdog,
+    fed from the event loop itself so a wedged loop is restarted. Silent outside systemd."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        interval = sdnotify.watchdog_interval()
+        self._feed_every = None if interval is None else interval / 2
+
+    def ready(self, status: str) -> None:
+        sdnotify.notify(READY=1, STATUS=status)
+        if self._feed_every is not None:
+            self._feed()
+
+    def reloading(self) -> None:
+        sdnotify.notify(RELOADING=1)
+
+    def stopping(self) -> None:
+        sdnotify.notify(STOPPING=1)
+
+    def _feed(self) -> None:
+        sdnotify.notify(WATCHDOG=1)
+        assert self._feed_every is not None
+        self.loop.call_later(self._feed_every, self._feed)
 
 
 class Timer:

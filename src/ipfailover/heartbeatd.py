@@ -7,6 +7,7 @@ the core asks (at start-up, on SIGHUP, and when a secondary reports it has relea
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import logging
@@ -59,6 +60,7 @@ class Heartbeatd:
         self.timer = daemon.Timer(loop, self._on_timer)
         self.stopped = asyncio.Event()
         self.control = control.ControlServer(cfg.run_dir, "heartbeatd", self.snapshot)
+        self.service = daemon.Service(loop)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def snapshot(self) -> dict[str, Any]:
@@ -111,9 +113,11 @@ class Heartbeatd:
         self._flush()
 
     def _on_hup(self) -> None:
+        self.service.reloading()
         self.reload()
         self.core.tickle(self.loop.time(), "sighup")
         self._flush()
+        self.service.ready(f"sending every {self.cfg.interval:g} s")
 
     def reload(self) -> None:
         """Re-read the config; a bad one is logged and the old one kept. Never stops beating."""
@@ -137,6 +141,7 @@ class Heartbeatd:
         )
 
     def _on_stop(self) -> None:
+        self.service.stopping()
         self.core.leave(self.loop.time())
         self.events("leaving", node=self.core.cfg.node)
         self._flush()
@@ -169,14 +174,24 @@ class Heartbeatd:
         )
 
 
+def build_parser() -> argparse.ArgumentParser:
+    return daemon.base_parser(
+        "heartbeatd",
+        __doc__.splitlines()[0],
+        stop="send LEAVING, so the secondary takes over at once",
+        hup=";\n                   then re-announce this node's addresses (Apple's tickle)",
+    )
+
+
 async def amain(argv: list[str] | None) -> int:
-    args = daemon.base_parser("heartbeatd", __doc__.splitlines()[0]).parse_args(argv)
+    args = build_parser().parse_args(argv)
     daemon.setup_logging(args.verbose)
     cfg = daemon.load_role_config(args.config, "heartbeatd")
     key = daemon.load_key(cfg)
     hb = Heartbeatd(cfg, key, asyncio.get_running_loop())
     await hb.control.start()
     hb.start()
+    hb.service.ready(f"sending every {cfg.interval:g} s")
     await hb.stopped.wait()
     await asyncio.sleep(0)  # let the LEAVING datagrams go out
     await hb.control.close()

@@ -30,7 +30,7 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*<>\[\]])")
 def parsers() -> dict[str, argparse.ArgumentParser]:
     """Each program's parser, built as the program builds it."""
     return {
-        "heartbeatd": daemon.base_parser("heartbeatd", _first_line(heartbeatd.__doc__)),
+        "heartbeatd": heartbeatd.build_parser(),
         "failoverd": daemon.base_parser("failoverd", _first_line(failoverd.__doc__)),
         "ipfailover": cli.build_parser(),
     }
