@@ -36,7 +36,7 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import lab, status
+    from . import check, lab, process, status, units
 
     p = argparse.ArgumentParser(
         prog="ipfailover",
@@ -69,6 +69,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.configure_parser(st)
     st.set_defaults(handler=status.run)
+
+    pr = sub.add_parser(
+        "process", help="take addresses over or hand them back by hand (Apple's ProcessFailover)"
+    )
+    process.configure_process_parser(pr)
+    pr.set_defaults(handler=process.run_process)
+
+    nt = sub.add_parser("notify", help="send a failover mail (Apple's NotifyFailover)")
+    process.configure_notify_parser(nt)
+    nt.set_defaults(handler=process.run_notify)
+
+    ck = sub.add_parser(
+        "check",
+        help="validate the configuration, key, interfaces and scripts, touching nothing",
+        description=check.__doc__.split("\n\n")[0] if check.__doc__ else None,
+    )
+    check.configure_parser(ck)
+    ck.set_defaults(handler=check.run)
+
+    cd = sub.add_parser(
+        "condition",
+        help="exit 0 if a daemon's FAILOVER_* variables are set (the units' ExecCondition)",
+    )
+    units.configure_condition_parser(cd)
+    cd.set_defaults(handler=units.run_condition)
+
+    iu = sub.add_parser("install-units", help="install the systemd units for both daemons")
+    units.configure_install_parser(iu)
+    iu.set_defaults(handler=units.run_install)
     return p
 
 

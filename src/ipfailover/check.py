@@ -1,0 +1,162 @@
+"""``ipfailover check``: everything start-up validates, without touching the network.
+
+One precise line per problem. Problems are *errors* (the daemon refuses to start: config, key,
+missing interface) or *warnings* (it starts, but something will misbehave: an unsafe script is
+refused at the transition, a pair's mask disagrees with the interface's subnet). The daemons run
+the same checks when they start and log the warnings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import os
+from dataclasses import dataclass
+
+from . import config, daemon, hooks, netif
+
+
+@dataclass(frozen=True)
+class Problem:
+    text: str
+    fatal: bool
+
+    def __str__(self) -> str:
+        return f"{'error' if self.fatal else 'warning'}: {self.text}"
+
+
+def roles_of(cfg: config.Config) -> list[config.Role]:
+    """The roles this configuration asks for (Apple's StartupItem conditions)."""
+    out: list[config.Role] = []
+    if not config.role_problems(cfg, "heartbeatd"):
+        out.append("heartbeatd")
+    if not config.role_problems(cfg, "failoverd"):
+        out.append("failoverd")
+    return out
+
+
+def _where(cfg: config.Config, variable: str) -> str:
+    return f"{cfg.path}:{cfg.line_of(variable) or 0}: {variable}"
+
+
+async def pair_problems(cfg: config.Config) -> list[Problem]:
+    """Interfaces exist; each pair's address and mask make sense on its interface."""
+    out: list[Problem] = []
+    where = _where(cfg, "FAILOVER_PEER_IP_PAIRS")
+    names = sorted({p.interface for p in cfg.peer_ip_pairs} | set(cfg.networks))
+    missing = set(await netif.missing_interfaces(names))
+    for name in sorted(missing):
+        var = "FAILOVER_NETWORKS" if name in cfg.networks else "FAILOVER_PEER_IP_PAIRS"
+        out.append(Problem(f"{_where(cfg, var)}: no such interface: {name}", True))
+    for pair in cfg.peer_ip_pairs:
+        if pair.interface in missing:
+            continue
+        own = await netif.interface_addresses(pair.interface)
+        nets = [
+            ipaddress.ip_network(f"{a.address}/{a.prefixlen}", strict=False)
+            for a in own
+            if a.address.version == pair.address.version and a.address != pair.address
+        ]
+        on_link = [n for n in nets if pair.address in n]
+        if pair.prefixlen is None and not on_link:
+            host = 32 if pair.address.version == 4 else 128
+            out.append(
+                Problem(
+                    f"{where}: {pair}: no address of {pair.interface} is on a subnet containing "
+                    f"{pair.address}; it will be added as /{host} (clients must route to it)",
+                    False,
+                )
+            )
+        elif pair.prefixlen is not None and on_link and on_link[0].prefixlen != pair.prefixlen:
+            out.append(
+                Problem(
+                    f"{where}: {pair}: the mask /{pair.prefixlen} differs from {pair.interface}'s "
+                    f"subnet {on_link[0]} (Apple's rule: give /32 or nothing on the interface's "
+                    "own subnet)",
+                    False,
+                )
+            )
+    return out
+
+
+def script_problems(cfg: config.Config) -> list[Problem]:
+    """The script folder and each script: safe (when enforced) and executable."""
+    if not cfg.peer_ip_pairs and cfg.peer_ip is None:
+        return []
+    folder = hooks.script_folder(cfg)
+    if not folder.exists():
+        return []
+    enforce = cfg.script_strict and os.geteuid() == 0
+    where = _where(cfg, "FAILOVER_SCRIPT_DIR")
+    out: list[Problem] = []
+    if enforce and (problem := hooks.folder_problem(folder, os.geteuid())):
+        return [Problem(f"{where}: {problem}; no script in it will run", False)]
+    scripts = hooks.ScriptFolder(folder, timeout=cfg.script_timeout, enforce=enforce)
+    for phase in hooks.Phase:
+        for s in scripts.scripts(phase):
+            if s.problem:
+                out.append(Problem(f"{where}: {s.problem}; it will be refused", False))
+    for entry in sorted(folder.iterdir()):
+        prefixed = any(entry.name.startswith(p.value) for p in hooks.Phase)
+        if prefixed and entry.is_file() and not os.access(entry, os.X_OK):
+            out.append(
+                Problem(
+                    f"{where}: {entry} is not executable and will not run (chmod 755 it)", False
+                )
+            )
+    return out
+
+
+async def problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem]:
+    """Everything wrong with ``cfg`` for ``roles``, errors first."""
+    out = [Problem(str(e), True) for role in roles for e in config.role_problems(cfg, role)]
+    if out:
+        return out
+    try:
+        daemon.load_key(cfg)
+    except daemon.StartupError as e:
+        out.append(Problem(str(e), True))
+    if "failoverd" in roles:
+        out += await pair_problems(cfg)
+        out += script_problems(cfg)
+    return sorted(out, key=lambda p: not p.fatal)
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        default="/etc/hostconfig",
+        metavar="PATH",
+        help="the file to check (default: %(default)s)",
+    )
+    p.add_argument(
+        "--role",
+        choices=["heartbeatd", "failoverd"],
+        action="append",
+        help="check for this daemon (repeatable; default: every role the file configures)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 if nothing is wrong, 1 if there are only warnings, 2 if a daemon would refuse."""
+    try:
+        cfg = config.load_config(args.config)
+    except config.ConfigErrors as errs:
+        for e in errs.errors:
+            print(f"error: {e}")
+        return 2
+    roles: list[config.Role] = args.role or roles_of(cfg)
+    if not roles:
+        print(
+            f"error: {cfg.path}: configures no daemon: set FAILOVER_BCAST_IPS (heartbeatd) "
+            "or FAILOVER_PEER_IP and FAILOVER_PEER_IP_PAIRS (failoverd)"
+        )
+        return 2
+    found = asyncio.run(problems(cfg, roles))
+    for p in found:
+        print(p)
+    if not found:
+        print(f"ok: {cfg.path} is valid for {' and '.join(roles)}")
+        return 0
+    return 2 if any(p.fatal for p in found) else 1
