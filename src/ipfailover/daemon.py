@@ -105,6 +105,26 @@ def rejected_counts(counters: Mapping[str, int]) -> dict[str, int]:
     return {r.value: counters.get(f"rejected.{r.value}", 0) for r in wire.Reason}
 
 
+def start_metrics(
+    cfg: config.Config, loop: asyncio.AbstractEventLoop, snapshot: Callable[[], dict[str, Any]]
+) -> None:
+    """Serve FAILOVER_METRICS if set; prometheus-client is only needed when it is."""
+    if cfg.metrics is None:
+        return
+    where = f"{cfg.path}:{cfg.line_of('FAILOVER_METRICS') or 0}: FAILOVER_METRICS"
+    try:
+        from . import metrics
+    except ImportError:
+        raise StartupError(
+            f"{where}: needs prometheus-client: pip install 'ipfailover[metrics]'"
+        ) from None
+    try:
+        host, port = config.split_host_port(cfg.metrics, None)
+        metrics.serve(host, port, loop, snapshot)
+    except OSError as e:
+        raise StartupError(f"{where}: cannot listen on {cfg.metrics}: {e.strerror}") from None
+
+
 # Start-up --------------------------------------------------------------------------------------
 
 

@@ -190,6 +190,7 @@ async def amain(argv: list[str] | None) -> int:
     key = daemon.load_key(cfg)
     hb = Heartbeatd(cfg, key, asyncio.get_running_loop())
     await hb.control.start()
+    daemon.start_metrics(cfg, hb.loop, hb.snapshot)
     hb.start()
     hb.service.ready(f"sending every {cfg.interval:g} s")
     await hb.stopped.wait()
