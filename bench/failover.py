@@ -9,13 +9,17 @@ round (run 1 of every configuration, then run 2, ...) so that a slow spell of
 the machine spreads over all of them rather than landing on one:
 
 * ipfailover at its defaults (``FAILOVER_INTERVAL`` 1 s, dead time 3 intervals,
-  ``FAILOVER_FAILBACK_DELAY`` 3 s), through ``ipfailover.lab.run_once``;
+  ``FAILOVER_FAILBACK_DELAY`` 3 s): the scenario of ``ipfailover lab``
+  (``ipfailover.lab.Scenario``);
 * ipfailover at a 0.05 s interval (the other defaults unchanged);
-* keepalived, VRRPv2, advert_int 1 (``keepalived_lab``);
+* keepalived, VRRPv2, advert_int 1 (``keepalived_lab.KeepalivedScenario``);
 * keepalived, VRRPv3, advert_int 0.05.
 
 Each run builds a fresh lab and measures the phases ``failover``, ``failback``,
-``graceful-stop`` and ``restart-failback`` (see ``ipfailover.lab``).  The raw
+``graceful-stop`` and ``restart-failback`` (see ``ipfailover.lab``).  Before
+each phase it pauses for a random part of one interval (``RandomPhase``), so
+that faults land anywhere in the heartbeat cycle; ``--fixed-phase`` leaves the
+pause out, which is exactly ``ipfailover lab``'s own timing.  The raw
 per-run results and per-phase statistics (median, min, max, quartiles, IQR,
 stdev, lost probes) go to ``--out`` as JSON; a Markdown table goes to stdout and
 progress to stderr.  Exit status: 0 if every run measured every phase, 1 if
@@ -29,6 +33,7 @@ import inspect
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import statistics
@@ -49,26 +54,67 @@ from ipfailover import lab as iplab
 REPO = Path(__file__).resolve().parent.parent
 
 
+ScenarioFactory = Callable[[iplab.Lab, iplab.RunResult], iplab.Scenario]
+"""Builds the scenario of one run in a freshly built lab."""
+
+
+class RandomPhase(iplab.Scenario):
+    """Start every phase at a random point of the heartbeat (or advert) cycle.
+
+    The lab's setup ends at a fixed offset from the daemons' start, and so from
+    their heartbeat schedule; without this pause every failover would be pulled
+    at the same point of the cycle and its time would hardly vary from run to
+    run, at a value set by that offset rather than by the software.  A pause
+    drawn uniformly from [0, interval) before each phase samples the whole
+    cycle.  Mixed in ahead of a scenario class, it wraps that class's phases.
+    """
+
+    def _pause(self) -> None:
+        delay = random.uniform(0.0, self.args.interval)
+        time.sleep(delay)
+        self.lab.mark(f"random pause of {delay:.3f}s before the next phase")
+
+    def failover(self) -> iplab.PhaseResult:
+        self._pause()
+        return super().failover()
+
+    def failback(self) -> iplab.PhaseResult:
+        self._pause()
+        return super().failback()
+
+    def graceful_stop(self) -> iplab.PhaseResult:
+        self._pause()
+        return super().graceful_stop()
+
+    def restart(self) -> iplab.PhaseResult:
+        self._pause()
+        return super().restart()
+
+
+class PhasedKeepalived(RandomPhase, keepalived_lab.KeepalivedScenario):
+    """The keepalived scenario with a random pause before each phase."""
+
+
 @dataclass(frozen=True)
 class Config:
-    """One configuration under test, and how to run it once."""
+    """One configuration under test, and how to build its scenario."""
 
     name: str
     software: str
     interval: float  # heartbeat / advert interval in seconds
     settings: dict[str, Any]  # what else characterises it, for the JSON
-    run: Callable[[int, Path | None], iplab.RunResult]  # (run index, keep-logs dir)
+    scenario: ScenarioFactory
 
 
-def ipfailover_config(interval: float) -> Config:
+def ipfailover_config(interval: float, random_phase: bool) -> Config:
     """ipfailover's lab scenario at this interval, every other setting at its default."""
     parser = argparse.ArgumentParser()
     iplab.configure_parser(parser)
     args = parser.parse_args([f"--interval={interval}"])
+    kind = RandomPhase if random_phase else iplab.Scenario
 
-    def run(index: int, keep_logs: Path | None) -> iplab.RunResult:
-        args.keep_logs = None if keep_logs is None else str(keep_logs)
-        return iplab.run_once(args, index)
+    def scenario(lab: iplab.Lab, result: iplab.RunResult) -> iplab.Scenario:
+        return kind(lab, args, result)
 
     settings = {
         "FAILOVER_INTERVAL": interval,
@@ -76,15 +122,17 @@ def ipfailover_config(interval: float) -> Config:
         "FAILOVER_FAILBACK_DELAY": "default (3 s)",
         "probed_address": iplab.SERVICE_V4,
     }
-    return Config(f"ipfailover-{interval:g}s", "ipfailover", interval, settings, run)
+    return Config(f"ipfailover-{interval:g}s", "ipfailover", interval, settings, scenario)
 
 
-def keepalived_config(advert_int: float, version: int) -> Config:
+def keepalived_config(advert_int: float, version: int, random_phase: bool) -> Config:
     """keepalived's lab scenario with this advert interval and VRRP version."""
     vrrp = keepalived_lab.VrrpSettings(advert_int, version)
+    args = keepalived_lab.scenario_args(vrrp)
+    kind = PhasedKeepalived if random_phase else keepalived_lab.KeepalivedScenario
 
-    def run(index: int, keep_logs: Path | None) -> iplab.RunResult:
-        return keepalived_lab.run_once(vrrp, index, keep_logs)
+    def scenario(lab: iplab.Lab, result: iplab.RunResult) -> iplab.Scenario:
+        return kind(lab, vrrp, args, result)
 
     settings = {
         **asdict(vrrp),
@@ -95,15 +143,15 @@ def keepalived_config(advert_int: float, version: int) -> Config:
         "secondary_master_down_s": vrrp.master_down(100),
         "primary_master_down_s": vrrp.master_down(150),
     }
-    return Config(f"keepalived-{advert_int:g}s", "keepalived", advert_int, settings, run)
+    return Config(f"keepalived-{advert_int:g}s", "keepalived", advert_int, settings, scenario)
 
 
-def all_configs() -> list[Config]:
+def all_configs(random_phase: bool = True) -> list[Config]:
     return [
-        ipfailover_config(1.0),
-        ipfailover_config(0.05),
-        keepalived_config(1.0, 2),
-        keepalived_config(0.05, 3),
+        ipfailover_config(1.0, random_phase),
+        ipfailover_config(0.05, random_phase),
+        keepalived_config(1.0, 2, random_phase),
+        keepalived_config(0.05, 3, random_phase),
     ]
 
 
@@ -217,6 +265,30 @@ def machine() -> dict[str, Any]:
 # --- running ----------------------------------------------------------------------
 
 
+def run_once(make: ScenarioFactory, index: int, keep_logs: Path | None) -> iplab.RunResult:
+    """Build a fresh lab and measure all phases once; the lab is always torn down.
+
+    The same steps as ``ipfailover.lab.run_once``, which builds the lab's own
+    ``Scenario`` only; here the scenario comes from ``make``.
+    """
+    result = iplab.RunResult(index)
+    with iplab.Lab() as lab:
+        origin = lab.marks[0][0]
+        scenario = make(lab, result)
+        try:
+            scenario.setup()
+            scenario.run_phases()
+        except iplab.LabError as error:
+            result.error = str(error)
+        finally:
+            lab.mark("measurements over; stopping all processes")
+            lab.stop_processes()
+            result.timeline = scenario.timeline(origin)
+            if keep_logs is not None:
+                iplab.keep_logs(lab.tmpdir, keep_logs / f"run-{index}")
+    return result
+
+
 def run_all(
     configs: Sequence[Config], runs: int, keep_logs: Path | None
 ) -> dict[str, list[iplab.RunResult]]:
@@ -226,7 +298,7 @@ def run_all(
         for config in configs:
             started = time.monotonic()
             logs = None if keep_logs is None else keep_logs / config.name
-            result = config.run(index, logs)
+            result = run_once(config.scenario, index, logs)
             results[config.name].append(result)
             status = "ok" if result.ok else f"FAILED: {result.error}"
             phases = " ".join(
@@ -267,12 +339,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only", action="append", choices=names, help="run only this configuration (repeatable)"
     )
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy every run's logs here")
+    parser.add_argument(
+        "--fixed-phase", action="store_true",
+        help="no random pause before each phase (faults then land at a fixed point of the cycle)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     problem = _preflight(args.runs)
     if problem:
         print(f"bench/failover.py: {problem}", file=sys.stderr)
         return 2
-    configs = [c for c in all_configs() if not args.only or c.name in args.only]
+    configs = [c for c in all_configs(not args.fixed_phase) if not args.only or c.name in args.only]
     info = machine()
     info["started"] = datetime.now(UTC).isoformat(timespec="seconds")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -291,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     document = {
         "machine": info,
         "runs_per_config": args.runs,
+        "random_phase": not args.fixed_phase,
         "probe_client": probe_settings(),
         "configs": [
             {

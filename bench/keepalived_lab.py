@@ -1,9 +1,9 @@
 """The peer benchmark: keepalived's VRRP in the same namespace lab, timed the same way.
 
-``run_once`` builds an ``ipfailover.lab.Lab`` (same topology, same probe
-responders, same probe client), runs keepalived on P (MASTER, priority 150) and
-S (BACKUP, priority 100) with one VRRP instance on pub0, and measures the lab's
-four phases with the lab's own ``Scenario`` measurements:
+``KeepalivedScenario`` drives an ``ipfailover.lab.Lab`` (same topology, same
+probe responders, same probe client), runs keepalived on P (MASTER, priority
+150) and S (BACKUP, priority 100) with one VRRP instance on pub0, and measures
+the lab's four phases with the lab's own ``Scenario`` measurements:
 
 * failover: pull both of P's cables -> first probe S answers;
 * failback: plug them back in -> P answers and S stays quiet (keepalived
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipfailover import lab as iplab
-from ipfailover.lab import Lab, LabError, LabProcess, LabTimeout, Network, Node, RunResult
+from ipfailover.lab import Lab, LabProcess, LabTimeout, Network, Node, RunResult
 
 VIRTUAL_ADDRESS = "203.0.113.50"
 """The VRRP virtual address the client probes (a documentation address)."""
@@ -198,30 +198,14 @@ class KeepalivedScenario(iplab.Scenario):
 
 
 def scenario_args(vrrp: VrrpSettings) -> argparse.Namespace:
-    """The lab's wait bounds for keepalived: dead time = S's master-down interval, no hold-down."""
+    """What the lab's ``Scenario`` reads from its arguments, for keepalived.
+
+    Its wait bounds come from these: the dead time is S's master-down interval
+    and there is no hold-down before a failback.
+    """
     return argparse.Namespace(
         interval=vrrp.advert_int,
         deadtime=vrrp.master_down(PRIORITIES[Node.SECONDARY]),
         failback_delay=0.0,
         ipv6=False,
     )
-
-
-def run_once(vrrp: VrrpSettings, index: int, keep_logs: Path | None = None) -> RunResult:
-    """Build a fresh lab and measure all phases once with keepalived; always tear down."""
-    result = RunResult(index)
-    with Lab() as lab:
-        origin = lab.marks[0][0]
-        scenario = KeepalivedScenario(lab, vrrp, scenario_args(vrrp), result)
-        try:
-            scenario.setup()
-            scenario.run_phases()
-        except LabError as error:
-            result.error = str(error)
-        finally:
-            lab.mark("measurements over; stopping all processes")
-            lab.stop_processes()
-            result.timeline = scenario.timeline(origin)
-            if keep_logs is not None:
-                iplab.keep_logs(lab.tmpdir, keep_logs / f"run-{index}")
-    return result
