@@ -1,22 +1,25 @@
 """failoverd: the secondary's daemon. Watches the primary; takes over its addresses when it dies.
 
 The asyncio shell around :class:`ipfailover.monitor.Monitor`. It feeds the core the loop's clock,
-each datagram with the interface it arrived on, and the outcome of each takeover or release it
-carried out through netlink (:mod:`ipfailover.netif`).
+each datagram with the interface it arrived on, and the outcome of each takeover or release, which
+:class:`ipfailover.transition.Executor` carries out (Test gate, scripts, netlink, announcements,
+mail). Mail is spooled and delivered in the background (:class:`ipfailover.mail.Outbox`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
 import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass, field
+import time
+from collections.abc import Coroutine
 
-from . import config, daemon, netif
+from . import config, daemon, hooks, mail, netif, transition
 from .monitor import (
     Acquire,
     Monitor,
@@ -32,21 +35,8 @@ from .wire import Dropped
 
 log = logging.getLogger("ipfailover.failoverd")
 STOP_TIMEOUT = 30.0  # seconds a shutdown waits for the release before giving up
-
-
-@dataclass
-class Transition:
-    """One takeover or release as it happened: for logs, status and mail."""
-
-    action: str  # "acquire" or "release"
-    reason: str
-    started: float
-    steps: list[tuple[str, float]] = field(default_factory=list)  # (step, seconds)
-    ok: bool = True
-    finished: float | None = None
-
-    def step(self, name: str, began: float, now: float) -> None:
-        self.steps.append((name, now - began))
+MAIL_STOP_GRACE = 2.0  # seconds a stopping failoverd gives a delivery under way to finish
+HISTORY = 50  # transitions kept in memory (for the status command)
 
 
 async def resolve_pairs(cfg: config.Config) -> list[netif.Assignment]:
@@ -111,10 +101,37 @@ class Failoverd:
         )
         self.timer = daemon.Timer(loop, self._on_timer)
         self.stopped = asyncio.Event()
-        self.history: list[Transition] = []
+        self.history: collections.deque[transition.TransitionRecord] = collections.deque(
+            maxlen=HISTORY
+        )
         self._work: asyncio.Task[None] | None = None
+        settings = mail.MailSettings.from_config(cfg)
+        self.outbox = mail.Outbox(
+            settings, mail.delivery_for(settings), self.events, node=self.node
+        )
+        self.scripts = hooks.ScriptFolder(
+            hooks.script_folder(cfg),
+            timeout=cfg.script_timeout,
+            enforce=cfg.script_strict and os.geteuid() == 0,
+        )
+        self.executor = transition.Executor(
+            node=self.node,
+            addresses=assignments,
+            scripts=self.scripts,
+            backend=transition.NetlinkBackend(),
+            announcing=transition.Announcing(cfg.garp_count, cfg.garp_interval),
+            notifier=self.outbox,
+            events=self.events,
+        )
+        self._heard: dict[str, float] = {}  # network -> loop time the primary was last heard
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def node(self) -> str:
+        return self.core.cfg.node
 
     def start(self) -> None:
+        self.outbox.start()
         self.udp.start(self.loop, self._on_datagram)
         daemon.install_signals(
             self.loop, {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop}
@@ -128,8 +145,14 @@ class Failoverd:
             addresses=self._addresses(),
             deadtime=self.core.cfg.deadtime,
             state=self.core.state.value,
+            scripts=self.scripts.path,
         )
         self._flush()
+
+    async def close(self) -> None:
+        """After the core stopped: let mail under way go out (briefly), close the sockets."""
+        await self.outbox.stop(MAIL_STOP_GRACE)
+        self.udp.close()
 
     def _addresses(self) -> str:
         return " ".join(str(a) for a in self.assignments)
@@ -152,6 +175,7 @@ class Failoverd:
     # Outputs -----------------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        self._note_heard()
         for data, addr in self.core.datagrams_to_send():
             self.udp.sendto(data, addr)
         while (ev := self.core.next_event()) is not None:
@@ -180,6 +204,9 @@ class Failoverd:
             name = "peer-verified" if ev.kind == "verified" else ev.kind
             level = logging.WARNING if ev.kind == "anomaly" else logging.INFO
             self.events(name, level, network=ev.network, peer=self.core.peer_name)
+            if ev.kind in ("anomaly", "recovered"):
+                notice = mail.network_notice(ev.kind, ev.network, self._situation(), time.time())
+                self._spawn(self._notify(notice))
         elif isinstance(ev, PeerWarning):
             self.events("warning", logging.WARNING, text=ev.text)
         elif isinstance(ev, Dropped):
@@ -188,74 +215,76 @@ class Failoverd:
     def _start_work(self, ev: Acquire | Release) -> None:
         if self._work is not None and not self._work.done():
             raise RuntimeError("the monitor asked for overlapping transitions")  # a core bug
-        coro = self._acquire(ev.reason) if isinstance(ev, Acquire) else self._release(ev.reason)
-        self._work = self.loop.create_task(coro)
+        self._work = self.loop.create_task(self._transition(ev))
 
-    async def _acquire(self, reason: Trigger) -> None:
-        t = Transition("acquire", reason.value, self.loop.time())
-        self.history.append(t)
-        self.events(
-            "acquire-start",
-            reason=reason.value,
-            peer=self.core.peer_name,
-            addresses=self._addresses(),
-        )
-        began = self.loop.time()
-        added = 0
-        for a in self.assignments:
-            try:
-                await netif.add(a)
-                added += 1
-            except netif.NetifError as e:
-                self.events("acquire-error", logging.ERROR, address=a, error=e)
-        t.step("add-addresses", began, self.loop.time())
-        t.ok = added > 0
-        if t.ok:
-            for a in self.assignments:
-                self._spawn_announce(a)
-        t.finished = self.loop.time()
-        self.events(
-            "acquire-done" if t.ok else "acquire-failed",
-            logging.INFO if t.ok else logging.ERROR,
-            reason=reason.value,
-            duration=t.finished - t.started,
-            added=f"{added}/{len(self.assignments)}",
-        )
-        self.core.acquire_done(self.loop.time(), ok=t.ok)
+    async def _transition(self, ev: Acquire | Release) -> None:
+        """Carry out one transition through the executor and tell the core how it went.
+
+        Test gates a takeover and a release when the primary returns, never a release for
+        shutdown. Test saying no to a takeover is acquire_done(ok=False): the core waits in
+        DECLINED until the primary is heard again. To a release, release_done(ok=False): the
+        core keeps holding and tries again after another hold-down.
+        """
+        situation = self._situation()
+        acquire = isinstance(ev, Acquire)
+        try:
+            if acquire:
+                rec = await self.executor.acquire(ev.reason.value, situation)
+            else:
+                gate = ev.reason is not Trigger.SHUTDOWN
+                rec = await self.executor.release(ev.reason.value, situation, gate=gate)
+            self.history.append(rec)
+            ok = rec.ok
+        except Exception as e:  # a bug must not leave the core waiting forever
+            log.exception("transition failed")
+            self.events("transition-error", logging.ERROR, error=repr(e))
+            ok = False
+        # Done: the core may ask for the next transition from within *_done (a stop that came
+        # during a takeover, a zero failback delay); that must not look like an overlap.
+        self._work = None
+        if acquire:
+            self.core.acquire_done(self.loop.time(), ok=ok)
+        else:
+            self.core.release_done(self.loop.time(), ok=ok)
         self._flush()
 
-    def _spawn_announce(self, a: netif.Assignment) -> None:
-        task = self.loop.create_task(netif.announce(a, self.cfg.garp_count, self.cfg.garp_interval))
-        task.add_done_callback(lambda _t: None)
+    # Mail ----------------------------------------------------------------------------------------
 
-    async def _release(self, reason: Trigger) -> None:
-        t = Transition("release", reason.value, self.loop.time())
-        self.history.append(t)
-        self.events(
-            "release-start",
-            reason=reason.value,
-            peer=self.core.peer_name,
-            addresses=self._addresses(),
+    def _note_heard(self) -> None:
+        """Keep our own copy of when each network last heard the primary, for the mail.
+
+        The detector forgets on LEAVING; the mail about that takeover should still say when.
+        """
+        for name, view in self.core.detector.networks.items():
+            if view.last_heard is not None:
+                self._heard[name] = max(view.last_heard, self._heard.get(name, view.last_heard))
+
+    def _situation(self) -> mail.Situation:
+        """Who, about whom, which addresses, and when each network last heard the primary."""
+        now_loop, now_wall = self.loop.time(), time.time()
+        self._note_heard()
+        heard = tuple(
+            (name, now_wall - (now_loop - self._heard[name]) if name in self._heard else None)
+            for name in sorted(self.core.detector.networks)
         )
-        began = self.loop.time()
-        failed = 0
-        for a in self.assignments:
-            try:
-                await netif.delete(a)
-            except netif.NetifError as e:
-                failed += 1
-                self.events("release-error", logging.ERROR, address=a, error=e)
-        t.step("delete-addresses", began, self.loop.time())
-        t.ok = failed == 0
-        t.finished = self.loop.time()
-        self.events(
-            "release-done" if t.ok else "release-failed",
-            logging.INFO if t.ok else logging.ERROR,
-            reason=reason.value,
-            duration=t.finished - t.started,
+        return mail.Situation(
+            node=self.node,
+            host=socket.gethostname(),
+            peer=self.core.peer_name or str(self.cfg.peer_ip),
+            addresses=tuple(transition.plain(a) for a in self.assignments),
+            heard=heard,
         )
-        self.core.release_done(self.loop.time(), ok=t.ok)
-        self._flush()
+
+    async def _notify(self, notice: mail.Notice) -> None:
+        try:
+            await self.outbox.submit(notice)
+        except OSError as e:
+            self.events("mail-spool-error", logging.ERROR, error=e, subject=notice.subject)
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 async def amain(argv: list[str] | None) -> int:
@@ -265,6 +294,7 @@ async def amain(argv: list[str] | None) -> int:
     key = daemon.load_key(cfg)
     assignments = await resolve_pairs(cfg)
     networks = await watched_networks(cfg)
+    lock = take_lock(cfg, assignments)
     present = [a for a in assignments if await netif.present(a)]
     loop = asyncio.get_running_loop()
     fd = Failoverd(cfg, key, loop, assignments, networks, holding=bool(present))
@@ -276,8 +306,22 @@ async def amain(argv: list[str] | None) -> int:
         fd.events("adopt", addresses=" ".join(str(a) for a in present))
     fd.start()
     await fd.stopped.wait()
-    fd.udp.close()
+    await fd.close()
+    lock.close()
     return 0
+
+
+def take_lock(cfg: config.Config, assignments: list[netif.Assignment]) -> transition.ManagerLock:
+    """Claim our addresses in FAILOVER_RUN_DIR (``ipfailover process`` keeps off them)."""
+    where = f"{cfg.path}:{cfg.line_of('FAILOVER_RUN_DIR') or 0}: FAILOVER_RUN_DIR"
+    try:
+        return transition.ManagerLock.take(cfg.run_dir, assignments)
+    except transition.LockHeld as e:
+        raise daemon.StartupError(
+            f"{where}: another failoverd (pid {e.pid}) is running here ({e.path})"
+        ) from None
+    except OSError as e:
+        raise daemon.StartupError(f"{where}: cannot create {cfg.run_dir}: {e.strerror}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,14 +13,16 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ipfailover import daemon, hooks, mail, netif, transition
+from ipfailover import config, daemon, failoverd, hooks, mail, netif, transition
 from ipfailover.hooks import Phase, ScriptFolder, Status
 from ipfailover.transition import Action, Announcing, Executor, Outcome
 
@@ -527,3 +529,59 @@ def test_manager_lock_names_the_pid_and_addresses_and_dies_with_its_holder(
     lock.close()
     assert transition.manager(run_dir) is None  # the file stays; the flock is gone
     assert stat.S_ISREG((tmp_path / "run" / transition.LOCK_NAME).stat().st_mode)
+
+
+# --- failoverd's use of the executor -------------------------------------------------------------
+
+
+class StopDuringTakeover:
+    """An executor whose takeover is interrupted by SIGTERM (failoverd's stop handler)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, bool]] = []
+        self.daemon: Any = None
+
+    def _record(self, action: Action, reason: str) -> transition.TransitionRecord:
+        rec = transition.TransitionRecord(action, reason, (), 0.0, 0.0)
+        rec.outcome = Outcome.DONE
+        return rec
+
+    async def acquire(
+        self, reason: str, situation: mail.Situation, *, gate: bool = True
+    ) -> transition.TransitionRecord:
+        self.calls.append(("acquire", reason, gate))
+        self.daemon._on_stop()  # SIGTERM arrives while the takeover is still running
+        return self._record(Action.ACQUIRE, reason)
+
+    async def release(
+        self, reason: str, situation: mail.Situation, *, gate: bool
+    ) -> transition.TransitionRecord:
+        self.calls.append(("release", reason, gate))
+        return self._record(Action.RELEASE, reason)
+
+
+def test_a_stop_during_a_takeover_hands_back_right_after_it(tmp_path: Path) -> None:
+    """Regression: the release asked for from within acquire_done was taken for an overlap."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = config.parse_config(
+        f"FAILOVER_PEER_IP=203.0.113.10\nFAILOVER_PORT={port}\n"
+        f"FAILOVER_SCRIPT_DIR={tmp_path}/scripts\nFAILOVER_SPOOL_DIR={tmp_path}/spool\n"
+    )
+    fake = StopDuringTakeover()
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        fd = failoverd.Failoverd(cfg, bytes(32), loop, [], ("pub0",), holding=False)
+        fake.daemon = fd
+        fd.executor = fake  # type: ignore[assignment]
+        try:
+            fd.core.handle_timer(loop.time() + 10)  # past the start-up grace, all silent
+            fd._flush()
+            await asyncio.wait_for(fd.stopped.wait(), 5)
+        finally:
+            fd.udp.close()
+
+    asyncio.run(go())
+    assert fake.calls == [("acquire", "peer-silent", True), ("release", "shutdown", False)]
