@@ -34,7 +34,7 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from email.message import EmailMessage
 from pathlib import Path
@@ -296,7 +296,7 @@ class Spool:
             return None
 
     @contextlib.contextmanager
-    def claim(self, name: str) -> Any:
+    def claim(self, name: str) -> Iterator[bool]:
         """Lock one item for delivery; yields False if another process holds it or it is gone."""
         try:
             fd = os.open(self.path / name, os.O_RDONLY)
@@ -578,7 +578,7 @@ class Outbox:
             try:
                 await self.delivery.deliver(item)
             except DeliveryError as e:
-                self._defer(item, str(e))
+                await self._defer(item, str(e))
                 return False
             await asyncio.to_thread(self.spool.remove, item.id)
         self.events(
@@ -591,13 +591,13 @@ class Outbox:
         )
         return True
 
-    def _defer(self, item: SpoolItem, error: str) -> None:
+    async def _defer(self, item: SpoolItem, error: str) -> None:
         attempts = item.attempts + 1
         delay = self.backoff.delay(attempts)
         later = replace(
             item, attempts=attempts, next_attempt=self.clock() + delay, last_error=error
         )
-        self.spool.write(later)
+        await asyncio.to_thread(self.spool.write, later)  # fsync: never on the event loop
         self.events(
             "mail-deferred",
             logging.WARNING,

@@ -38,6 +38,7 @@ from .hooks import Phase, ScriptResult, Status
 log = logging.getLogger("ipfailover.transition")
 
 LOCK_NAME = "failoverd.lock"  # in FAILOVER_RUN_DIR: failoverd's claim on its addresses
+SPOOL_TIMEOUT = 5.0  # seconds a transition waits for its mail to be spooled (a hung disk)
 OUTPUT_LOG_LINES = 40  # lines of a script's output copied to the log (the mail has more)
 MAIL_OUTPUT_CHARS = 2000  # characters of a script's output quoted in the mail
 
@@ -187,6 +188,7 @@ class Executor:
         announcing: Announcing,
         notifier: Notifier | None,
         events: daemon.EventLog | None = None,
+        spool_timeout: float = SPOOL_TIMEOUT,
     ) -> None:
         self.node = node
         self.addresses = tuple(addresses)
@@ -195,6 +197,7 @@ class Executor:
         self.announcing = announcing
         self.notifier = notifier
         self.events = events or daemon.EventLog(log)
+        self.spool_timeout = spool_timeout
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._last_release_problem: tuple[str, str] | None = None
@@ -413,9 +416,11 @@ class Executor:
             self._last_release_problem = None
         notice = transition_notice(rec, situation, time.time())
         try:
-            await self.notifier.submit(notice)
-        except OSError as e:  # a full or read-only spool: say so, never fail the transition
-            self.events("mail-spool-error", logging.ERROR, error=e, subject=notice.subject)
+            await asyncio.wait_for(self.notifier.submit(notice), self.spool_timeout)
+        except (OSError, TimeoutError) as e:  # a full, read-only or hung spool: say so, go on
+            hung = isinstance(e, TimeoutError)  # (a subclass of OSError)
+            error = f"not written in {self.spool_timeout:g} s" if hung else str(e)
+            self.events("mail-spool-error", logging.ERROR, error=error, subject=notice.subject)
 
 
 def script_env(

@@ -286,6 +286,18 @@ class Notices:
         return None
 
 
+class Events(daemon.EventLog):
+    """An EventLog that also keeps (event, fields)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("test.hooks"))
+        self.seen: list[tuple[str, dict[str, object]]] = []
+
+    def __call__(self, event: str, level: int = logging.INFO, **fields: object) -> None:
+        self.seen.append((event, fields))
+        super().__call__(event, level, **fields)
+
+
 RECORDER = 'echo "$(basename "$0") $IPFAILOVER_ACTION present=$(cat ../state) {extra}" >> ../log'
 
 
@@ -481,6 +493,32 @@ def test_no_address_added_is_a_failure_and_post_scripts_do_not_run(
     assert not log.exists() or "PostAcq10" not in log.read_text()
     assert "FAILED to take over" in notices.sent[0].subject
     assert notices.sent[0].event == "takeover-failed"
+
+
+class HungSpool:
+    async def submit(self, notice: mail.Notice) -> object:
+        await asyncio.sleep(60)  # a spool on a hung file system
+        return None
+
+
+def test_a_hung_spool_does_not_hold_the_transition_up(folder: Path) -> None:
+    log = folder.parent / "log"
+    events = Events()
+    executor = Executor(
+        node="secondary",
+        addresses=[V4],
+        scripts=ScriptFolder(folder, timeout=2, enforce=True),
+        backend=FakeBackend(log, folder.parent / "state"),
+        announcing=Announcing(1, 0.05),
+        notifier=HungSpool(),
+        events=events,
+        spool_timeout=0.1,
+    )
+    began = time.monotonic()
+    rec = acquire(executor)
+    assert rec.outcome is Outcome.DONE and time.monotonic() - began < 1.0
+    (error,) = [f for e, f in events.seen if e == "mail-spool-error"]
+    assert error["error"] == "not written in 0.1 s"
 
 
 def test_script_environment_is_documented_and_complete(folder: Path) -> None:
