@@ -312,11 +312,11 @@ class Monitor:
         peer.verified = addr
         self._pin_peer(msg.sender, addr)
         self._note_peer_boot(msg, now)
-        was_alive = network in self.detector.networks and self.detector.alive(network, now)
+        was_alive = network in self.detector.networks and self._counts_as_alive(network, now)
         self.detector.heard(network, evidence, now)
         self.peer_interval = msg.interval
         self.counters[f"heartbeats.{network}"] += 1
-        if not was_alive and self.detector.alive(network, now):
+        if not was_alive and self._counts_as_alive(network, now):
             self._events.append(NetworkEvent(kind="verified", network=network, at=now))
         if msg.type is wire.MsgType.LEAVING:
             self.counters["leaving"] += 1
@@ -478,6 +478,13 @@ class Monitor:
             if trigger is None:
                 return
             self._fire(trigger, now)
+
+    def _counts_as_alive(self, network: str, now: float) -> bool:
+        """Alive on ``network``, on evidence that would bring the primary back if we hold."""
+        if not self.detector.alive(network, now):
+            return False
+        last = self.detector.networks[network].last_heard
+        return self.state not in (State.ACTIVE, State.DECLINED) or (last or 0) > self.since
 
     def _heard_since(self, t: float, now: float) -> bool:
         """Alive, on evidence newer than ``t``: life proven before we decided the primary was
