@@ -128,7 +128,9 @@ def test_scripts_run_in_order_around_the_address_change(
     assert {r["reason"] for r in released} == {"peer-heard"}
     assert not s_has_service_address(lab)
     events = [m["event"] for m in spooled_mail(lab)]
-    assert events == ["takeover", "release"]
+    # a re-plugged cable can take the kernel up to ~1 s (linkwatch), more than the dead time:
+    # then the later network is briefly an anomaly, which is mailed too
+    assert [e for e in events if e not in ("anomaly", "recovered")] == ["takeover", "release"]
 
 
 def test_a_hanging_script_is_killed_on_its_timeout_and_the_takeover_completes(
