@@ -40,8 +40,7 @@ ACTIONS = {
     "up": transition.Action.RELEASE,  # Apple's synonym: the primary is up
 }
 EXIT_OK = 0
-EXIT_NOT_DONE = 1  # Test said no, or the address change failed
-EXIT_USAGE = daemon.EXIT_CONFIG  # 2: bad arguments or configuration
+EXIT_NOT_DONE = 1  # Test said no, or the address change failed (2: bad arguments or config)
 EXIT_MANAGED = 3  # failoverd manages those addresses, or another process run is going on
 MAIL_WAIT = 60.0  # seconds ``process`` spends trying to deliver its mail before leaving it spooled
 PROCESS_LOCK = "process.lock"
