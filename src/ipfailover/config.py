@@ -150,7 +150,7 @@ class Config:
     peer_name: str | None = None  # FAILOVER_PEER_NAME: the primary's identity; None = learned
     networks: tuple[str, ...] = ()  # FAILOVER_NETWORKS: interfaces failoverd watches; () = derived
     script_timeout: float = 30.0  # FAILOVER_SCRIPT_TIMEOUT: seconds per transition script
-    script_strict: bool = True  # FAILOVER_SCRIPT_STRICT: a failing script fails the transition
+    script_strict: bool = True  # FAILOVER_SCRIPT_STRICT: refuse scripts others could change
     smtp_server: str = "localhost:25"  # FAILOVER_SMTP_SERVER: normalised to host:port
     smtp_starttls: bool = False  # FAILOVER_SMTP_STARTTLS
     smtp_credentials_file: str | None = None  # FAILOVER_SMTP_CREDENTIALS_FILE

@@ -8,6 +8,7 @@ mail). Mail is spooled and delivered in the background (:class:`ipfailover.mail.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import ipaddress
@@ -17,9 +18,11 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Coroutine
+from typing import Any
 
-from . import config, daemon, hooks, mail, netif, transition
+from . import __version__, check, config, control, daemon, hooks, mail, netif, transition
 from .monitor import (
     Acquire,
     Monitor,
@@ -34,7 +37,6 @@ from .monitor import (
 from .wire import Dropped
 
 log = logging.getLogger("ipfailover.failoverd")
-STOP_TIMEOUT = 30.0  # seconds a shutdown waits for the release before giving up
 MAIL_STOP_GRACE = 2.0  # seconds a stopping failoverd gives a delivery under way to finish
 HISTORY = 50  # transitions kept in memory (for the status command)
 
@@ -83,22 +85,15 @@ class Failoverd:
         self.loop = loop
         self.assignments = assignments
         self.events = daemon.EventLog(log)
-        self.udp = daemon.UdpEndpoint(cfg.port)
+        self.udp = self._endpoint(cfg, assignments)
         self.core = Monitor(
-            MonitorConfig(
-                node=daemon.node_name(cfg),
-                key=key,
-                period=cfg.interval,
-                deadtime=cfg.effective_deadtime,
-                failback_delay=cfg.failback_delay,
-                networks=networks,
-                peer_ip=cfg.peer_ip,
-                peer_name=cfg.peer_name,
-            ),
-            rng=os.urandom,
-            now=loop.time(),
-            holding=holding,
+            _monitor_config(cfg, key, networks), rng=os.urandom, now=loop.time(), holding=holding
         )
+        self.control = control.ControlServer(cfg.run_dir, "failoverd", self.snapshot)
+        self.service = daemon.Service(loop)
+        self.counts: Counter[str] = Counter()
+        self.lock: transition.ManagerLock | None = None
+        self._reload_pending = False
         self.timer = daemon.Timer(loop, self._on_timer)
         self.stopped = asyncio.Event()
         self.history: collections.deque[transition.TransitionRecord] = collections.deque(
@@ -126,15 +121,78 @@ class Failoverd:
         self._heard: dict[str, float] = {}  # network -> loop time the primary was last heard
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @staticmethod
+    def _endpoint(cfg: config.Config, assignments: list[netif.Assignment]) -> daemon.UdpEndpoint:
+        udp = daemon.UdpEndpoint(cfg.port, broadcast=True)
+        for a in assignments:  # reach the primary even while its address is ours
+            sub = netif.unicast_substitute(a)
+            if sub is not None:
+                udp.redirects[str(a.address)] = sub
+        return udp
+
     @property
     def node(self) -> str:
         return self.core.cfg.node
+
+    # Status ------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status this daemon reports (docs/status.md)."""
+        now, wall = self.loop.time(), daemon.WallClock(self.loop)
+        det, core = self.core.detector, self.core
+        peer_interval = core.peer_interval or self.cfg.interval
+        takeovers = [r for r in self.history if r.action is transition.Action.ACQUIRE and r.ok]
+        return {
+            "schema": control.SCHEMA,
+            "role": "failoverd",
+            "node": self.node,
+            "pid": os.getpid(),
+            "version": __version__,
+            "config": self.cfg.path,
+            "state": core.state.value,
+            "since": wall(core.since),
+            "holding": core.holding,
+            "peer": {
+                "name": core.peer_name,
+                "ip": None if self.cfg.peer_ip is None else str(self.cfg.peer_ip),
+                "interval": core.peer_interval,
+            },
+            "deadtime": core.cfg.deadtime,
+            "failback_delay": core.cfg.failback_delay,
+            "holddown_until": wall(core.holddown_until),
+            "networks": [
+                {
+                    "name": name,
+                    "alive": det.alive(name, now),
+                    "anomaly": view.in_anomaly,
+                    "last_heard": wall(view.last_heard),
+                    "heartbeats": view.heartbeats,
+                    "loss_1m": det.loss(name, peer_interval, now),
+                }
+                for name, view in sorted(det.networks.items())
+            ],
+            "addresses": [{"address": str(a), "held": core.holding} for a in self.assignments],
+            "transitions": [r.summary() for r in list(self.history)[-10:]],
+            "last_takeover_seconds": takeovers[-1].duration if takeovers else None,
+            "mail": {"pending": self.outbox.pending()},
+            "rejected": daemon.rejected_counts(core.counters),
+            "counts": {
+                "transitions": self._transition_counts(),
+                "script_runs": self.counts["script-runs"],
+                "script_failures": self.counts["script-failures"],
+            },
+        }
 
     def start(self) -> None:
         self.outbox.start()
         self.udp.start(self.loop, self._on_datagram)
         daemon.install_signals(
-            self.loop, {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop}
+            self.loop,
+            {
+                signal.SIGTERM: self._on_stop,
+                signal.SIGINT: self._on_stop,
+                signal.SIGHUP: self._on_hup,
+            },
         )
         self.events(
             "start",
@@ -168,9 +226,86 @@ class Failoverd:
         self._flush()
 
     def _on_stop(self) -> None:
+        self.service.stopping()
         self.events("stopping", state=self.core.state.value)
         self.core.shutdown(self.loop.time())
         self._flush()
+
+    def _on_hup(self) -> None:
+        if self._work is not None and not self._work.done():
+            self._reload_pending = True  # after the transition under way: never mid-change
+            self.events("reload-deferred", state=self.core.state.value)
+            return
+        self._spawn(self.reload())
+
+    async def reload(self) -> None:
+        """Re-read the configuration; a bad one is logged and the old one kept.
+
+        A good one is applied without leaving the current state: addresses that stay are not
+        touched; while we hold, removed pairs are deleted and added ones added and announced.
+        """
+        self.service.reloading()
+        try:
+            cfg = daemon.load_role_config(self.cfg.path, "failoverd")
+            key = daemon.load_key(cfg)
+            assignments = await resolve_pairs(cfg)
+            networks = await watched_networks(cfg)
+            for ifname in sorted({*networks, *(a.ifname for a in assignments)}):
+                netif.accept_local(ifname)
+        except (daemon.StartupError, netif.NetifError) as e:
+            self.events("reload-failed", logging.ERROR, errors=str(e).replace("\n", "; "))
+            self.service.ready(self._status_line())
+            return
+        removed = [a for a in self.assignments if a not in assignments]
+        added = [a for a in assignments if a not in self.assignments]
+        if self.core.holding:
+            for a in removed:
+                await _quietly(self.events, netif.delete(a), "reload-delete-error", a)
+            for a in added:
+                if await _quietly(self.events, netif.add(a), "reload-add-error", a):
+                    self._spawn(self._announce(a, cfg))
+        if cfg.port != self.cfg.port or removed or added:
+            self.udp.close()
+            self.udp = self._endpoint(cfg, assignments)
+            self.udp.start(self.loop, self._on_datagram)
+        self.cfg, self.assignments = cfg, assignments
+        self.executor.addresses = tuple(assignments)
+        self.executor.announcing = transition.Announcing(cfg.garp_count, cfg.garp_interval)
+        self.scripts = hooks.ScriptFolder(
+            hooks.script_folder(cfg),
+            timeout=cfg.script_timeout,
+            enforce=cfg.script_strict and os.geteuid() == 0,
+        )
+        self.executor.scripts = self.scripts
+        if self.lock is not None:
+            self.lock.update(assignments)
+        self.core.reconfigure(_monitor_config(cfg, key, networks), self.loop.time())
+        self.events(
+            "reload-done",
+            addresses=self._addresses(),
+            added=" ".join(map(str, added)) or None,
+            removed=" ".join(map(str, removed)) or None,
+            deadtime=self.core.cfg.deadtime,
+        )
+        await log_check_warnings(cfg, self.events)
+        self._flush()
+        self.service.ready(self._status_line())
+
+    async def _announce(self, a: netif.Assignment, cfg: config.Config) -> None:
+        await netif.announce(a, cfg.garp_count, cfg.garp_interval)
+
+    def _transition_counts(self) -> dict[str, dict[str, int]]:
+        """{action: {outcome: count}} since start-up."""
+        out: dict[str, dict[str, int]] = {}
+        for key, n in self.counts.items():
+            kind, _, rest = key.partition(":")
+            if kind == "transition":
+                action, _, outcome = rest.partition(":")
+                out.setdefault(action, {})[outcome] = n
+        return out
+
+    def _status_line(self) -> str:
+        return f"{self.core.state.value}; watching {self.core.peer_name or self.cfg.peer_ip}"
 
     # Outputs -----------------------------------------------------------------------------------
 
@@ -234,6 +369,9 @@ class Failoverd:
                 gate = ev.reason is not Trigger.SHUTDOWN
                 rec = await self.executor.release(ev.reason.value, situation, gate=gate)
             self.history.append(rec)
+            self.counts[f"transition:{rec.action}:{rec.outcome}"] += 1
+            self.counts["script-runs"] += len(rec.scripts)
+            self.counts["script-failures"] += len(rec.script_problems)
             ok = rec.ok
         except Exception as e:  # a bug must not leave the core waiting forever
             log.exception("transition failed")
@@ -247,6 +385,9 @@ class Failoverd:
         else:
             self.core.release_done(self.loop.time(), ok=ok)
         self._flush()
+        if self._reload_pending and (self._work is None or self._work.done()):
+            self._reload_pending = False
+            self._spawn(self.reload())
 
     # Mail ----------------------------------------------------------------------------------------
 
@@ -287,25 +428,71 @@ class Failoverd:
         task.add_done_callback(self._tasks.discard)
 
 
+def _monitor_config(cfg: config.Config, key: bytes, networks: tuple[str, ...]) -> MonitorConfig:
+    return MonitorConfig(
+        node=daemon.node_name(cfg),
+        key=key,
+        period=cfg.interval,
+        deadtime=cfg.effective_deadtime,
+        failback_delay=cfg.failback_delay,
+        networks=networks,
+        peer_ip=cfg.peer_ip,
+        peer_name=cfg.peer_name,
+    )
+
+
+async def _quietly(
+    events: daemon.EventLog, change: Coroutine[object, object, bool], event: str, a: object
+) -> bool:
+    try:
+        return await change
+    except netif.NetifError as e:
+        events(event, logging.ERROR, address=a, error=e)
+        return False
+
+
+async def log_check_warnings(cfg: config.Config, events: daemon.EventLog) -> None:
+    """What ``ipfailover check`` would warn about (mask/subnet, unsafe scripts), in the log."""
+    for problem in [*await check.pair_problems(cfg), *check.script_problems(cfg)]:
+        events("check-warning", logging.WARNING, problem=problem.text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return daemon.base_parser(
+        "failoverd",
+        __doc__.splitlines()[0],
+        stop="release what it holds, running PreRel/PostRel, then exit",
+        hup=";\n                   addresses that stay are not touched",
+    )
+
+
 async def amain(argv: list[str] | None) -> int:
-    args = daemon.base_parser("failoverd", __doc__.splitlines()[0]).parse_args(argv)
+    args = build_parser().parse_args(argv)
     daemon.setup_logging(args.verbose)
     cfg = daemon.load_role_config(args.config, "failoverd")
     key = daemon.load_key(cfg)
     assignments = await resolve_pairs(cfg)
     networks = await watched_networks(cfg)
+    for ifname in sorted({*networks, *(a.ifname for a in assignments)}):
+        netif.accept_local(ifname)
     lock = take_lock(cfg, assignments)
     present = [a for a in assignments if await netif.present(a)]
     loop = asyncio.get_running_loop()
     fd = Failoverd(cfg, key, loop, assignments, networks, holding=bool(present))
+    fd.lock = lock
     if present:
         # Restarted while holding (even after SIGKILL): adopt, no release-and-reacquire blip.
         for a in assignments:
             if a not in present:
                 await netif.add(a)
         fd.events("adopt", addresses=" ".join(str(a) for a in present))
+    await fd.control.start()
+    daemon.start_metrics(cfg, loop, fd.snapshot)
     fd.start()
+    await log_check_warnings(cfg, fd.events)
+    fd.service.ready(fd._status_line())
     await fd.stopped.wait()
+    await fd.control.close()
     await fd.close()
     lock.close()
     return 0

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import cli, daemon, failoverd, heartbeatd
+from . import cli, failoverd, heartbeatd
 
 WIDTH = 88  # columns of the usage lines; fixed so the output does not depend on $COLUMNS
 SECTION = 8  # system administration commands
@@ -31,7 +31,7 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
     """Each program's parser, built as the program builds it."""
     return {
         "heartbeatd": heartbeatd.build_parser(),
-        "failoverd": daemon.base_parser("failoverd", _first_line(failoverd.__doc__)),
+        "failoverd": failoverd.build_parser(),
         "ipfailover": cli.build_parser(),
     }
 

@@ -68,10 +68,11 @@ def _failoverd_metrics(d: dict[str, Any]) -> Iterator[GaugeMetricFamily | Counte
     yield received
     yield alive
     transitions = CounterMetricFamily(
-        "ipfailover_transitions", "Takeovers and releases", labels=["action", "result"]
+        "ipfailover_transitions", "Takeovers and releases", labels=["action", "outcome"]
     )
-    for (action, result), n in sorted(d["counts"]["transitions"].items()):
-        transitions.add_metric([action, result], n)
+    for action, outcomes in sorted(d["counts"]["transitions"].items()):
+        for outcome, n in sorted(outcomes.items()):
+            transitions.add_metric([action, outcome], n)
     yield transitions
     last = d.get("last_takeover_seconds")
     if last is not None:

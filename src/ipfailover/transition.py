@@ -565,10 +565,15 @@ class ManagerLock:
             content = os.read(fd, 65536).decode("utf-8", "replace")
             os.close(fd)
             raise LockHeld(path, *_parse_lock(content)) from None
+        lock = cls(fd, path)
+        lock.update(addresses)
+        return lock
+
+    def update(self, addresses: Iterable[netif.Assignment]) -> None:
+        """Rewrite the addresses we manage (after a reload changed them)."""
         text = f"pid {os.getpid()}\n" + "".join(f"address {plain(a)}\n" for a in addresses)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, text.encode(), 0)
-        return cls(fd, path)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, text.encode(), 0)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

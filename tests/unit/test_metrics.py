@@ -25,7 +25,7 @@ def scrape(snapshot: dict[str, object]) -> str:
 def test_failoverd_metrics() -> None:
     snap = copy.deepcopy(FAILOVERD)
     snap["counts"] = {
-        "transitions": {("acquire", "ok"): 2, ("release", "ok"): 1},
+        "transitions": {"acquire": {"done": 2}, "release": {"done": 1}},
         "script_runs": 6,
         "script_failures": 1,
     }
@@ -35,7 +35,7 @@ def test_failoverd_metrics() -> None:
     assert 'ipfailover_state{state="standby"} 0.0' in text
     assert 'ipfailover_heartbeats_received_total{network="pub0"} 120.0' in text
     assert 'ipfailover_rejected_datagrams_total{reason="bad-auth"} 1.0' in text
-    assert 'ipfailover_transitions_total{action="acquire",result="ok"} 2.0' in text
+    assert 'ipfailover_transitions_total{action="acquire",outcome="done"} 2.0' in text
     assert "ipfailover_last_takeover_seconds 0.004" in text
     assert "ipfailover_script_failures_total 1.0" in text
     assert "ipfailover_mail_pending 2.0" in text
