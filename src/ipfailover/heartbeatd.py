@@ -104,6 +104,14 @@ class Heartbeatd:
         )
         self._flush()
 
+    async def watch_links(self) -> None:
+        """Re-announce when a cable comes back on an interface that carries our heartbeats."""
+        async for ifname in netif.carrier_up():
+            if any(a.ifname == ifname for a in await announced_addresses(self.cfg)):
+                self.events("link-up", interface=ifname)
+                self.core.link_up(self.loop.time())
+                self._flush()
+
     def _on_timer(self) -> None:
         self.core.handle_timer(self.loop.time())
         self._flush()
@@ -156,7 +164,7 @@ class Heartbeatd:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             elif isinstance(ev, AnnounceDeferred):
-                self.events("announce-deferred", reason="start", holder=ev.listener)
+                self.events("announce-deferred", reason=ev.reason, holder=ev.listener)
             elif isinstance(ev, Dropped):
                 self.events.dropped(ev, self.loop.time())
         self.timer.arm(self.core.get_timer())
@@ -192,8 +200,10 @@ async def amain(argv: list[str] | None) -> int:
     await hb.control.start()
     daemon.start_metrics(cfg, hb.loop, hb.snapshot)
     hb.start()
+    links = asyncio.create_task(hb.watch_links())
     hb.service.ready(f"sending every {cfg.interval:g} s")
     await hb.stopped.wait()
+    links.cancel()
     await asyncio.sleep(0)  # let the LEAVING datagrams go out
     await hb.control.close()
     hb.udp.close()

@@ -22,12 +22,13 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pyroute2 import AsyncIPRoute, NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 log = logging.getLogger("ipfailover.netif")
 
@@ -36,6 +37,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # linux/if_addr.h, linux/rtnetlink.h, linux/if_arp.h, linux/if_ether.h
 IFA_F_SECONDARY = 0x01
 IFA_F_NODAD = 0x02
+IFF_LOWER_UP = 0x10000  # the link has carrier
 RT_SCOPE_UNIVERSE = 0
 ARPHRD_ETHER = 1
 ARPOP_REQUEST = 1
@@ -489,3 +491,24 @@ def unicast_substitute(a: Assignment) -> tuple[Any, ...] | None:
     if a.prefixlen >= 127:
         return None
     return (ALL_NODES, 0, 0, a.ifindex)
+
+
+async def carrier_up() -> AsyncIterator[str]:
+    """Yield an interface's name each time its carrier comes back (IFF_LOWER_UP turns on).
+
+    Listens to the kernel's link notifications (RTMGRP_LINK); runs until cancelled.
+    """
+    seen: dict[int, bool] = {}
+    async with _netlink() as ipr:
+        await ipr.bind(groups=RTMGRP_LINK)
+        async for link in await ipr.link("dump"):
+            seen[link["index"]] = bool(link["flags"] & IFF_LOWER_UP)
+        while True:
+            async for msg in ipr.get():
+                if msg.get("event") != "RTM_NEWLINK":
+                    continue
+                up = bool(msg["flags"] & IFF_LOWER_UP)
+                was = seen.get(msg["index"])
+                seen[msg["index"]] = up
+                if up and was is False:
+                    yield str(msg.get_attr("IFLA_IFNAME"))

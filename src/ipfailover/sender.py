@@ -4,9 +4,9 @@ Every interval it sends a HEARTBEAT to each target (broadcast or unicast). Each 
 the latest nonce of every listener (a failoverd that sent us a CHALLENGE), which is what lets the
 listener tell a live heartbeat from a replayed one (see :mod:`ipfailover.monitor`). On RELEASED
 from a listener that held our addresses it asks the shell to re-announce them (Apple's "tickle"),
-and so it does on SIGHUP and shortly after start-up -- unless a listener's challenge says it still
-holds them, in which case the RELEASED that follows its hand-back triggers the announcement. On a
-graceful stop it sends LEAVING.
+and so it does on SIGHUP, shortly after start-up and when a cable comes back -- unless a
+listener's challenge says it still holds them, in which case the RELEASED that follows its
+hand-back triggers the announcement. On a graceful stop it sends LEAVING.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ MAX_LISTENERS = 16  # (listener, boot) entries echoed; at most MAX_ECHOES fit a 
 BOOTS_PER_LISTENER = 4
 RELEASED_HORIZON = 30.0  # seconds: a RELEASED must echo a sequence number we sent this recently
 LEAVING_COPIES = 2  # LEAVING is sent twice to each target, back to back, against a single loss
-STARTUP_ANNOUNCE_DELAY = 0.5  # seconds: time for listeners to answer our first heartbeat
+ANNOUNCE_WAIT_BEATS = 3  # after start-up or a cable's return, announce once a listener has told us
+#                          whether it holds our addresses, or after this many intervals (+1 s)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,10 +48,12 @@ class Announce:
 
 @dataclass(frozen=True, kw_only=True)
 class AnnounceDeferred:
-    """The start-up announcement was skipped: ``listener`` still holds our addresses, and we
-    announce when it reports RELEASED (Apple's flaw was to fight it for them)."""
+    """An announcement (at start-up, or after a cable came back) was skipped: ``listener``
+    still holds our addresses, and we announce when it reports RELEASED (Apple's flaw was to
+    fight it for them)."""
 
     listener: str
+    reason: str
     at: float
 
 
@@ -82,18 +85,16 @@ class Sender:
         self._release_ids: OrderedDict[bytes, None] = OrderedDict()
         self._out: list[tuple[bytes, Addr]] = []
         self._events: list[Event] = []
-        self._startup_announce: float | None = now + STARTUP_ANNOUNCE_DELAY
+        # (since, deadline, why) of an announcement waiting to hear whether a listener holds our
+        # addresses: the first challenge after `since` decides, or the deadline does
+        self._pending_announce: tuple[float, float, str] | None = None
+        self._await_listeners(now, "start")
 
     # Inputs ------------------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
-        if self._startup_announce is not None and now >= self._startup_announce:
-            self._startup_announce = None
-            holders = [name for (name, _), e in self._listeners.items() if e.holding]
-            if holders:
-                self._events.append(AnnounceDeferred(listener=holders[0], at=now))
-            else:
-                self._events.append(Announce(reason="start", at=now))
+        if self._pending_announce is not None and now >= self._pending_announce[1]:
+            self._decide_announce(now)
         if self.stopped or now < self._next_beat:
             return
         self._expire(now)
@@ -132,6 +133,13 @@ class Sender:
         self.cfg = cfg
         self._next_beat = min(self._next_beat, now + cfg.interval)
 
+    def link_up(self, now: float) -> None:
+        """A cable came back: announce our addresses shortly, unless a listener then says it
+        still holds them (its RELEASED will trigger the announcement instead)."""
+        if not self.stopped:
+            self._await_listeners(now, "carrier")
+            self._next_beat = min(self._next_beat, now)  # beat now: listeners answer at once
+
     def tickle(self, now: float, reason: str = "sighup") -> None:
         self._events.append(Announce(reason=reason, at=now))
 
@@ -140,8 +148,8 @@ class Sender:
     def get_timer(self) -> float | None:
         if self.stopped:
             return None
-        if self._startup_announce is not None:
-            return min(self._next_beat, self._startup_announce)
+        if self._pending_announce is not None:
+            return min(self._next_beat, self._pending_announce[1])
         return self._next_beat
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
@@ -160,6 +168,21 @@ class Sender:
         return [(name, e.holding, e.updated) for (name, _), e in self._listeners.items()]
 
     # Internals ---------------------------------------------------------------------------------
+
+    def _await_listeners(self, now: float, reason: str) -> None:
+        deadline = now + ANNOUNCE_WAIT_BEATS * self.cfg.interval + 1.0
+        self._pending_announce = (now, deadline, reason)
+
+    def _decide_announce(self, now: float) -> None:
+        """Announce, unless a listener says it still holds our addresses."""
+        assert self._pending_announce is not None
+        reason = self._pending_announce[2]
+        self._pending_announce = None
+        holders = [name for (name, _), e in self._listeners.items() if e.holding]
+        if holders:
+            self._events.append(AnnounceDeferred(listener=holders[0], reason=reason, at=now))
+        else:
+            self._events.append(Announce(reason=reason, at=now))
 
     def _beat(self, kind: wire.MsgType) -> bytes:
         self.seq += 1
@@ -200,16 +223,23 @@ class Sender:
             entry.holding = msg.holding
             self._listeners.move_to_end(key)
             self.counters["challenges"] += 1
+            self._heard_listener(now)
             return
         self._listeners[key] = _Listener(
             seq=msg.seq, nonce=msg.nonce, updated=now, expires=expires, holding=msg.holding
         )
         self._evict(msg.sender)
         self.counters["challenges"] += 1
+        self._heard_listener(now)
         if not self.stopped:
             # A new listener (or a restarted one): answer at once so it verifies us without
             # waiting a whole interval. Only new entries get this, so a flood cannot amplify.
             self._out.append((self._beat(wire.MsgType.HEARTBEAT), addr))
+
+    def _heard_listener(self, now: float) -> None:
+        """A challenge after start-up or a cable's return tells us what we waited to know."""
+        if self._pending_announce is not None and now >= self._pending_announce[0]:
+            self._decide_announce(now)
 
     def _evict(self, listener: str) -> None:
         boots = [k for k in self._listeners if k[0] == listener]
@@ -230,6 +260,9 @@ class Sender:
             self.counters["released-duplicate"] += 1
             return
         self._release_ids[msg.nonce] = None
+        for (name, _), entry in self._listeners.items():
+            if name == msg.sender:
+                entry.holding = False  # until its next challenge says otherwise
         if len(self._release_ids) > 16:
             self._release_ids.popitem(last=False)
         self.counters["released"] += 1

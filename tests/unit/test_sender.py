@@ -117,15 +117,21 @@ def test_leaving_goes_to_every_target_and_beats_stop() -> None:
     assert s.get_timer() is None
 
 
-def test_startup_announce_unless_a_listener_holds() -> None:
+def test_startup_announce_waits_for_a_listener_or_a_deadline() -> None:
     s = make()
     s.handle_timer(0.0)
-    s.handle_timer(0.5)
-    assert [type(e) for e in drain(s)] == [Announce]
+    assert drain(s) == []
+    s.handle_timer(3.9)
+    assert drain(s) == []
+    s.handle_timer(4.0)  # nobody answered within 3 intervals + 1 s: nobody holds them
+    assert [e.reason for e in drain(s) if isinstance(e, Announce)] == ["start"]
+    free = make()
+    free.handle_timer(0.0)
+    free.receive_datagram(challenge(1, b"n" * 8), LISTENER, 0.1)  # answers: not holding
+    assert [e.reason for e in drain(free) if isinstance(e, Announce)] == ["start"]
     held = make()
     held.handle_timer(0.0)
     held.receive_datagram(challenge(1, b"n" * 8, holding=True), LISTENER, 0.1)
-    held.handle_timer(0.5)
     (ev,) = drain(held)
     assert isinstance(ev, AnnounceDeferred) and ev.listener == "secondary"
 
@@ -186,3 +192,39 @@ def test_reconfigure_keeps_boot_and_sequence() -> None:
     out = sent(s)
     assert s.boot_id == boot and out[-1][0].seq == seq + 1 and out[-1][1] == TARGETS[0]
     assert out[-1][0].interval == 0.1
+
+
+def test_cable_back_announces_unless_a_listener_holds() -> None:
+    s = make()
+    s.handle_timer(0.0)
+    s.receive_datagram(challenge(1, b"n" * 8), LISTENER, 0.1)
+    drain(s)
+    s.link_up(10.0)
+    s.receive_datagram(challenge(2, b"m" * 8), LISTENER, 10.1)
+    (ev,) = drain(s)
+    assert isinstance(ev, Announce) and ev.reason == "carrier"
+    s.link_up(20.0)
+    s.receive_datagram(challenge(3, b"o" * 8, holding=True), LISTENER, 20.1)
+    deferred = [e for e in drain(s) if isinstance(e, AnnounceDeferred)]
+    assert [(e.reason, e.listener) for e in deferred] == [("carrier", "secondary")]
+
+
+def test_released_clears_the_holding_flag() -> None:
+    s = make()
+    s.handle_timer(0.0)
+    s.receive_datagram(challenge(1, b"n" * 8, holding=True), LISTENER, 0.1)
+    drain(s)
+    s.receive_datagram(released(s, s.seq), LISTENER, 1.0)
+    s.link_up(1.1)
+    s.handle_timer(5.1)  # no further challenge: the RELEASED already said it let go
+    assert [e.reason for e in drain(s) if isinstance(e, Announce)] == ["released", "carrier"]
+
+
+def test_cable_back_beats_at_once() -> None:
+    s = make()
+    s.handle_timer(0.0)
+    s.datagrams_to_send()
+    s.link_up(0.3)
+    assert s.get_timer() == 0.3
+    s.handle_timer(0.3)
+    assert len(s.datagrams_to_send()) == len(TARGETS)
