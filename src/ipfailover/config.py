@@ -55,6 +55,7 @@ VARIABLES: tuple[str, ...] = (
     "FAILOVER_SPOOL_DIR",
     "FAILOVER_RUN_DIR",
     "FAILOVER_METRICS",
+    "FAILOVER_HEARTBEAT_METRICS",
 )
 
 _IFNAME_MAX_BYTES = 15  # Linux IFNAMSIZ (16) minus the terminating NUL
@@ -157,7 +158,8 @@ class Config:
     notify_program: str | None = None  # FAILOVER_NOTIFY_PROGRAM: replaces the built-in mailer
     spool_dir: str = "/var/spool/ipfailover"  # FAILOVER_SPOOL_DIR: the notifier's spool
     run_dir: str = "/run/ipfailover"  # FAILOVER_RUN_DIR: control sockets
-    metrics: str | None = None  # FAILOVER_METRICS: host:port to serve metrics on; None = off
+    metrics: str | None = None  # FAILOVER_METRICS: failoverd's metrics host:port; None = off
+    heartbeat_metrics: str | None = None  # FAILOVER_HEARTBEAT_METRICS: heartbeatd's; None = off
     lines: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     @property
@@ -463,6 +465,7 @@ def _build(r: _Reader) -> Config:
         spool_dir=r.get("FAILOVER_SPOOL_DIR", _absolute_path, d.spool_dir),
         run_dir=r.get("FAILOVER_RUN_DIR", _absolute_path, d.run_dir),
         metrics=r.get("FAILOVER_METRICS", _metrics, d.metrics),
+        heartbeat_metrics=r.get("FAILOVER_HEARTBEAT_METRICS", _metrics, d.heartbeat_metrics),
         lines=r.lines(),
     )
 

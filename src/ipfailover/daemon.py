@@ -65,6 +65,8 @@ class EventLog:
             if hidden:
                 self("drops-suppressed", logging.WARNING, reason=d.reason.value, count=hidden)
             start, shown, hidden = now, 0, 0
+        if self.logger.isEnabledFor(logging.DEBUG):  # --verbose: every decision, unthrottled
+            shown = 0
         if shown < self.burst:
             level = logging.INFO if d.reason is wire.Reason.STALE else logging.WARNING
             self(
@@ -106,12 +108,17 @@ def rejected_counts(counters: Mapping[str, int]) -> dict[str, int]:
 
 
 def start_metrics(
-    cfg: config.Config, loop: asyncio.AbstractEventLoop, snapshot: Callable[[], dict[str, Any]]
+    cfg: config.Config,
+    variable: str,
+    loop: asyncio.AbstractEventLoop,
+    snapshot: Callable[[], dict[str, Any]],
 ) -> None:
-    """Serve FAILOVER_METRICS if set; prometheus-client is only needed when it is."""
-    if cfg.metrics is None:
+    """Serve metrics where ``variable`` (FAILOVER_METRICS or FAILOVER_HEARTBEAT_METRICS) says,
+    if it is set; prometheus-client is only needed when it is."""
+    listen = cfg.metrics if variable == "FAILOVER_METRICS" else cfg.heartbeat_metrics
+    if listen is None:
         return
-    where = f"{cfg.path}:{cfg.line_of('FAILOVER_METRICS') or 0}: FAILOVER_METRICS"
+    where = f"{cfg.path}:{cfg.line_of(variable) or 0}: {variable}"
     try:
         from . import metrics
     except ImportError:
@@ -119,10 +126,10 @@ def start_metrics(
             f"{where}: needs prometheus-client: pip install 'ipfailover[metrics]'"
         ) from None
     try:
-        host, port = config.split_host_port(cfg.metrics, None)
+        host, port = config.split_host_port(listen, None)
         metrics.serve(host, port, loop, snapshot)
     except OSError as e:
-        raise StartupError(f"{where}: cannot listen on {cfg.metrics}: {e.strerror}") from None
+        raise StartupError(f"{where}: cannot listen on {listen}: {e.strerror}") from None
 
 
 # Start-up --------------------------------------------------------------------------------------

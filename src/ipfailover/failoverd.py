@@ -25,6 +25,7 @@ from typing import Any
 from . import __version__, check, config, control, daemon, hooks, mail, netif, transition
 from .monitor import (
     Acquire,
+    Heard,
     Monitor,
     MonitorConfig,
     NetworkEvent,
@@ -342,6 +343,18 @@ class Failoverd:
             if ev.kind in ("anomaly", "recovered"):
                 notice = mail.network_notice(ev.kind, ev.network, self._situation(), time.time())
                 self._spawn(self._notify(notice))
+        elif isinstance(ev, Heard):
+            if log.isEnabledFor(logging.DEBUG):
+                self.events(
+                    "heartbeat",
+                    logging.DEBUG,
+                    network=ev.network,
+                    peer=ev.sender,
+                    seq=ev.seq,
+                    evidence_age=now - ev.evidence,
+                    alive_for=ev.alive_until - now,
+                    state=self.core.state.value,
+                )
         elif isinstance(ev, PeerWarning):
             self.events("warning", logging.WARNING, text=ev.text)
         elif isinstance(ev, Dropped):
@@ -473,8 +486,11 @@ async def amain(argv: list[str] | None) -> int:
     key = daemon.load_key(cfg)
     assignments = await resolve_pairs(cfg)
     networks = await watched_networks(cfg)
-    for ifname in sorted({*networks, *(a.ifname for a in assignments)}):
-        netif.accept_local(ifname)
+    try:
+        for ifname in sorted({*networks, *(a.ifname for a in assignments)}):
+            netif.accept_local(ifname)
+    except netif.NetifError as e:
+        raise daemon.StartupError(f"{cfg.path}: {e}") from None
     lock = take_lock(cfg, assignments)
     present = [a for a in assignments if await netif.present(a)]
     loop = asyncio.get_running_loop()
@@ -487,7 +503,7 @@ async def amain(argv: list[str] | None) -> int:
                 await netif.add(a)
         fd.events("adopt", addresses=" ".join(str(a) for a in present))
     await fd.control.start()
-    daemon.start_metrics(cfg, loop, fd.snapshot)
+    daemon.start_metrics(cfg, "FAILOVER_METRICS", loop, fd.snapshot)
     fd.start()
     await log_check_warnings(cfg, fd.events)
     fd.service.ready(fd._status_line())

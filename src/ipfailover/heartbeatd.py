@@ -156,8 +156,17 @@ class Heartbeatd:
         self.stopped.set()
 
     def _flush(self) -> None:
+        verbose = log.isEnabledFor(logging.DEBUG)
         for data, addr in self.core.datagrams_to_send():
-            self.udp.sendto(data, addr)
+            sent = self.udp.sendto(data, addr)
+            if verbose:
+                self.events(
+                    "sent",
+                    logging.DEBUG,
+                    to=f"{addr[0]}:{addr[1]}",
+                    bytes=len(data),
+                    ok=sent,
+                )
         while (ev := self.core.next_event()) is not None:
             if isinstance(ev, Announce):
                 task = self.loop.create_task(self._announce(ev))
@@ -198,7 +207,7 @@ async def amain(argv: list[str] | None) -> int:
     key = daemon.load_key(cfg)
     hb = Heartbeatd(cfg, key, asyncio.get_running_loop())
     await hb.control.start()
-    daemon.start_metrics(cfg, hb.loop, hb.snapshot)
+    daemon.start_metrics(cfg, "FAILOVER_HEARTBEAT_METRICS", hb.loop, hb.snapshot)
     hb.start()
     links = asyncio.create_task(hb.watch_links())
     hb.service.ready(f"sending every {cfg.interval:g} s")

@@ -82,7 +82,10 @@ def _failoverd_metrics(d: dict[str, Any]) -> Iterator[GaugeMetricFamily | Counte
     runs = CounterMetricFamily("ipfailover_script_runs", "Transition scripts run")
     runs.add_metric([], d["counts"]["script_runs"])
     yield runs
-    failures = CounterMetricFamily("ipfailover_script_failures", "Scripts failed or timed out")
+    failures = CounterMetricFamily(
+        "ipfailover_script_failures",
+        "Scripts that failed, timed out, were refused or could not start",
+    )
     failures.add_metric([], d["counts"]["script_failures"])
     yield failures
     yield GaugeMetricFamily(

@@ -132,12 +132,24 @@ class NetworkEvent:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Heard:
+    """A verified heartbeat (for --verbose): what it proved, and until when the network lives."""
+
+    network: str
+    sender: str
+    seq: int
+    evidence: float
+    alive_until: float
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class PeerWarning:
     text: str
     at: float
 
 
-Event = Acquire | Release | StateChanged | NetworkEvent | wire.Dropped | PeerWarning
+Event = Acquire | Release | StateChanged | NetworkEvent | Heard | wire.Dropped | PeerWarning
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -314,6 +326,16 @@ class Monitor:
         self._note_peer_boot(msg, now)
         was_alive = network in self.detector.networks and self._counts_as_alive(network, now)
         self.detector.heard(network, evidence, now)
+        self._events.append(
+            Heard(
+                network=network,
+                sender=msg.sender,
+                seq=msg.seq,
+                evidence=evidence,
+                alive_until=evidence + self.cfg.deadtime,
+                at=now,
+            )
+        )
         self.peer_interval = msg.interval
         self.counters[f"heartbeats.{network}"] += 1
         if not was_alive and self._counts_as_alive(network, now):

@@ -10,6 +10,7 @@ from typing import Any
 from . import config, control
 
 EXIT_NOT_RUNNING = 3  # as systemctl status says for a unit that is not running
+EXIT_PRIVILEGE = 4  # the LSB's "user had insufficient privilege"
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -24,12 +25,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def collect(run_dir: str) -> list[dict[str, Any]]:
-    """The status of every daemon that answers in ``run_dir``."""
+    """The status of every daemon that answers in ``run_dir``; PermissionError if the sockets
+    are there but not ours to open (they are root-only)."""
     out = []
     for role in control.ROLES:
         path = control.socket_path(run_dir, role)
         try:
             out.append(control.query(path))
+        except PermissionError:
+            raise
         except (OSError, ValueError):
             continue
     return out
@@ -42,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
             run_dir = config.load_config(args.config).run_dir
         except config.ConfigErrors:
             run_dir = config.Config(path=args.config).run_dir
-    daemons = collect(run_dir)
+    try:
+        daemons = collect(run_dir)
+    except PermissionError as e:
+        print(f"ipfailover status: {e.filename or run_dir}: permission denied (run as root)")
+        return EXIT_PRIVILEGE
     if args.json:
         print(json.dumps({"schema": control.SCHEMA, "daemons": daemons}, indent=2, sort_keys=True))
     elif daemons:
@@ -59,7 +67,8 @@ def _clock(wall: float | None) -> str:
     if wall is None:
         return "never"
     ago = time.time() - wall
-    return f"{time.strftime('%H:%M:%S', time.localtime(wall))} ({ago:.1f} s ago)"
+    when = f"{ago:.1f} s ago" if ago >= 0 else f"in {-ago:.1f} s"
+    return f"{time.strftime('%H:%M:%S', time.localtime(wall))} ({when})"
 
 
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:

@@ -274,6 +274,7 @@ SAMPLES: list[tuple[str, str, str, object]] = [
     ("FAILOVER_SPOOL_DIR", "/var/tmp/spool", "spool_dir", "/var/tmp/spool"),
     ("FAILOVER_RUN_DIR", "/run/failover-test", "run_dir", "/run/failover-test"),
     ("FAILOVER_METRICS", "[2001:DB8::1]:9100", "metrics", "[2001:db8::1]:9100"),
+    ("FAILOVER_HEARTBEAT_METRICS", "127.0.0.1:9695", "heartbeat_metrics", "127.0.0.1:9695"),
 ]
 
 
