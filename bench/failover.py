@@ -17,9 +17,9 @@ the machine spreads over all of them rather than landing on one:
 
 Each run builds a fresh lab and measures the phases ``failover``, ``failback``,
 ``graceful-stop`` and ``restart-failback`` (see ``ipfailover.lab``).  Before
-each phase it pauses for a random part of one interval (``RandomPhase``), so
-that faults land anywhere in the heartbeat cycle; ``--fixed-phase`` leaves the
-pause out, which is exactly ``ipfailover lab``'s own timing.  The raw
+each phase it pauses for a random part of one interval (``Scenario.pause``, as
+``ipfailover lab`` does), so that faults land anywhere in the heartbeat cycle;
+``--fixed-phase`` leaves the pause out.  The raw
 per-run results and per-phase statistics (median, min, max, quartiles, IQR,
 stdev, lost probes) go to ``--out`` as JSON; a Markdown table goes to stdout and
 progress to stderr.  Exit status: 0 if every run measured every phase, 1 if
@@ -33,14 +33,13 @@ import inspect
 import json
 import os
 import platform
-import random
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,45 +53,8 @@ from ipfailover import lab as iplab
 REPO = Path(__file__).resolve().parent.parent
 
 
-ScenarioFactory = Callable[[iplab.Lab, iplab.RunResult], iplab.Scenario]
+ScenarioFactory = iplab.ScenarioFactory
 """Builds the scenario of one run in a freshly built lab."""
-
-
-class RandomPhase(iplab.Scenario):
-    """Start every phase at a random point of the heartbeat (or advert) cycle.
-
-    The lab's setup ends at a fixed offset from the daemons' start, and so from
-    their heartbeat schedule; without this pause every failover would be pulled
-    at the same point of the cycle and its time would hardly vary from run to
-    run, at a value set by that offset rather than by the software.  A pause
-    drawn uniformly from [0, interval) before each phase samples the whole
-    cycle.  Mixed in ahead of a scenario class, it wraps that class's phases.
-    """
-
-    def _pause(self) -> None:
-        delay = random.uniform(0.0, self.args.interval)
-        time.sleep(delay)
-        self.lab.mark(f"random pause of {delay:.3f}s before the next phase")
-
-    def failover(self) -> iplab.PhaseResult:
-        self._pause()
-        return super().failover()
-
-    def failback(self) -> iplab.PhaseResult:
-        self._pause()
-        return super().failback()
-
-    def graceful_stop(self) -> iplab.PhaseResult:
-        self._pause()
-        return super().graceful_stop()
-
-    def restart(self) -> iplab.PhaseResult:
-        self._pause()
-        return super().restart()
-
-
-class PhasedKeepalived(RandomPhase, keepalived_lab.KeepalivedScenario):
-    """The keepalived scenario with a random pause before each phase."""
 
 
 @dataclass(frozen=True)
@@ -110,11 +72,12 @@ def ipfailover_config(interval: float, random_phase: bool) -> Config:
     """ipfailover's lab scenario at this interval, every other setting at its default."""
     parser = argparse.ArgumentParser()
     iplab.configure_parser(parser)
-    args = parser.parse_args([f"--interval={interval}"])
-    kind = RandomPhase if random_phase else iplab.Scenario
+    args = parser.parse_args(
+        [f"--interval={interval}", *([] if random_phase else ["--fixed-phase"])]
+    )
 
     def scenario(lab: iplab.Lab, result: iplab.RunResult) -> iplab.Scenario:
-        return kind(lab, args, result)
+        return iplab.Scenario(lab, args, result)
 
     settings = {
         "FAILOVER_INTERVAL": interval,
@@ -128,11 +91,10 @@ def ipfailover_config(interval: float, random_phase: bool) -> Config:
 def keepalived_config(advert_int: float, version: int, random_phase: bool) -> Config:
     """keepalived's lab scenario with this advert interval and VRRP version."""
     vrrp = keepalived_lab.VrrpSettings(advert_int, version)
-    args = keepalived_lab.scenario_args(vrrp)
-    kind = PhasedKeepalived if random_phase else keepalived_lab.KeepalivedScenario
+    args = keepalived_lab.scenario_args(vrrp, fixed_phase=not random_phase)
 
     def scenario(lab: iplab.Lab, result: iplab.RunResult) -> iplab.Scenario:
-        return kind(lab, vrrp, args, result)
+        return keepalived_lab.KeepalivedScenario(lab, vrrp, args, result)
 
     settings = {
         **asdict(vrrp),
@@ -265,30 +227,6 @@ def machine() -> dict[str, Any]:
 # --- running ----------------------------------------------------------------------
 
 
-def run_once(make: ScenarioFactory, index: int, keep_logs: Path | None) -> iplab.RunResult:
-    """Build a fresh lab and measure all phases once; the lab is always torn down.
-
-    The same steps as ``ipfailover.lab.run_once``, which builds the lab's own
-    ``Scenario`` only; here the scenario comes from ``make``.
-    """
-    result = iplab.RunResult(index)
-    with iplab.Lab() as lab:
-        origin = lab.marks[0][0]
-        scenario = make(lab, result)
-        try:
-            scenario.setup()
-            scenario.run_phases()
-        except iplab.LabError as error:
-            result.error = str(error)
-        finally:
-            lab.mark("measurements over; stopping all processes")
-            lab.stop_processes()
-            result.timeline = scenario.timeline(origin)
-            if keep_logs is not None:
-                iplab.keep_logs(lab.tmpdir, keep_logs / f"run-{index}")
-    return result
-
-
 def run_all(
     configs: Sequence[Config], runs: int, keep_logs: Path | None
 ) -> dict[str, list[iplab.RunResult]]:
@@ -298,7 +236,7 @@ def run_all(
         for config in configs:
             started = time.monotonic()
             logs = None if keep_logs is None else keep_logs / config.name
-            result = run_once(config.scenario, index, logs)
+            result = iplab.run_once(index, config.scenario, logs)
             results[config.name].append(result)
             status = "ok" if result.ok else f"FAILED: {result.error}"
             phases = " ".join(

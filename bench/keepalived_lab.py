@@ -197,7 +197,7 @@ class KeepalivedScenario(iplab.Scenario):
         return sorted(entries, key=lambda e: e[0])
 
 
-def scenario_args(vrrp: VrrpSettings) -> argparse.Namespace:
+def scenario_args(vrrp: VrrpSettings, fixed_phase: bool = False) -> argparse.Namespace:
     """What the lab's ``Scenario`` reads from its arguments, for keepalived.
 
     Its wait bounds come from these: the dead time is S's master-down interval
@@ -208,4 +208,6 @@ def scenario_args(vrrp: VrrpSettings) -> argparse.Namespace:
         deadtime=vrrp.master_down(PRIORITIES[Node.SECONDARY]),
         failback_delay=0.0,
         ipv6=False,
+        fixed_phase=fixed_phase,
+        keep_logs=None,
     )

@@ -31,6 +31,7 @@ import contextlib
 import enum
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -42,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -943,11 +944,23 @@ class Scenario:
         with contextlib.suppress(LabTimeout):
             self.failoverd.wait_event("release-done", 5.0, since=since)
 
+    def pause(self) -> None:
+        """Wait a random part of one interval, so each phase starts at a random point of the
+        heartbeat cycle. Setup ends at a fixed offset from the daemons' start, so without this
+        every cable would be pulled at the same point of the cycle and the failover time would
+        hardly vary, at a value set by that offset rather than by the software."""
+        if self.args.fixed_phase:
+            return
+        delay = random.uniform(0.0, self.args.interval)
+        time.sleep(delay)
+        self.lab.mark(f"random pause of {delay:.3f}s before the next phase")
+
     def run_phases(self) -> None:
         """Measure each phase in order; stop early if one fails (later ones depend on it)."""
         for name, step in zip(
             PHASES, (self.failover, self.failback, self.graceful_stop, self.restart), strict=True
         ):
+            self.pause()
             result = step()
             self.result.phases[name] = result
             if not result.ok:
@@ -991,12 +1004,19 @@ def answer_changes(probes: Sequence[Probe]) -> list[tuple[float, str]]:
     return changes
 
 
-def run_once(args: argparse.Namespace, index: int) -> RunResult:
-    """Build a fresh lab and measure all phases once; the lab is always torn down."""
+ScenarioFactory = Callable[[Lab, RunResult], Scenario]
+
+
+def run_once(index: int, make: ScenarioFactory, keep: Path | None) -> RunResult:
+    """Build a fresh lab and measure all phases once; the lab is always torn down.
+
+    ``make`` builds the scenario (``ipfailover lab``'s, or the benchmark's keepalived one);
+    ``keep`` is where the run's logs and configs are copied, if anywhere.
+    """
     result = RunResult(index)
     with Lab() as lab:
         origin = lab.marks[0][0]
-        scenario = Scenario(lab, args, result)
+        scenario = make(lab, result)
         try:
             scenario.setup()
             scenario.run_phases()
@@ -1006,8 +1026,8 @@ def run_once(args: argparse.Namespace, index: int) -> RunResult:
             lab.mark("measurements over; stopping all processes")
             lab.stop_processes()
             result.timeline = scenario.timeline(origin)
-            if args.keep_logs:
-                keep_logs(lab.tmpdir, Path(args.keep_logs) / f"run-{index}")
+            if keep is not None:
+                keep_logs(lab.tmpdir, keep / f"run-{index}")
     return result
 
 
@@ -1107,6 +1127,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ipv6", action="store_true", help="probe the IPv6 service address")
     p.add_argument("--json", action="store_true", help="print a machine-readable result")
     p.add_argument("--keep-logs", metavar="DIR", help="copy each run's logs and configs here")
+    p.add_argument(
+        "--fixed-phase",
+        action="store_true",
+        help="start each phase right away, not after a random part of an interval (then every "
+        "cable is pulled at the same point of the heartbeat cycle)",
+    )
 
 
 def _preflight(args: argparse.Namespace) -> str | None:
@@ -1135,9 +1161,14 @@ def run(args: argparse.Namespace) -> int:
         print_header(args, sys.stdout)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     runs: list[RunResult] = []
+    keep = Path(args.keep_logs) if args.keep_logs else None
+
+    def make(lab: Lab, result: RunResult) -> Scenario:
+        return Scenario(lab, args, result)
+
     try:
         for index in range(1, args.runs + 1):
-            runs.append(run_once(args, index))
+            runs.append(run_once(index, make, keep))
             if not args.json:
                 print_run(runs[-1], sys.stdout)
     except KeyboardInterrupt:
