@@ -1,7 +1,7 @@
 """Message authentication: HMAC-SHA256 under a shared key (sans-I/O).
 
 The key file's text is parsed here; reading it from disk and checking its mode is the shell's job
-(:mod:`ipfailover.keyfile`).
+(:func:`ipfailover.daemon.load_key`).
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ class ReplayWindow:
         """Record ``seq``; False if it is a replay or too old."""
         if seq > self.highest:
             shift = seq - self.highest
-            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1)
+            # A jump past the window forgets it all (and must not build a huge integer).
+            kept = self._bits << shift if shift < self.size else 0
+            self._bits = (kept | 1) & ((1 << self.size) - 1)
             self.highest = seq
             return True
         offset = self.highest - seq

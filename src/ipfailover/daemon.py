@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from typing import Any
 from . import auth, config, sdnotify, wire
 
 EXIT_CONFIG = 2
+log = logging.getLogger("ipfailover.daemon")
 
 
 class StartupError(Exception):
@@ -219,14 +221,19 @@ class Service:
     """What the service manager hears (sd_notify): READY, RELOADING, STOPPING, and the watchdog,
     fed from the event loop itself so a wedged loop is restarted. Silent outside systemd."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, healthy: Callable[[], bool] = lambda: True
+    ) -> None:
         self.loop = loop
+        self.healthy = healthy
         interval = sdnotify.watchdog_interval()
         self._feed_every = None if interval is None else interval / 2
+        self._feeding = False
 
     def ready(self, status: str) -> None:
         sdnotify.notify(READY=1, STATUS=status)
-        if self._feed_every is not None:
+        if self._feed_every is not None and not self._feeding:
+            self._feeding = True  # one chain, however often we become ready again
             self._feed()
 
     def reloading(self) -> None:
@@ -236,7 +243,12 @@ class Service:
         sdnotify.notify(STOPPING=1)
 
     def _feed(self) -> None:
-        sdnotify.notify(WATCHDOG=1)
+        # Only while the core's timer is being served: a loop that runs but no longer drives
+        # the core (a bug left its deadline unarmed or long overdue) gets restarted.
+        if self.healthy():
+            sdnotify.notify(WATCHDOG=1)
+        else:
+            log.error("event=watchdog-starved: the core's deadline is overdue; not feeding")
         assert self._feed_every is not None
         self.loop.call_later(self._feed_every, self._feed)
 
@@ -248,13 +260,19 @@ class Timer:
         self.loop = loop
         self.callback = callback
         self._handle: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None
 
     def arm(self, deadline: float | None) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self.deadline = deadline
         if deadline is not None:
             self._handle = self.loop.call_at(deadline, self.callback)
+
+    def served(self, slack: float = 5.0) -> bool:
+        """The armed deadline is not overdue by more than ``slack`` seconds."""
+        return self.deadline is None or self.loop.time() < self.deadline + slack
 
 
 # UDP -------------------------------------------------------------------------------------------
@@ -283,9 +301,16 @@ class UdpEndpoint:
     def __init__(self, port: int, *, broadcast: bool = False, families: Iterable[int] = ()) -> None:
         self.socks: dict[int, socket.socket] = {}
         for family in families or (socket.AF_INET, socket.AF_INET6):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+            except OSError as e:
+                if family == socket.AF_INET6 and e.errno == errno.EAFNOSUPPORT:
+                    log.warning("IPv6 is disabled on this host: listening on IPv4 only")
+                    continue
+                raise
             sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # No SO_REUSEADDR: with it, any local user could bind the same port on a specific
+            # address and receive the unicast heartbeats (or challenges) instead of us.
             if family == socket.AF_INET:
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
                 if broadcast:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import ipaddress
 import logging
 import os
 import signal
@@ -53,7 +52,7 @@ async def resolve_pairs(cfg: config.Config) -> list[netif.Assignment]:
 
 
 async def watched_networks(cfg: config.Config) -> tuple[str, ...]:
-    """FAILOVER_NETWORKS, or the pairs' interfaces plus the one on FAILOVER_PEER_IP's subnet."""
+    """FAILOVER_NETWORKS, or the pairs' interfaces plus those on FAILOVER_PEER_IP's subnet."""
     if cfg.networks:
         missing = await netif.missing_interfaces(cfg.networks)
         if missing:
@@ -64,11 +63,11 @@ async def watched_networks(cfg: config.Config) -> tuple[str, ...]:
         return cfg.networks
     names = {p.interface for p in cfg.peer_ip_pairs}
     if cfg.peer_ip is not None:
-        for _, ifname in socket.if_nameindex():
-            for a in await netif.interface_addresses(ifname):
-                net = ipaddress.ip_network(f"{a.address}/{a.prefixlen}", strict=False)
-                if cfg.peer_ip in net and a.address != cfg.peer_ip:
-                    names.add(ifname)
+        try:
+            on_subnet = await netif.addresses_on_subnets_of([cfg.peer_ip])
+        except netif.NetifError as e:
+            raise daemon.StartupError(f"{cfg.path}: {e}") from None
+        names.update(a.ifname for a in on_subnet)
     return tuple(sorted(names))
 
 
@@ -91,10 +90,10 @@ class Failoverd:
             _monitor_config(cfg, key, networks), rng=os.urandom, now=loop.time(), holding=holding
         )
         self.control = control.ControlServer(cfg.run_dir, "failoverd", self.snapshot)
-        self.service = daemon.Service(loop)
+        self.service = daemon.Service(loop, healthy=lambda: self.timer.served())
         self.counts: Counter[str] = Counter()
         self.lock: transition.ManagerLock | None = None
-        self._reload_pending = False
+        self._changing = asyncio.Lock()  # transitions and reloads take turns
         self.timer = daemon.Timer(loop, self._on_timer)
         self.stopped = asyncio.Event()
         self.history: collections.deque[transition.TransitionRecord] = collections.deque(
@@ -105,11 +104,7 @@ class Failoverd:
         self.outbox = mail.Outbox(
             settings, mail.delivery_for(settings), self.events, node=self.node
         )
-        self.scripts = hooks.ScriptFolder(
-            hooks.script_folder(cfg),
-            timeout=cfg.script_timeout,
-            enforce=cfg.script_strict and os.geteuid() == 0,
-        )
+        self.scripts = _script_folder(cfg)
         self.executor = transition.Executor(
             node=self.node,
             addresses=assignments,
@@ -122,14 +117,23 @@ class Failoverd:
         self._heard: dict[str, float] = {}  # network -> loop time the primary was last heard
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @staticmethod
-    def _endpoint(cfg: config.Config, assignments: list[netif.Assignment]) -> daemon.UdpEndpoint:
+    @classmethod
+    def _endpoint(
+        cls, cfg: config.Config, assignments: list[netif.Assignment]
+    ) -> daemon.UdpEndpoint:
         udp = daemon.UdpEndpoint(cfg.port, broadcast=True)
-        for a in assignments:  # reach the primary even while its address is ours
+        udp.redirects = cls._endpoint_redirects(assignments)
+        return udp
+
+    @staticmethod
+    def _endpoint_redirects(assignments: list[netif.Assignment]) -> dict[str, tuple[Any, ...]]:
+        """Reach the primary even while its address is ours (see netif.unicast_substitute)."""
+        out = {}
+        for a in assignments:
             sub = netif.unicast_substitute(a)
             if sub is not None:
-                udp.redirects[str(a.address)] = sub
-        return udp
+                out[str(a.address)] = sub
+        return out
 
     @property
     def node(self) -> str:
@@ -233,10 +237,6 @@ class Failoverd:
         self._flush()
 
     def _on_hup(self) -> None:
-        if self._work is not None and not self._work.done():
-            self._reload_pending = True  # after the transition under way: never mid-change
-            self.events("reload-deferred", state=self.core.state.value)
-            return
         self._spawn(self.reload())
 
     async def reload(self) -> None:
@@ -244,19 +244,36 @@ class Failoverd:
 
         A good one is applied without leaving the current state: addresses that stay are not
         touched; while we hold, removed pairs are deleted and added ones added and announced.
+        Reloads and transitions take turns (one lock), so a reload never lands in the middle
+        of a takeover or a release, nor two reloads in each other.
         """
         self.service.reloading()
         try:
-            cfg = daemon.load_role_config(self.cfg.path, "failoverd")
-            key = daemon.load_key(cfg)
-            assignments = await resolve_pairs(cfg)
-            networks = await watched_networks(cfg)
-            for ifname in sorted({*networks, *(a.ifname for a in assignments)}):
-                netif.accept_local(ifname)
-        except (daemon.StartupError, netif.NetifError) as e:
-            self.events("reload-failed", logging.ERROR, errors=str(e).replace("\n", "; "))
+            async with self._changing:
+                if self.core.state in (State.STOPPING, State.STOPPED):
+                    self.events("reload-skipped", state=self.core.state.value)
+                    return
+                await self._reload()
+        except Exception as e:  # a reload must never take the daemon down with it
+            errors = str(e).replace("\n", "; ") or repr(e)
+            self.events("reload-failed", logging.ERROR, errors=errors)
+        finally:
             self.service.ready(self._status_line())
-            return
+
+    async def _reload(self) -> None:
+        cfg = daemon.load_role_config(self.cfg.path, "failoverd")
+        key = daemon.load_key(cfg)
+        assignments = await resolve_pairs(cfg)
+        networks = await watched_networks(cfg)
+        for ifname in sorted({*networks, *(a.ifname for a in assignments)}):
+            netif.accept_local(ifname)
+        if cfg.port != self.cfg.port:
+            udp = self._endpoint(cfg, assignments)  # may fail: then nothing has changed yet
+            self.udp.close()
+            self.udp = udp
+            self.udp.start(self.loop, self._on_datagram)
+        else:
+            self.udp.redirects = self._endpoint_redirects(assignments)
         removed = [a for a in self.assignments if a not in assignments]
         added = [a for a in assignments if a not in self.assignments]
         if self.core.holding:
@@ -265,18 +282,10 @@ class Failoverd:
             for a in added:
                 if await _quietly(self.events, netif.add(a), "reload-add-error", a):
                     self._spawn(self._announce(a, cfg))
-        if cfg.port != self.cfg.port or removed or added:
-            self.udp.close()
-            self.udp = self._endpoint(cfg, assignments)
-            self.udp.start(self.loop, self._on_datagram)
         self.cfg, self.assignments = cfg, assignments
         self.executor.addresses = tuple(assignments)
         self.executor.announcing = transition.Announcing(cfg.garp_count, cfg.garp_interval)
-        self.scripts = hooks.ScriptFolder(
-            hooks.script_folder(cfg),
-            timeout=cfg.script_timeout,
-            enforce=cfg.script_strict and os.geteuid() == 0,
-        )
+        self.scripts = _script_folder(cfg)
         self.executor.scripts = self.scripts
         if self.lock is not None:
             self.lock.update(assignments)
@@ -290,7 +299,6 @@ class Failoverd:
         )
         await log_check_warnings(cfg, self.events)
         self._flush()
-        self.service.ready(self._status_line())
 
     async def _announce(self, a: netif.Assignment, cfg: config.Config) -> None:
         await netif.announce(a, cfg.garp_count, cfg.garp_interval)
@@ -311,12 +319,14 @@ class Failoverd:
     # Outputs -----------------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        self._note_heard()
-        for data, addr in self.core.datagrams_to_send():
-            self.udp.sendto(data, addr)
-        while (ev := self.core.next_event()) is not None:
-            self._handle(ev)
-        self.timer.arm(self.core.get_timer())
+        try:
+            self._note_heard()
+            for data, addr in self.core.datagrams_to_send():
+                self.udp.sendto(data, addr)
+            while (ev := self.core.next_event()) is not None:
+                self._handle(ev)
+        finally:
+            self.timer.arm(self.core.get_timer())  # whatever happened, keep driving the core
         if self.core.state is State.STOPPED:
             self.stopped.set()
 
@@ -373,6 +383,10 @@ class Failoverd:
         DECLINED until the primary is heard again. To a release, release_done(ok=False): the
         core keeps holding and tries again after another hold-down.
         """
+        async with self._changing:
+            await self._carry_out(ev)
+
+    async def _carry_out(self, ev: Acquire | Release) -> None:
         situation = self._situation()
         acquire = isinstance(ev, Acquire)
         try:
@@ -389,7 +403,9 @@ class Failoverd:
         except Exception as e:  # a bug must not leave the core waiting forever
             log.exception("transition failed")
             self.events("transition-error", logging.ERROR, error=repr(e))
-            ok = False
+            # What is on the interfaces now decides whether we hold: never a duplicate address
+            # that nobody tracks.
+            ok = await _any_present(self.assignments) if acquire else False
         # Done: the core may ask for the next transition from within *_done (a stop that came
         # during a takeover, a zero failback delay); that must not look like an overlap.
         self._work = None
@@ -398,9 +414,6 @@ class Failoverd:
         else:
             self.core.release_done(self.loop.time(), ok=ok)
         self._flush()
-        if self._reload_pending and (self._work is None or self._work.done()):
-            self._reload_pending = False
-            self._spawn(self.reload())
 
     # Mail ----------------------------------------------------------------------------------------
 
@@ -439,6 +452,24 @@ class Failoverd:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _script_folder(cfg: config.Config) -> hooks.ScriptFolder:
+    return hooks.ScriptFolder(
+        hooks.script_folder(cfg),
+        timeout=cfg.script_timeout,
+        enforce=cfg.script_strict and os.geteuid() == 0,
+    )
+
+
+async def _any_present(assignments: list[netif.Assignment]) -> bool:
+    for a in assignments:
+        try:
+            if await netif.present(a):
+                return True
+        except netif.NetifError:
+            continue
+    return False
 
 
 def _monitor_config(cfg: config.Config, key: bytes, networks: tuple[str, ...]) -> MonitorConfig:
@@ -496,14 +527,15 @@ async def amain(argv: list[str] | None) -> int:
     loop = asyncio.get_running_loop()
     fd = Failoverd(cfg, key, loop, assignments, networks, holding=bool(present))
     fd.lock = lock
+    # Everything that can still fail comes before the first address change.
+    await fd.control.start()
+    daemon.start_metrics(cfg, "FAILOVER_METRICS", loop, fd.snapshot)
     if present:
         # Restarted while holding (even after SIGKILL): adopt, no release-and-reacquire blip.
         for a in assignments:
             if a not in present:
-                await netif.add(a)
+                await _quietly(fd.events, netif.add(a), "adopt-add-error", a)
         fd.events("adopt", addresses=" ".join(str(a) for a in present))
-    await fd.control.start()
-    daemon.start_metrics(cfg, "FAILOVER_METRICS", loop, fd.snapshot)
     fd.start()
     await log_check_warnings(cfg, fd.events)
     fd.service.ready(fd._status_line())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -28,13 +27,7 @@ async def announced_addresses(cfg: config.Config) -> list[netif.Assignment]:
     """This node's own addresses to re-announce: every global address, IPv4 and IPv6, on each
     interface one of whose subnets contains a heartbeat target (the public and private networks
     of Apple's setup)."""
-    out: list[netif.Assignment] = []
-    for _, ifname in socket.if_nameindex():
-        addrs = await netif.interface_addresses(ifname)
-        nets = [ipaddress.ip_network(f"{a.address}/{a.prefixlen}", strict=False) for a in addrs]
-        if any(t in net for t in cfg.bcast_ips for net in nets):
-            out.extend(addrs)
-    return out
+    return await netif.addresses_on_subnets_of(cfg.bcast_ips)
 
 
 def _families(cfg: config.Config) -> list[int]:
@@ -60,7 +53,7 @@ class Heartbeatd:
         self.timer = daemon.Timer(loop, self._on_timer)
         self.stopped = asyncio.Event()
         self.control = control.ControlServer(cfg.run_dir, "heartbeatd", self.snapshot)
-        self.service = daemon.Service(loop)
+        self.service = daemon.Service(loop, healthy=lambda: self.timer.served())
         self._tasks: set[asyncio.Task[None]] = set()
 
     def snapshot(self) -> dict[str, Any]:
@@ -105,12 +98,18 @@ class Heartbeatd:
         self._flush()
 
     async def watch_links(self) -> None:
-        """Re-announce when a cable comes back on an interface that carries our heartbeats."""
-        async for ifname in netif.carrier_up():
-            if any(a.ifname == ifname for a in await announced_addresses(self.cfg)):
-                self.events("link-up", interface=ifname)
-                self.core.link_up(self.loop.time())
-                self._flush()
+        """Re-announce when a cable comes back on an interface that carries our heartbeats.
+        Supervised: if the kernel's notifications fail (an overrun), subscribe again."""
+        while not self.stopped.is_set():
+            try:
+                async for ifname in netif.carrier_up():
+                    if any(a.ifname == ifname for a in await announced_addresses(self.cfg)):
+                        self.events("link-up", interface=ifname)
+                        self.core.link_up(self.loop.time())
+                        self._flush()
+            except Exception as e:  # logged, and the watch starts over
+                self.events("link-watch-error", logging.WARNING, error=repr(e))
+                await asyncio.sleep(1.0)
 
     def _on_timer(self) -> None:
         self.core.handle_timer(self.loop.time())
@@ -132,11 +131,13 @@ class Heartbeatd:
         try:
             cfg = daemon.load_role_config(self.cfg.path, "heartbeatd")
             key = daemon.load_key(cfg)
-        except daemon.StartupError as e:
+            new = None
+            if _families(cfg) != _families(self.cfg):
+                new = daemon.UdpEndpoint(0, broadcast=True, families=_families(cfg))
+        except (daemon.StartupError, OSError) as e:
             self.events("reload-failed", logging.ERROR, errors=str(e).replace("\n", "; "))
             return
-        if _families(cfg) != _families(self.cfg):
-            new = daemon.UdpEndpoint(0, broadcast=True, families=_families(cfg))
+        if new is not None:
             self.udp.close()
             self.udp = new
             self.udp.start(self.loop, self._on_datagram)
@@ -156,30 +157,36 @@ class Heartbeatd:
         self.stopped.set()
 
     def _flush(self) -> None:
-        verbose = log.isEnabledFor(logging.DEBUG)
-        for data, addr in self.core.datagrams_to_send():
-            sent = self.udp.sendto(data, addr)
-            if verbose:
-                self.events(
-                    "sent",
-                    logging.DEBUG,
-                    to=f"{addr[0]}:{addr[1]}",
-                    bytes=len(data),
-                    ok=sent,
-                )
-        while (ev := self.core.next_event()) is not None:
-            if isinstance(ev, Announce):
-                task = self.loop.create_task(self._announce(ev))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            elif isinstance(ev, AnnounceDeferred):
-                self.events("announce-deferred", reason=ev.reason, holder=ev.listener)
-            elif isinstance(ev, Dropped):
-                self.events.dropped(ev, self.loop.time())
-        self.timer.arm(self.core.get_timer())
+        try:
+            verbose = log.isEnabledFor(logging.DEBUG)
+            for data, addr in self.core.datagrams_to_send():
+                sent = self.udp.sendto(data, addr)
+                if verbose:
+                    self.events(
+                        "sent",
+                        logging.DEBUG,
+                        to=f"{addr[0]}:{addr[1]}",
+                        bytes=len(data),
+                        ok=sent,
+                    )
+            while (ev := self.core.next_event()) is not None:
+                if isinstance(ev, Announce):
+                    task = self.loop.create_task(self._announce(ev))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                elif isinstance(ev, AnnounceDeferred):
+                    self.events("announce-deferred", reason=ev.reason, holder=ev.listener)
+                elif isinstance(ev, Dropped):
+                    self.events.dropped(ev, self.loop.time())
+        finally:
+            self.timer.arm(self.core.get_timer())  # whatever happened, keep beating
 
     async def _announce(self, ev: Announce) -> None:
-        addrs = await announced_addresses(self.cfg)
+        try:
+            addrs = await announced_addresses(self.cfg)
+        except netif.NetifError as e:
+            self.events("announce-error", logging.ERROR, reason=ev.reason, error=e)
+            return
         self.events(
             "announce",
             reason=ev.reason,

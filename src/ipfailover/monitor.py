@@ -169,6 +169,9 @@ class _PeerNet:
     """Where the primary can be reached on one network."""
 
     verified: Addr | None = None
+    # the primary's (boot id, sequence number) last seen from each address, echoed in our
+    # challenges to it so that it can tell them from replayed ones
+    seen: dict[Addr, tuple[bytes, int]] = field(default_factory=dict)
     candidates: OrderedDict[Addr, None] = field(default_factory=OrderedDict)
 
     def targets(self) -> list[Addr]:
@@ -319,9 +322,12 @@ class Monitor:
         evidence = self._evidence(msg, now)
         if evidence is None:
             self._remember_candidate(peer, addr, now)
-            self._challenge_now(addr, now)
+            if addr != peer.verified or peer.seen.get(addr, (b"",))[0] == msg.boot_id:
+                peer.seen[addr] = (msg.boot_id, msg.seq)  # a replay must not roll it back
+            self._challenge_now(addr, (msg.boot_id, msg.seq), now)
             raise wire.RemoteProtocolError(wire.Reason.STALE, "echoes no fresh challenge of ours")
         peer.verified = addr
+        peer.seen[addr] = (msg.boot_id, msg.seq)
         self._pin_peer(msg.sender, addr)
         self._note_peer_boot(msg, now)
         was_alive = network in self.detector.networks and self._counts_as_alive(network, now)
@@ -386,7 +392,7 @@ class Monitor:
         if len(peer.candidates) > MAX_CANDIDATES:
             peer.candidates.popitem(last=False)
 
-    def _challenge_now(self, addr: Addr, now: float) -> None:
+    def _challenge_now(self, addr: Addr, echo: tuple[bytes, int], now: float) -> None:
         """The primary at ``addr`` lacks a fresh nonce of ours (it just started, or a link just
         came back): send one at once rather than at the next round, at most once a period."""
         last = self._immediate.get(addr)
@@ -395,7 +401,7 @@ class Monitor:
         self._immediate[addr] = now
         if len(self._immediate) > 4 * MAX_CANDIDATES:
             self._immediate.pop(next(iter(self._immediate)))
-        self._out.append((self._encode_challenge(self._current_nonce(now)), addr))
+        self._out.append((self._encode_challenge(self._current_nonce(now), echo), addr))
 
     def _note_peer_boot(self, msg: wire.Message, now: float) -> None:
         if msg.boot_id != self.peer_boot:
@@ -425,16 +431,17 @@ class Monitor:
 
     def _challenge(self, now: float) -> None:
         nonce = self._issue_nonce(now)
-        data = self._encode_challenge(nonce)
         for peer in self._peers.values():
-            self._out.extend((data, addr) for addr in peer.targets())
+            for addr in peer.targets():
+                if addr in peer.seen:
+                    self._out.append((self._encode_challenge(nonce, peer.seen[addr]), addr))
         self._next_challenge = now + self.cfg.period
 
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
 
-    def _encode_challenge(self, nonce: bytes) -> bytes:
+    def _encode_challenge(self, nonce: bytes, echo: tuple[bytes, int]) -> bytes:
         msg = wire.Message(
             type=wire.MsgType.CHALLENGE,
             sender=self.cfg.node,
@@ -442,6 +449,8 @@ class Monitor:
             seq=self._next_seq(),
             interval=self.cfg.period,
             nonce=nonce,
+            echo_boot=echo[0],
+            echo_seq=echo[1],
             holding=self.holding,
         )
         return wire.encode(msg, self.cfg.key)
@@ -487,6 +496,12 @@ class Monitor:
             self._release_id = self._rng(wire.NONCE_SIZE)
             self._send_released()
             self._released_due = [now + i * self.cfg.period for i in range(1, RELEASED_COPIES)]
+        elif new is State.STOPPED and old is State.STOPPING and trigger is Trigger.RELEASED:
+            # Stopping while holding: the primary may be waiting for this to re-announce. There
+            # is no later round to repeat it in, so the copies go now.
+            self._release_id = self._rng(wire.NONCE_SIZE)
+            for _ in range(RELEASED_COPIES):
+                self._send_released()
         if self._stop_pending and new not in BUSY and new is not State.STOPPED:
             self._stop_pending = False
             self._fire(Trigger.SHUTDOWN, now)

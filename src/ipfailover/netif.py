@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from pyroute2 import AsyncIPRoute, NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
@@ -38,6 +39,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IFA_F_SECONDARY = 0x01
 IFA_F_NODAD = 0x02
 IFF_LOWER_UP = 0x10000  # the link has carrier
+P = ParamSpec("P")
+R = TypeVar("R")
 RT_SCOPE_UNIVERSE = 0
 ARPHRD_ETHER = 1
 ARPOP_REQUEST = 1
@@ -191,15 +194,35 @@ def _netlink_failure(action: str, a: Assignment, e: NetlinkError) -> NetifError:
     return NetifError(f"cannot {action} {a}: {e.args[-1]} (errno {e.code})")
 
 
+def _netlink_errors(
+    fn: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Every failure of a public call is a NetifError: callers handle one exception type and
+    never mistake an unexpected netlink or socket error for a bug (and lose track of state)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except NetifError:
+            raise
+        except (NetlinkError, OSError) as e:
+            raise NetifError(f"{fn.__name__}: netlink failed: {e}") from e
+
+    return wrapper
+
+
 # --- public address API ----------------------------------------------------------------------
 
 
+@_netlink_errors
 async def missing_interfaces(names: Iterable[str]) -> list[str]:
     """The names in ``names`` (in order) that are not interfaces of this namespace."""
     async with _netlink() as ipr:
         return [name for name in names if await _link(ipr, name) is None]
 
 
+@_netlink_errors
 async def resolve(ifname: str, address: IPAddress, prefixlen: int | None) -> Assignment:
     """Bind ``address`` to interface ``ifname`` with a prefix length.
 
@@ -216,6 +239,7 @@ async def resolve(ifname: str, address: IPAddress, prefixlen: int | None) -> Ass
     return Assignment(ifname=ifname, ifindex=ifindex, address=address, prefixlen=prefixlen)
 
 
+@_netlink_errors
 async def present(a: Assignment) -> bool:
     """Is exactly this address, with this prefix length, on that interface?"""
     async with _netlink() as ipr:
@@ -223,6 +247,7 @@ async def present(a: Assignment) -> bool:
         return any(_is_exactly(x, a) for x in await _addresses(ipr, a.ifindex))
 
 
+@_netlink_errors
 async def add(a: Assignment) -> bool:
     """Add the address; True if we added it, False if exactly it was already there.
 
@@ -245,6 +270,7 @@ async def add(a: Assignment) -> bool:
     return True
 
 
+@_netlink_errors
 async def delete(a: Assignment) -> bool:
     """Delete exactly this address; True if deleted, False if it was not there.
 
@@ -297,6 +323,7 @@ def _keep_secondaries(a: Assignment, existing: list[_Addr]) -> None:
     log.warning("enabled %s so that deleting %s keeps its secondary addresses", knob, a)
 
 
+@_netlink_errors
 async def interface_addresses(ifname: str) -> list[Assignment]:
     """The global-scope addresses on interface ``ifname``; NetifError if it does not exist."""
     async with _netlink() as ipr:
@@ -306,6 +333,30 @@ async def interface_addresses(ifname: str) -> list[Assignment]:
         Assignment(ifname=ifname, ifindex=ifindex, address=x.address, prefixlen=x.prefixlen)
         for x in existing
         if x.scope == RT_SCOPE_UNIVERSE
+    ]
+
+
+async def addresses_on_subnets_of(targets: Iterable[IPAddress]) -> list[Assignment]:
+    """Every global address of each interface one of whose subnets contains a target.
+
+    One dump of links and one of addresses, so an interface that comes or goes meanwhile is
+    simply in the answer or not; NetifError only if netlink itself fails.
+    """
+    wanted = list(targets)
+    try:
+        async with _netlink() as ipr:
+            names = {
+                link["index"]: str(link.get_attr("IFLA_IFNAME"))
+                async for link in await ipr.link("dump")
+            }
+            found = [(msg["index"], _Addr.from_msg(msg)) async for msg in await ipr.addr("dump")]
+    except (NetlinkError, OSError) as e:
+        raise NetifError(f"cannot list addresses: {e}") from e
+    carriers = {i for i, x in found if any(t in x.network() for t in wanted)}
+    return [
+        Assignment(ifname=names[i], ifindex=i, address=x.address, prefixlen=x.prefixlen)
+        for i, x in found
+        if i in carriers and i in names and x.scope == RT_SCOPE_UNIVERSE
     ]
 
 

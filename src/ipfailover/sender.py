@@ -23,7 +23,7 @@ RandomBytes = Callable[[int], bytes]
 
 MAX_LISTENERS = 16  # (listener, boot) entries echoed; at most MAX_ECHOES fit a heartbeat
 BOOTS_PER_LISTENER = 4
-RELEASED_HORIZON = 30.0  # seconds: a RELEASED must echo a sequence number we sent this recently
+ECHO_HORIZON = 30.0  # seconds: a CHALLENGE or RELEASED must echo a sequence number this recent
 LEAVING_COPIES = 2  # LEAVING is sent twice to each target, back to back, against a single loss
 ANNOUNCE_WAIT_BEATS = 3  # after start-up or a cable's return, announce once a listener has told us
 #                          whether it holds our addresses, or after this many intervals (+1 s)
@@ -209,7 +209,15 @@ class Sender:
         else:
             raise wire.RemoteProtocolError(wire.Reason.UNEXPECTED, f"{msg.type.name} to heartbeatd")
 
+    def _echoes_recent_beat(self, msg: wire.Message) -> bool:
+        """A CHALLENGE or RELEASED must echo our boot id and a sequence number we sent in the
+        last 30 s: a capture from before that is refused."""
+        horizon = len(self.cfg.targets) * math.ceil(ECHO_HORIZON / self.cfg.interval) + 16
+        return msg.echo_boot == self.boot_id and 0 <= self.seq - msg.echo_seq <= horizon
+
     def _challenged(self, msg: wire.Message, addr: Addr, now: float) -> None:
+        if not self._echoes_recent_beat(msg):
+            raise wire.RemoteProtocolError(wire.Reason.STALE, "CHALLENGE echoes no recent beat")
         key = (msg.sender, msg.boot_id)
         entry = self._listeners.get(key)
         expires = now + 3 * msg.interval + 1.0
@@ -220,6 +228,9 @@ class Sender:
             if msg.seq <= entry.seq:
                 raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"challenge seq {msg.seq}")
             entry.seq, entry.nonce, entry.updated, entry.expires = msg.seq, msg.nonce, now, expires
+            if entry.holding and not msg.holding:
+                # It let go, and its RELEASED was lost (that one clears the flag first).
+                self._events.append(Announce(reason="released", at=now, listener=msg.sender))
             entry.holding = msg.holding
             self._listeners.move_to_end(key)
             self.counters["challenges"] += 1
@@ -253,8 +264,7 @@ class Sender:
             del self._listeners[key]
 
     def _released(self, msg: wire.Message, now: float) -> None:
-        horizon = len(self.cfg.targets) * math.ceil(RELEASED_HORIZON / self.cfg.interval) + 16
-        if msg.echo_boot != self.boot_id or not 0 <= self.seq - msg.echo_seq <= horizon:
+        if not self._echoes_recent_beat(msg):
             raise wire.RemoteProtocolError(wire.Reason.STALE, "RELEASED echoes no recent heartbeat")
         if msg.nonce in self._release_ids:
             self.counters["released-duplicate"] += 1

@@ -15,8 +15,9 @@ Layout (all integers big-endian), documented in ``docs/protocol.md``::
     ..  tag        32 HMAC-SHA256 over everything before it
 
 Bodies: HEARTBEAT and LEAVING carry ``count:u8`` then ``count`` echoed nonces of 8 bytes (at most
-16); CHALLENGE carries one 8-byte nonce; RELEASED carries an 8-byte release id, the echoed boot id
-of the primary (8) and the highest primary sequence number seen (u64).
+16); CHALLENGE and RELEASED carry an 8-byte nonce (the challenge, or the release id), the echoed
+boot id of the primary (8) and a sequence number of the primary's that the sender saw (u64), so
+that the primary can refuse a replayed one.
 
 The one public entry point, :func:`decode`, either returns a :class:`Message` or raises
 :class:`RemoteProtocolError` with a ``reason`` used for counting. Any other exception is a bug.
@@ -107,6 +108,8 @@ class Message:
         name = self.sender.encode("utf-8")
         if not 1 <= len(name) <= MAX_NAME:
             raise LocalProtocolError(f"sender name must be 1..{MAX_NAME} bytes of UTF-8")
+        if not self.sender.isprintable() or any(c.isspace() for c in self.sender):
+            raise LocalProtocolError("sender name must be printable, without spaces")
         if len(self.boot_id) != BOOT_ID_SIZE:
             raise LocalProtocolError(f"boot id must be {BOOT_ID_SIZE} bytes")
         if not 0 <= self.seq < 2**64:
@@ -117,8 +120,8 @@ class Message:
             raise LocalProtocolError(f"at most {MAX_ECHOES} echoes of {NONCE_SIZE} bytes")
         if self.type in (MsgType.CHALLENGE, MsgType.RELEASED) and len(self.nonce) != NONCE_SIZE:
             raise LocalProtocolError(f"{self.type.name} needs a {NONCE_SIZE}-byte nonce")
-        if self.type is MsgType.RELEASED and len(self.echo_boot) != BOOT_ID_SIZE:
-            raise LocalProtocolError("RELEASED needs the echoed boot id")
+        if self.type in (MsgType.CHALLENGE, MsgType.RELEASED) and len(self.echo_boot) != 8:
+            raise LocalProtocolError(f"{self.type.name} needs the echoed boot id")
         if self.holding and self.type is not MsgType.CHALLENGE:
             raise LocalProtocolError("only a CHALLENGE carries the holding flag")
 
@@ -132,8 +135,6 @@ def encode(msg: Message, key: bytes) -> bytes:
     )
     if msg.type in (MsgType.HEARTBEAT, MsgType.LEAVING):
         body = bytes([len(msg.echoes)]) + b"".join(msg.echoes)
-    elif msg.type is MsgType.CHALLENGE:
-        body = msg.nonce
     else:
         body = msg.nonce + msg.echo_boot + struct.pack("!Q", msg.echo_seq)
     data = head + name + body
@@ -165,6 +166,9 @@ def decode(data: bytes, key: bytes) -> Message:
         sender = signed[_HEADER.size : pos].decode("utf-8")
     except UnicodeDecodeError:
         raise RemoteProtocolError(Reason.MALFORMED, "sender is not UTF-8") from None
+    if not sender.isprintable() or any(c.isspace() for c in sender):
+        # names reach log lines, sd_notify and scripts' environment: no control characters
+        raise RemoteProtocolError(Reason.MALFORMED, "sender name has a control or space character")
     body = signed[pos:]
     echoes, nonce, echo_boot, echo_seq = _decode_body(kind, body)
     return Message(
@@ -188,11 +192,7 @@ def _decode_body(kind: MsgType, body: bytes) -> tuple[tuple[bytes, ...], bytes, 
             raise RemoteProtocolError(Reason.MALFORMED, "bad echo list")
         echoes = tuple(body[1 + i * NONCE_SIZE : 1 + (i + 1) * NONCE_SIZE] for i in range(body[0]))
         return echoes, b"", b"", 0
-    if kind is MsgType.CHALLENGE:
-        if len(body) != NONCE_SIZE:
-            raise RemoteProtocolError(Reason.MALFORMED, "bad challenge body")
-        return (), body, b"", 0
     if len(body) != NONCE_SIZE + BOOT_ID_SIZE + 8:
-        raise RemoteProtocolError(Reason.MALFORMED, "bad released body")
+        raise RemoteProtocolError(Reason.MALFORMED, f"bad {kind.name.lower()} body")
     (echo_seq,) = struct.unpack_from("!Q", body, NONCE_SIZE + BOOT_ID_SIZE)
     return (), body[:NONCE_SIZE], body[NONCE_SIZE : NONCE_SIZE + BOOT_ID_SIZE], echo_seq

@@ -459,6 +459,23 @@ def test_peering_node_alone_ignores_its_own_heartbeats(lab: Lab, start_client: S
     assert own_drops(failoverd, Node.SECONDARY) == []
 
 
+def test_unicast_targets_for_networks_without_broadcast(
+    lab: Lab, start_daemon: StartDaemon, start_client: StartClient
+) -> None:
+    """FAILOVER_BCAST_IPS may name the secondary's own addresses (Apple allowed unicast): the
+    whole cycle works the same, takeover and the handshake back included."""
+    unicast = {"FAILOVER_BCAST_IPS": "203.0.113.20 198.51.100.20"}
+    heartbeatd = start_daemon(Node.PRIMARY, "heartbeatd", **FAST.overrides(), **unicast)
+    failoverd = start_daemon(Node.SECONDARY, "failoverd", **FAST.overrides())
+    client = start_client(SERVICE_V4)
+    wait_verified(failoverd, PRIMARY)
+    pair = Pair(lab, FAST, heartbeatd, failoverd, client)
+    pulled = pair.failover()
+    failoverd.wait_event("acquire-done", SLACK, since=pulled)
+    back = pair.cables(True, *BOTH)
+    pair.failback(back, FAST.failback_delay + FAST.deadtime + LINKWATCH + SLACK)
+
+
 # --- 6. a wrong key and a replayed capture -----------------------------------------------------
 
 

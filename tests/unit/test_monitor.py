@@ -412,3 +412,21 @@ def test_dying_primary_is_a_takeover_not_an_anomaly() -> None:
     sim.revive_primary()
     sim.run_until(20)
     assert [k for _, k, _ in sim.rec.network_events if k != "verified"] == []
+
+
+def test_stopping_while_holding_tells_the_primary() -> None:
+    """The primary deferred its announcement while we held its address: stopping must release
+    it with a RELEASED, or clients keep our MAC until their ARP entries expire."""
+    sim = Sim(failback=10.0)
+    sim.run_until(5)
+    sim.kill_primary()
+    sim.run_until(15)
+    sim.revive_primary()
+    sim.run_until(17)
+    assert sim.monitor is not None and sim.monitor.state is State.HOLDDOWN
+    before = len(sim.rec.announces)
+    sim.monitor.shutdown(sim.now)
+    sim._flush_monitor()
+    sim.run_until(18)
+    assert sim.monitor.state is State.STOPPED
+    assert [r for _, r in sim.rec.announces[before:]] == ["released"]

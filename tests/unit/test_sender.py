@@ -26,7 +26,10 @@ def drain(s: Sender) -> list[object]:
     return out
 
 
-def challenge(seq: int, nonce: bytes, *, boot: bytes = b"S" * 8, holding: bool = False) -> bytes:
+def challenge(
+    to: Sender, seq: int, nonce: bytes, *, boot: bytes = b"S" * 8, holding: bool = False
+) -> bytes:
+    """A CHALLENGE from the secondary to ``to``, echoing its boot and latest sequence number."""
     msg = wire.Message(
         type=wire.MsgType.CHALLENGE,
         sender="secondary",
@@ -34,6 +37,8 @@ def challenge(seq: int, nonce: bytes, *, boot: bytes = b"S" * 8, holding: bool =
         seq=seq,
         interval=1.0,
         nonce=nonce,
+        echo_boot=to.boot_id,
+        echo_seq=to.seq,
         holding=holding,
     )
     return wire.encode(msg, KEY)
@@ -69,10 +74,10 @@ def test_after_a_stall_the_cadence_restarts_without_a_burst() -> None:
 
 def test_challenge_is_echoed_and_a_new_listener_is_answered_at_once() -> None:
     s = make()
-    s.receive_datagram(challenge(1, b"n1" * 4), LISTENER, 0.1)
+    s.receive_datagram(challenge(s, 1, b"n1" * 4), LISTENER, 0.1)
     ((msg, addr),) = sent(s)
     assert addr == LISTENER and msg.echoes == (b"n1" * 4,)
-    s.receive_datagram(challenge(2, b"n2" * 4), LISTENER, 0.2)
+    s.receive_datagram(challenge(s, 2, b"n2" * 4), LISTENER, 0.2)
     assert sent(s) == []  # known listener: echoed in the next regular beat
     s.handle_timer(1.0)
     assert all(m.echoes == (b"n2" * 4,) for m, _ in sent(s))
@@ -80,9 +85,9 @@ def test_challenge_is_echoed_and_a_new_listener_is_answered_at_once() -> None:
 
 def test_replayed_challenge_cannot_roll_the_nonce_back() -> None:
     s = make()
-    old = challenge(1, b"o" * 8)
+    old = challenge(s, 1, b"o" * 8)
     s.receive_datagram(old, LISTENER, 0.1)
-    s.receive_datagram(challenge(2, b"n" * 8), LISTENER, 0.2)
+    s.receive_datagram(challenge(s, 2, b"n" * 8), LISTENER, 0.2)
     s.datagrams_to_send()
     s.receive_datagram(old, LISTENER, 0.3)
     assert s.counters["rejected.replay"] == 1
@@ -92,7 +97,7 @@ def test_replayed_challenge_cannot_roll_the_nonce_back() -> None:
 
 def test_same_challenge_over_two_networks_is_not_a_replay() -> None:
     s = make()
-    data = challenge(1, b"n" * 8)
+    data = challenge(s, 1, b"n" * 8)
     s.receive_datagram(data, LISTENER, 0.1)
     s.receive_datagram(data, ("198.51.100.20", 1694), 0.1)
     assert s.counters["rejected.replay"] == 0 and s.counters["challenge-copies"] == 1
@@ -100,7 +105,7 @@ def test_same_challenge_over_two_networks_is_not_a_replay() -> None:
 
 def test_listeners_expire() -> None:
     s = make()
-    s.receive_datagram(challenge(1, b"n" * 8), LISTENER, 0.1)
+    s.receive_datagram(challenge(s, 1, b"n" * 8), LISTENER, 0.1)
     s.handle_timer(10.0)
     assert all(m.echoes == () for m, _ in sent(s)[1:])
     assert s.listeners == []
@@ -108,7 +113,7 @@ def test_listeners_expire() -> None:
 
 def test_leaving_goes_to_every_target_and_beats_stop() -> None:
     s = make()
-    s.receive_datagram(challenge(1, b"n" * 8), LISTENER, 0.1)
+    s.receive_datagram(challenge(s, 1, b"n" * 8), LISTENER, 0.1)
     s.datagrams_to_send()
     s.leave(0.5)
     out = sent(s)
@@ -127,11 +132,11 @@ def test_startup_announce_waits_for_a_listener_or_a_deadline() -> None:
     assert [e.reason for e in drain(s) if isinstance(e, Announce)] == ["start"]
     free = make()
     free.handle_timer(0.0)
-    free.receive_datagram(challenge(1, b"n" * 8), LISTENER, 0.1)  # answers: not holding
+    free.receive_datagram(challenge(free, 1, b"n" * 8), LISTENER, 0.1)  # answers: not holding
     assert [e.reason for e in drain(free) if isinstance(e, Announce)] == ["start"]
     held = make()
     held.handle_timer(0.0)
-    held.receive_datagram(challenge(1, b"n" * 8, holding=True), LISTENER, 0.1)
+    held.receive_datagram(challenge(held, 1, b"n" * 8, holding=True), LISTENER, 0.1)
     (ev,) = drain(held)
     assert isinstance(ev, AnnounceDeferred) and ev.listener == "secondary"
 
@@ -176,7 +181,7 @@ def test_released_from_another_boot_or_too_old_is_dropped() -> None:
 
 def test_garbage_is_counted_never_raised() -> None:
     s = make()
-    for data in (b"", b"heartbeat", bytes(100), challenge(1, b"n" * 8)[:-1] + b"\0"):
+    for data in (b"", b"heartbeat", bytes(100), challenge(s, 1, b"n" * 8)[:-1] + b"\0"):
         s.receive_datagram(data, LISTENER, 0.1)
     assert s.counters["rejected.malformed"] + s.counters["rejected.bad-auth"] == 4
 
@@ -197,14 +202,14 @@ def test_reconfigure_keeps_boot_and_sequence() -> None:
 def test_cable_back_announces_unless_a_listener_holds() -> None:
     s = make()
     s.handle_timer(0.0)
-    s.receive_datagram(challenge(1, b"n" * 8), LISTENER, 0.1)
+    s.receive_datagram(challenge(s, 1, b"n" * 8), LISTENER, 0.1)
     drain(s)
     s.link_up(10.0)
-    s.receive_datagram(challenge(2, b"m" * 8), LISTENER, 10.1)
+    s.receive_datagram(challenge(s, 2, b"m" * 8), LISTENER, 10.1)
     (ev,) = drain(s)
     assert isinstance(ev, Announce) and ev.reason == "carrier"
     s.link_up(20.0)
-    s.receive_datagram(challenge(3, b"o" * 8, holding=True), LISTENER, 20.1)
+    s.receive_datagram(challenge(s, 3, b"o" * 8, holding=True), LISTENER, 20.1)
     deferred = [e for e in drain(s) if isinstance(e, AnnounceDeferred)]
     assert [(e.reason, e.listener) for e in deferred] == [("carrier", "secondary")]
 
@@ -212,7 +217,7 @@ def test_cable_back_announces_unless_a_listener_holds() -> None:
 def test_released_clears_the_holding_flag() -> None:
     s = make()
     s.handle_timer(0.0)
-    s.receive_datagram(challenge(1, b"n" * 8, holding=True), LISTENER, 0.1)
+    s.receive_datagram(challenge(s, 1, b"n" * 8, holding=True), LISTENER, 0.1)
     drain(s)
     s.receive_datagram(released(s, s.seq), LISTENER, 1.0)
     s.link_up(1.1)
@@ -228,3 +233,25 @@ def test_cable_back_beats_at_once() -> None:
     assert s.get_timer() == 0.3
     s.handle_timer(0.3)
     assert len(s.datagrams_to_send()) == len(TARGETS)
+
+
+def test_replayed_challenge_after_the_entry_expired_is_refused() -> None:
+    s = make()
+    s.handle_timer(0.0)
+    old = challenge(s, 1, b"o" * 8, holding=True)
+    for t in range(1, 40):  # 40 s of heartbeats: the capture's echo is now too old
+        s.handle_timer(float(t))
+    s.datagrams_to_send()
+    s.receive_datagram(old, LISTENER, 40.0)
+    assert s.counters["rejected.stale"] == 1 and s.listeners == []
+
+
+def test_holding_flag_turning_off_announces_when_released_was_lost() -> None:
+    s = make()
+    s.handle_timer(0.0)
+    s.receive_datagram(challenge(s, 1, b"n" * 8, holding=True), LISTENER, 0.1)
+    drain(s)
+    s.receive_datagram(challenge(s, 2, b"m" * 8, holding=False), LISTENER, 1.1)
+    assert [(e.reason, e.listener) for e in drain(s) if isinstance(e, Announce)] == [
+        ("released", "secondary")
+    ]

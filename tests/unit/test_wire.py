@@ -41,9 +41,19 @@ CASES = [
     ),
     (
         Message(
-            type=MsgType.CHALLENGE, sender="s", boot_id=BOOT, seq=2, interval=0.5, nonce=b"x" * 8
+            type=MsgType.CHALLENGE,
+            sender="s",
+            boot_id=BOOT,
+            seq=2,
+            interval=0.5,
+            nonce=b"x" * 8,
+            echo_boot=b"P" * 8,
+            echo_seq=7,
+            holding=True,
         ),
-        "4950464f01040001010203040506070800000000000000020007a12073" + (b"x" * 8).hex(),
+        "4950464f01040101010203040506070800000000000000020007a12073"
+        + (b"x" * 8 + b"P" * 8).hex()
+        + "0000000000000007",
     ),
     (
         Message(
@@ -135,6 +145,8 @@ def test_signed_garbage_body_is_malformed_not_a_crash() -> None:
     [
         {"sender": ""},
         {"sender": "x" * 65},
+        {"sender": "a\nb"},
+        {"sender": "a b"},
         {"boot_id": b"short"},
         {"seq": -1},
         {"interval": 0.0},
@@ -171,7 +183,9 @@ def test_fuzz_signed_garbage_never_crashes(body: bytes) -> None:
 
 @given(
     kind=st.sampled_from(list(MsgType)),
-    sender=st.text(min_size=1, max_size=16),
+    sender=st.text(
+        alphabet=st.characters(whitelist_categories=("L", "N", "P", "S")), min_size=1, max_size=16
+    ),
     seq=st.integers(0, 2**64 - 1),
     interval_us=st.integers(1, 2**32 - 1),
     echoes=st.lists(st.binary(min_size=8, max_size=8), max_size=16),
@@ -184,13 +198,27 @@ def test_roundtrip(
     if kind in (MsgType.HEARTBEAT, MsgType.LEAVING):
         extra["echoes"] = tuple(echoes)
     else:
-        extra["nonce"] = nonce
-    if kind is MsgType.RELEASED:
-        extra.update(echo_boot=BOOT, echo_seq=seq)
+        extra.update(nonce=nonce, echo_boot=BOOT, echo_seq=seq)
     msg = Message(
         type=kind, sender=sender, boot_id=BOOT, seq=seq, interval=interval_us / 1e6, **extra
     )  # type: ignore[arg-type]
     assert wire.decode(wire.encode(msg, KEY), KEY) == msg
+
+
+def test_signed_name_with_a_newline_is_malformed() -> None:
+    head = bytes.fromhex("4950464f01010003") + BOOT + bytes(8) + bytes.fromhex("000f4240")
+    body = head + b"a\nb" + b"\x00"
+    with pytest.raises(RemoteProtocolError) as info:
+        wire.decode(body + auth.sign(KEY, body), KEY)
+    assert info.value.reason is Reason.MALFORMED
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=50))
+def test_replay_window_any_sequence_is_cheap_and_once_only(seqs: list[int]) -> None:
+    w = auth.ReplayWindow()
+    accepted = [s for s in seqs if w.accept(s)]
+    assert len(accepted) == len(set(accepted))
+    assert w._bits.bit_length() <= w.size
 
 
 def test_replay_window() -> None:
