@@ -39,6 +39,7 @@ from .wire import Dropped
 log = logging.getLogger("ipfailover.failoverd")
 MAIL_STOP_GRACE = 2.0  # seconds a stopping failoverd gives a delivery under way to finish
 HISTORY = 50  # transitions kept in memory (for the status command)
+RETRY_MAX = 60.0  # seconds: the longest wait before trying a failed takeover again
 
 
 async def resolve_pairs(cfg: config.Config) -> list[netif.Assignment]:
@@ -94,6 +95,7 @@ class Failoverd:
         self.counts: Counter[str] = Counter()
         self.lock: transition.ManagerLock | None = None
         self._changing = asyncio.Lock()  # transitions and reloads take turns
+        self._failed_takeovers = 0
         self.timer = daemon.Timer(loop, self._on_timer)
         self.stopped = asyncio.Event()
         self.history: collections.deque[transition.TransitionRecord] = collections.deque(
@@ -400,17 +402,26 @@ class Failoverd:
             self.counts["script-runs"] += len(rec.scripts)
             self.counts["script-failures"] += len(rec.script_problems)
             ok = rec.ok
+            failed = rec.outcome is transition.Outcome.FAILED
         except Exception as e:  # a bug must not leave the core waiting forever
             log.exception("transition failed")
             self.events("transition-error", logging.ERROR, error=repr(e))
             # What is on the interfaces now decides whether we hold: never a duplicate address
             # that nobody tracks.
             ok = await _any_present(self.assignments) if acquire else False
+            failed = True
         # Done: the core may ask for the next transition from within *_done (a stop that came
         # during a takeover, a zero failback delay); that must not look like an overlap.
         self._work = None
         if acquire:
-            self.core.acquire_done(self.loop.time(), ok=ok)
+            # A takeover that failed (netlink) is tried again with a growing back-off while
+            # the primary stays silent; one that Test said no to waits for the primary.
+            self._failed_takeovers = self._failed_takeovers + 1 if failed and not ok else 0
+            retry = None
+            if self._failed_takeovers:
+                retry = min(RETRY_MAX, self.core.cfg.deadtime * 2 ** (self._failed_takeovers - 1))
+                self.events("acquire-retry", logging.WARNING, after=retry)
+            self.core.acquire_done(self.loop.time(), ok=ok, retry_after=retry)
         else:
             self.core.release_done(self.loop.time(), ok=ok)
         self._flush()

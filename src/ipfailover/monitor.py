@@ -51,6 +51,7 @@ class Trigger(enum.Enum):
     HOLDDOWN_EXPIRED = "holddown-expired"
     ACQUIRED = "acquired"
     ACQUIRE_DECLINED = "acquire-declined"
+    RETRY = "retry"
     RELEASED = "released"
     RELEASE_DECLINED = "release-declined"
     SHUTDOWN = "shutdown"
@@ -63,6 +64,7 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (S.STANDBY, T.SHUTDOWN): S.STOPPED,
     (S.ACQUIRING, T.ACQUIRED): S.ACTIVE,
     (S.ACQUIRING, T.ACQUIRE_DECLINED): S.DECLINED,
+    (S.DECLINED, T.RETRY): S.ACQUIRING,
     (S.ACTIVE, T.PEER_HEARD): S.HOLDDOWN,
     (S.ACTIVE, T.SHUTDOWN): S.STOPPING,
     (S.HOLDDOWN, T.PEER_SILENT): S.ACTIVE,
@@ -208,6 +210,7 @@ class Monitor:
         self._released_due: list[float] = []
         self._release_id = b""
         self._stop_pending = False
+        self._retry_at: float | None = None
         self._warned_boots: set[bytes] = set()
         self._left_boots: set[bytes] = set()
         self._immediate: dict[Addr, float] = {}  # addr -> when we last challenged it out of turn
@@ -239,8 +242,11 @@ class Monitor:
             self._send_released()
         self._evaluate(now)
 
-    def acquire_done(self, now: float, ok: bool) -> None:
+    def acquire_done(self, now: float, ok: bool, retry_after: float | None = None) -> None:
         """The shell finished the takeover (``ok``), or refused or failed it."""
+        # A takeover that failed (rather than one Test said no to) is tried again after
+        # ``retry_after`` seconds if the primary is still silent then.
+        self._retry_at = None if ok or retry_after is None else now + retry_after
         self._fire(Trigger.ACQUIRED if ok else Trigger.ACQUIRE_DECLINED, now)
         self._evaluate(now)
 
@@ -286,6 +292,8 @@ class Monitor:
             times.append(deadline)
         if self.state is State.HOLDDOWN and self._holddown_until is not None:
             times.append(self._holddown_until)
+        if self.state is State.DECLINED and self._retry_at is not None:
+            times.append(self._retry_at)
         return min(times)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
@@ -533,6 +541,14 @@ class Monitor:
         det = self.detector
         if self.state is State.STANDBY and det.all_silent(now):
             return Trigger.PEER_SILENT
+        if (
+            self.state is State.DECLINED
+            and self._retry_at is not None
+            and now >= self._retry_at
+            and det.all_silent(now)
+        ):
+            self._retry_at = None
+            return Trigger.RETRY
         if self.state in (State.ACTIVE, State.DECLINED) and self._heard_since(self.since, now):
             return Trigger.PEER_HEARD
         if self.state is State.HOLDDOWN:

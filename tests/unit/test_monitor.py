@@ -12,6 +12,7 @@ from sim import KEY, NETS, PRIMARY, Sim
 from ipfailover import wire
 from ipfailover.monitor import (
     TRANSITIONS,
+    Acquire,
     LocalProtocolError,
     Monitor,
     MonitorConfig,
@@ -430,3 +431,23 @@ def test_stopping_while_holding_tells_the_primary() -> None:
     sim.run_until(18)
     assert sim.monitor.state is State.STOPPED
     assert [r for _, r in sim.rec.announces[before:]] == ["released"]
+
+
+def test_a_failed_takeover_is_retried_while_the_primary_stays_silent() -> None:
+    cfg = MonitorConfig(
+        node="s", key=KEY, period=1.0, deadtime=3.0, failback_delay=1.0, networks=("pub",)
+    )
+    m = Monitor(cfg, rng=random.Random(0).randbytes, now=0.0)
+    m.handle_timer(3.0)
+    assert m.state is State.ACQUIRING
+    m.acquire_done(3.1, ok=False, retry_after=3.0)
+    assert m.state is State.DECLINED and m.get_timer() is not None
+    m.handle_timer(6.0)
+    assert m.state is State.DECLINED
+    m.handle_timer(6.1)
+    assert m.state is State.ACQUIRING
+    acquires = [e for e in events(m) if isinstance(e, Acquire)]
+    assert [a.reason for a in acquires] == [Trigger.PEER_SILENT, Trigger.RETRY]
+    m.acquire_done(6.2, ok=False)  # vetoed (no retry): waits for the primary
+    m.handle_timer(100.0)
+    assert m.state is State.DECLINED
