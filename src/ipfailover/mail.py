@@ -12,9 +12,12 @@ Apple's failoverd called ``NotifyFailover {up|down} ip...``, which mailed
   message on stdin; exit 0 means delivered). A failure reschedules the item with exponential
   backoff (1 s doubling to 5 min); the schedule is kept in the item's file, so it survives
   restarts. Each delivery holds an flock on the item, so two processes never send it twice.
+  A spool the task cannot list, read or write (EACCES, ENOSPC, EIO) is logged and retried with
+  the same backoff; the task itself never stops before the daemon does.
 
-SMTP runs stdlib ``smtplib`` in a daemon thread with a socket timeout: a hung server can delay
-nothing but its own mail, and cannot keep the daemon from exiting.
+SMTP runs stdlib ``smtplib`` in a daemon thread with a socket timeout, and the spool's file
+operations run in daemon threads too: a hung server or disk can delay nothing but the mail, and
+cannot keep the daemon from exiting.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from email.message import EmailMessage
 from pathlib import Path
@@ -287,6 +290,10 @@ class Spool:
             text = (self.path / name).read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        return self.parse(name, text)
+
+    def parse(self, name: str, text: str) -> SpoolItem | None:
+        """The item in ``text``; None if it cannot be parsed (the file is then set aside)."""
         try:
             return SpoolItem.from_json(name, text)
         except (ValueError, TypeError, KeyError) as e:
@@ -295,23 +302,35 @@ class Spool:
             log.error(daemon.format_event("mail-spool-bad", file=name, error=e))
             return None
 
-    @contextlib.contextmanager
-    def claim(self, name: str) -> Iterator[bool]:
-        """Lock one item for delivery; yields False if another process holds it or it is gone."""
+    def claim(self, name: str) -> tuple[int, SpoolItem] | None:
+        """Lock one item for delivery and read it: (the fd holding the flock, the item).
+
+        None if another process holds it, or it is gone or unreadable. The caller closes the fd,
+        which drops the lock. Blocking (open, flock, read): call it off the event loop.
+        """
         try:
             fd = os.open(self.path / name, os.O_RDONLY)
         except FileNotFoundError:
-            yield False
-            return
+            return None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield os.fstat(fd).st_nlink > 0  # 0: replaced or removed while we waited
-        finally:
+            item = self._read_locked(fd, name)
+        except BaseException:
             os.close(fd)
+            raise
+        if item is None:
+            os.close(fd)
+            return None
+        return fd, item
+
+    def _read_locked(self, fd: int, name: str) -> SpoolItem | None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # another process is delivering it
+        if os.fstat(fd).st_nlink == 0:
+            return None  # delivered (removed) or replaced while we opened it
+        with open(fd, encoding="utf-8", closefd=False) as f:
+            return self.parse(name, f.read())
 
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -359,11 +378,12 @@ def read_credentials(path: str, uid: int | None = None) -> tuple[str, str]:
     return values["user"], values["password"]
 
 
-async def in_daemon_thread(fn: Callable[[], T]) -> T:
-    """Run blocking ``fn`` in a daemon thread and await it.
+async def in_daemon_thread(fn: Callable[[], T], name: str = "ipfailover-smtp") -> T:
+    """Run blocking ``fn`` in a daemon thread (called ``name``) and await it.
 
-    Unlike ``asyncio.to_thread``, a hung call does not keep the process from exiting: asyncio
-    waits for its default executor's threads at shutdown, and not for this one.
+    Unlike ``asyncio.to_thread``, a hung call (a mail server, a disk) does not keep the process
+    from exiting: asyncio waits for its default executor's threads at shutdown, and not for this
+    one.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
@@ -384,7 +404,7 @@ async def in_daemon_thread(fn: Callable[[], T]) -> T:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
             loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=work, name="ipfailover-smtp", daemon=True).start()
+    threading.Thread(target=work, name=name, daemon=True).start()
     return await future
 
 
@@ -493,6 +513,12 @@ class Outbox:
 
     ``submit`` only writes the spool file. ``start`` runs the delivery task; ``deliver_due``
     is one pass over what is due (the ``process`` command uses it once, without the task).
+
+    The delivery task never dies of an error: a spool it cannot list, read or write (EACCES,
+    ENOSPC, EIO) or anything unexpected is logged (``mail-spool-error``, ``mail-outbox-error``)
+    and retried with the same backoff as a failed delivery. Every spool operation runs in a
+    daemon thread, off the event loop; ``pending`` is a count kept up to date by ``submit`` and
+    the delivery passes, so status snapshots read no disk.
     """
 
     settings: MailSettings
@@ -505,21 +531,34 @@ class Outbox:
     _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
     _stopping: bool = field(init=False, default=False)
-    _pending: int = field(init=False, default=-1)
+    _count: int = field(init=False, default=0)  # messages waiting, as last counted
+    _reported: int = field(init=False, default=-1)  # the count last logged as mail-pending
+    _holds: dict[str, tuple[int, float]] = field(init=False, default_factory=dict)
+    # ^ item id -> (spool faults in a row, clock time before which it is not tried again)
+    _sent: set[str] = field(init=False, default_factory=set)  # delivered, but the file stayed
+    _faults: int = field(init=False, default=0)  # passes in a row that could not list the spool
+    _pass_faulted: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.spool = Spool(self.settings.spool_dir)
+        with contextlib.suppress(OSError):  # the delivery task logs an unreadable spool
+            self._count = len(self.spool.ids())  # once, at construction
 
     def pending(self) -> int:
-        """How many messages are waiting in the spool (for logs and the status command)."""
-        return len(self.spool.ids())
+        """How many messages are waiting in the spool (for logs and the status command).
+
+        The count kept by ``submit`` and the delivery passes: no disk access, since status and
+        metrics snapshots call this on the event loop.
+        """
+        return self._count
 
     async def submit(self, notice: Notice) -> SpoolItem:
         """Queue ``notice`` for delivery: an atomic spool write, then wake the delivery task."""
         now = self.clock()
         item = make_item(notice, self.settings, self.node, self.spool.new_id(now), now)
-        await asyncio.to_thread(self.spool.write, item)
+        await self._off_loop(lambda: self.spool.write(item))
         self.events("mail-queued", id=item.id, mail_event=notice.event, subject=notice.subject)
+        self._count += 1
         self._note_pending()
         self._wake.set()
         return item
@@ -529,58 +568,103 @@ class Outbox:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self, grace: float) -> None:
-        """Let a delivery pass that is under way finish (at most ``grace`` s), then stop."""
+        """Let a delivery pass that is under way finish (at most ``grace`` s), then stop.
+
+        Never raises: whatever ended the task is logged, and the spool keeps what is left.
+        """
         self._stopping = True
         self._wake.set()
-        if self._task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), grace)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+            except Exception as e:  # the task died; _run should make this impossible
+                self._fault(e)
         self._note_pending(force=True)
 
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            next_due = await self.deliver_due()
+            try:
+                next_due = await self.deliver_due()
+            except Exception as e:  # a bug: log it and back off rather than stop mailing
+                self._fault(e)
+                self._faults += 1
+                next_due = None
             if self._stopping:
                 return
-            wait = RESCAN if next_due is None else min(RESCAN, max(0.0, next_due - self.clock()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                await asyncio.wait_for(self._wake.wait(), self._pause(next_due))
+
+    def _pause(self, next_due: float | None) -> float:
+        """Seconds until the next pass: the backoff after a spool fault, else until an item is due
+        (at least ``backoff.first``: an item another process is delivering stays due meanwhile)."""
+        if self._faults:
+            return self.backoff.delay(self._faults)
+        if next_due is None:
+            return RESCAN
+        return min(RESCAN, max(self.backoff.first, next_due - self.clock()))
 
     async def deliver_due(self) -> float | None:
         """Deliver every due item, oldest first; return when the next one is due (None: none).
 
         A failure ends the pass (the server is likely down for all of them); a success makes
-        every other item due at once (the server is back).
+        every other item due at once (the server is back). An item the spool fails on is held
+        back with the backoff and the pass goes on. Never raises an Exception.
         """
+        self._pass_faulted = False
         recovered = False
-        for name in await asyncio.to_thread(self.spool.ids):
-            item = self.spool.read(name)
-            if item is None or (not recovered and item.next_attempt > self.clock()):
-                continue
-            ok = await self._attempt(item)
-            if not ok:
+        for name in await self._listing():
+            result = await self._one(name, recovered)
+            if result is False:
                 break
-            recovered = True
+            recovered = recovered or result is True
+        next_due = await self._survey()
+        self._faults = self._faults + 1 if self._pass_faulted else 0
         self._note_pending()
-        items = [i for i in map(self.spool.read, self.spool.ids()) if i is not None]
-        return min((i.next_attempt for i in items), default=None)
+        return next_due
+
+    async def _listing(self) -> list[str]:
+        try:
+            return await self._off_loop(self.spool.ids)
+        except Exception as e:  # EACCES on the folder, say: back off and look again
+            self._pass_faulted = True
+            self._fault(e)
+            return []
+
+    async def _one(self, name: str, recovered: bool) -> bool | None:
+        """Deliver item ``name`` if it is due: True sent, False failed (end the pass), None not
+        tried (not due, held back, gone, or another process has it)."""
+        if name in self._sent:
+            await self._discard(name)  # sent earlier; only the file's removal failed
+            return None
+        hold = self._holds.get(name)
+        if hold is not None and hold[1] > self.clock():
+            return None
+        try:
+            claim = await self._off_loop(lambda: self.spool.claim(name))
+            if claim is None:
+                return None
+            fd, item = claim
+            try:
+                if not recovered and item.next_attempt > self.clock():
+                    return None
+                return await self._attempt(item)
+            finally:
+                os.close(fd)
+        except Exception as e:  # EACCES or EIO on this item, or a bug: hold it back, go on
+            self._hold(name, e)
+            return None
 
     async def _attempt(self, item: SpoolItem) -> bool:
-        with self.spool.claim(item.id) as mine:
-            if not mine:
-                return True  # another process is delivering it, or already did
-            try:
-                await self.delivery.deliver(item)
-            except DeliveryError as e:
-                await self._defer(item, str(e))
-                return False
-            await asyncio.to_thread(self.spool.remove, item.id)
+        try:
+            await self.delivery.deliver(item)
+        except Exception as e:  # DeliveryError, or anything else the delivery threw
+            await self._defer(item, str(e) if isinstance(e, DeliveryError) else _describe(e))
+            return False
         self.events(
             "mail-sent",
             id=item.id,
@@ -589,15 +673,13 @@ class Outbox:
             attempts=item.attempts + 1,
             recipients=" ".join(item.recipients),
         )
+        self._holds.pop(item.id, None)
+        await self._discard(item.id)
         return True
 
     async def _defer(self, item: SpoolItem, error: str) -> None:
         attempts = item.attempts + 1
         delay = self.backoff.delay(attempts)
-        later = replace(
-            item, attempts=attempts, next_attempt=self.clock() + delay, last_error=error
-        )
-        await asyncio.to_thread(self.spool.write, later)  # fsync: never on the event loop
         self.events(
             "mail-deferred",
             logging.WARNING,
@@ -607,9 +689,77 @@ class Outbox:
             retry_in=delay,
             error=error,
         )
+        later = replace(
+            item, attempts=attempts, next_attempt=self.clock() + delay, last_error=error
+        )
+        try:
+            await self._off_loop(lambda: self.spool.write(later))
+        except OSError as e:  # ENOSPC, EIO: the file keeps its old schedule; hold it back here
+            self._hold(item.id, e)
+            return
+        self._holds.pop(item.id, None)
+
+    async def _discard(self, name: str) -> None:
+        """Remove a delivered item's file; if that fails, remember never to send it again."""
+        try:
+            await self._off_loop(lambda: self.spool.remove(name))
+        except OSError as e:
+            self._sent.add(name)
+            self._fault(e, id=name)
+            return
+        self._sent.discard(name)
+        self._count = max(0, self._count - 1)
+
+    async def _survey(self) -> float | None:
+        """Count what is waiting and find when the next item is due (None: nothing is)."""
+        sent, holds = frozenset(self._sent), dict(self._holds)
+
+        def look() -> tuple[set[str], float | None]:
+            names = {n for n in self.spool.ids() if n not in sent}
+            due = []
+            for name in names:
+                held = holds.get(name, (0, 0.0))[1]
+                try:
+                    item = self.spool.read(name)
+                except OSError:  # unreadable: due when its hold ends, if it has one yet
+                    due += [held] if name in holds else []
+                    continue
+                if item is not None:
+                    due.append(max(item.next_attempt, held))
+            return names, min(due, default=None)
+
+        try:
+            names, next_due = await self._off_loop(look)
+        except Exception as e:
+            self._pass_faulted = True
+            self._fault(e)
+            return None
+        self._count = len(names)
+        self._holds = {n: h for n, h in self._holds.items() if n in names}
+        return next_due
+
+    def _hold(self, name: str, error: Exception) -> None:
+        """Keep item ``name`` back after a spool fault, with the backoff of a failed delivery."""
+        faults = self._holds.get(name, (0, 0.0))[0] + 1
+        delay = self.backoff.delay(faults)
+        self._holds[name] = (faults, self.clock() + delay)
+        self._fault(error, id=name, retry_in=delay)
+
+    def _fault(self, error: Exception, **fields: object) -> None:
+        event = "mail-spool-error" if isinstance(error, OSError) else "mail-outbox-error"
+        self.events(event, logging.ERROR, **fields, error=_describe(error))
+
+    @staticmethod
+    async def _off_loop(fn: Callable[[], T]) -> T:
+        """Spool I/O (listing, flock, fsync) in a daemon thread: a slow or hung disk never
+        stalls the event loop, nor keeps the process from exiting."""
+        return await in_daemon_thread(fn, "ipfailover-spool")
 
     def _note_pending(self, force: bool = False) -> None:
-        count = self.pending()
-        if force or count != self._pending:
-            self._pending = count
-            self.events("mail-pending", count=count, spool=self.spool.path)
+        if force or self._count != self._reported:
+            self._reported = self._count
+            self.events("mail-pending", count=self._count, spool=self.spool.path)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"

@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import errno
 import io
 import json
 import logging
+import os
 import socket
 import sys
 import threading
@@ -384,6 +386,109 @@ def test_an_unreadable_spool_file_is_set_aside(tmp_path: Path) -> None:
     assert spool.read("00000000000000000001-aaaa.json") is None
     assert (s.spool_dir / "00000000000000000001-aaaa.json.bad").exists()
     assert spool.ids() == []
+
+
+class Switch:
+    """A delivery that fails while ``up`` is False, and otherwise records what it sent."""
+
+    via = "test"
+
+    def __init__(self) -> None:
+        self.up = False
+        self.sent: list[str] = []
+
+    async def deliver(self, item: mail.SpoolItem) -> None:
+        if not self.up:
+            raise mail.DeliveryError("server down")
+        self.sent.append(item.subject)
+
+
+class FaultySpool(mail.Spool):
+    """A spool whose next ``full`` writes fail with ENOSPC, and whose ``locked`` items cannot
+    be opened (EACCES); it notes the threads its file operations ran in."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.full = 0
+        self.locked: set[str] = set()
+        self.threads: set[str] = set()
+
+    def write(self, item: mail.SpoolItem) -> None:
+        self.threads.add(threading.current_thread().name)
+        if self.full:
+            self.full -= 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        super().write(item)
+
+    def ids(self) -> list[str]:
+        self.threads.add(threading.current_thread().name)
+        return super().ids()
+
+    def claim(self, name: str) -> tuple[int, mail.SpoolItem] | None:
+        self.threads.add(threading.current_thread().name)
+        if name in self.locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+        return super().claim(name)
+
+
+def notice(subject: str) -> mail.Notice:
+    return mail.Notice("takeover", "down", ("203.0.113.10",), subject, "x\n")
+
+
+def test_a_full_disk_while_deferring_does_not_stop_delivery(tmp_path: Path) -> None:
+    s = settings(tmp_path, 1)
+    events = Events()
+    delivery = Switch()
+
+    async def go() -> FaultySpool:
+        box = outbox(s, events, delivery=delivery)
+        box.spool = spool = FaultySpool(s.spool_dir)
+        box.start()
+        await box.submit(notice("first"))
+        spool.full = 2  # the next two deferrals cannot be written
+        await until(lambda: len(events.named("mail-deferred")) >= 3, 5)
+        assert spool.full == 0 and [i["attempts"] for i in spooled(s)] == [1]
+        delivery.up = True
+        await box.submit(notice("second"))
+        await until(lambda: len(delivery.sent) == 2, 5)
+        await box.stop(1.0)  # returns normally: nothing killed the task
+        assert box.pending() == 0
+        return spool
+
+    spool = asyncio.run(go())
+    errors = events.named("mail-spool-error")
+    assert [e["retry_in"] for e in errors] == [0.05, 0.1]  # the backoff, kept in memory
+    assert all("No space left on device" in str(e["error"]) for e in errors)
+    assert sorted(delivery.sent) == ["first", "second"] and spooled(s) == []
+    assert events.named("mail-pending")[-1]["count"] == 0
+    assert spool.threads == {"ipfailover-spool"}  # never on the event loop's thread
+
+
+def test_an_item_the_spool_cannot_open_is_held_back_and_the_rest_go_out(tmp_path: Path) -> None:
+    s = settings(tmp_path, 1)
+    events = Events()
+    delivery = Switch()
+    delivery.up = True
+
+    async def go() -> None:
+        box = outbox(s, events, delivery=delivery)
+        box.spool = spool = FaultySpool(s.spool_dir)
+        stuck = await box.submit(notice("stuck"))
+        spool.locked.add(stuck.id)
+        await box.submit(notice("fine"))
+        box.start()
+        await until(lambda: delivery.sent == ["fine"], 5)
+        await until(lambda: len(events.named("mail-spool-error")) >= 2, 5)
+        assert box.pending() == 1
+        spool.locked.clear()
+        await until(lambda: delivery.sent == ["fine", "stuck"], 5)
+        await box.stop(1.0)
+        assert box.pending() == 0
+
+    asyncio.run(go())
+    first, second = events.named("mail-spool-error")[:2]
+    assert first["retry_in"] == 0.05 and second["retry_in"] == 0.1
+    assert "Permission denied" in str(first["error"]) and spooled(s) == []
 
 
 # --- FAILOVER_NOTIFY_PROGRAM ----------------------------------------------------------------------
