@@ -4,7 +4,8 @@
 them back by hand, through the same executor as failoverd (:mod:`ipfailover.transition`): the
 same script folder, ``Test`` gate, scripts, announcements and mail. It refuses, with exit status
 3, to touch an address that a running failoverd manages (failoverd holds an flock on
-``<FAILOVER_RUN_DIR>/failoverd.lock`` listing them).
+``<FAILOVER_RUN_DIR>/failoverd.lock`` listing them), and while it runs it holds a shared flock
+on that file, so a failoverd cannot start in the middle of it.
 
 ``ipfailover notify {up|down} ip...`` sends one mail over SMTP to FAILOVER_EMAIL_RECIPIENT and
 exits 0 once the server accepted it, 1 if not (it does not spool: the caller decides whether to
@@ -44,6 +45,7 @@ EXIT_NOT_DONE = 1  # Test said no, or the address change failed (2: bad argument
 EXIT_MANAGED = 3  # failoverd manages those addresses, or another process run is going on
 MAIL_WAIT = 60.0  # seconds ``process`` spends trying to deliver its mail before leaving it spooled
 PROCESS_LOCK = "process.lock"
+LOCK_TRIES = 3  # looks at failoverd.lock when a failoverd is stopping just as we look
 
 
 def _config_argument(p: argparse.ArgumentParser) -> None:
@@ -97,12 +99,19 @@ async def _resolve(pairs: list[config.PeerPair]) -> list[netif.Assignment]:
         raise daemon.StartupError(f"ipfailover process: {e}") from None
 
 
+def _lock_file(path: Path) -> int:
+    """Open (creating it and its folder) a lock file in FAILOVER_RUN_DIR."""
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise daemon.StartupError(f"ipfailover process: cannot open {path}: {e.strerror}") from None
+
+
 @contextlib.contextmanager
 def _one_at_a_time(run_dir: str) -> Iterator[bool]:
     """An flock that keeps two ``ipfailover process`` runs from overlapping; False if busy."""
-    path = Path(run_dir) / PROCESS_LOCK
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _lock_file(Path(run_dir) / PROCESS_LOCK)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -114,11 +123,8 @@ def _one_at_a_time(run_dir: str) -> Iterator[bool]:
         os.close(fd)
 
 
-def refusal(run_dir: str, assignments: list[netif.Assignment]) -> str | None:
-    """Why ``process`` must not touch these addresses now, or None."""
-    held = transition.manager(run_dir)
-    if held is None:
-        return None
+def refusal(held: transition.LockHeld, assignments: list[netif.Assignment]) -> str | None:
+    """Why ``process`` must not touch these addresses while ``held`` (a failoverd) runs, or None."""
     shared = transition.overlap(held, assignments)
     if not shared:
         return None
@@ -129,18 +135,57 @@ def refusal(run_dir: str, assignments: list[netif.Assignment]) -> str | None:
     )
 
 
+@contextlib.contextmanager
+def failoverd_kept_out(run_dir: str, assignments: list[netif.Assignment]) -> Iterator[str | None]:
+    """For the whole run, keep failoverd from starting; yields why not to go on, or None.
+
+    A shared flock on ``failoverd.lock``: failoverd takes it exclusively without waiting, so a
+    failoverd started during the run exits at start-up (status 2, saying the lock's holder is
+    running) instead of managing addresses in the middle of a transition by hand. The file then
+    says ``pid <ours>`` and ``held-by ipfailover process``, and is emptied again at the end.
+    If a running failoverd holds the lock already, the addresses it lists decide.
+    """
+    path = Path(run_dir) / transition.LOCK_NAME
+    fd = _lock_file(path)
+    try:
+        for _ in range(LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = transition.manager(run_dir)
+                if held is not None:  # a running failoverd: it has started already
+                    yield refusal(held, assignments)
+                    return
+                continue  # it stopped between the two looks: try again
+            _write(fd, f"pid {os.getpid()}\nheld-by ipfailover process\n")
+            try:
+                yield None
+            finally:
+                _write(fd, "")
+            return
+        yield f"refused: {path} is taken and released over and over; try again"
+    finally:
+        os.close(fd)
+
+
+def _write(fd: int, text: str) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text.encode(), 0)
+
+
 async def _process(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     assignments = await _resolve(_parse_pairs(args.pairs))
-    why = refusal(cfg.run_dir, assignments)
-    if why is not None:
-        print(f"ipfailover process: {why}", file=sys.stderr)
-        return EXIT_MANAGED
     with _one_at_a_time(cfg.run_dir) as mine:
         if not mine:
             print("ipfailover process: another 'ipfailover process' is running", file=sys.stderr)
             return EXIT_MANAGED
-        return await _carry_out(cfg, ACTIONS[args.action], assignments, gate=not args.skip_test)
+        with failoverd_kept_out(cfg.run_dir, assignments) as why:
+            if why is not None:
+                print(f"ipfailover process: {why}", file=sys.stderr)
+                return EXIT_MANAGED
+            action = ACTIONS[args.action]
+            return await _carry_out(cfg, action, assignments, gate=not args.skip_test)
 
 
 def _load(path: str) -> config.Config:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ipfailover import config, daemon, failoverd, hooks, mail, netif, transition
+from ipfailover import config, daemon, failoverd, hooks, mail, netif, process, transition
 from ipfailover.hooks import Phase, ScriptFolder, Status
 from ipfailover.transition import Action, Announcing, Executor, Outcome
 
@@ -567,6 +567,36 @@ def test_manager_lock_names_the_pid_and_addresses_and_dies_with_its_holder(
     lock.close()
     assert transition.manager(run_dir) is None  # the file stays; the flock is gone
     assert stat.S_ISREG((tmp_path / "run" / transition.LOCK_NAME).stat().st_mode)
+
+
+def test_a_process_run_keeps_failoverd_from_starting_and_leaves_no_pid_behind(
+    tmp_path: Path,
+) -> None:
+    run_dir = str(tmp_path / "run")
+    with process.failoverd_kept_out(run_dir, [V4]) as why:
+        assert why is None
+        with pytest.raises(transition.LockHeld) as held:
+            transition.ManagerLock.take(run_dir, [V4])  # what failoverd's start-up does
+        assert held.value.pid == os.getpid() and held.value.addresses == []
+        lock_file = tmp_path / "run" / transition.LOCK_NAME
+        assert "held-by ipfailover process" in lock_file.read_text()
+        assert transition.manager(run_dir) is None  # a second process run is not refused
+    assert lock_file.read_text() == ""
+    transition.ManagerLock.take(run_dir, [V4]).close()  # failoverd starts once the run is over
+
+
+def test_a_process_run_is_refused_only_for_a_running_failoverds_addresses(tmp_path: Path) -> None:
+    run_dir = str(tmp_path / "run")
+    lock = transition.ManagerLock.take(run_dir, [V6])
+    try:
+        with process.failoverd_kept_out(run_dir, [V4, V6]) as why:
+            assert why is not None and why.startswith(
+                f"refused: failoverd (pid {os.getpid()}) manages 2001:db8:1::10 "
+            )
+        with process.failoverd_kept_out(run_dir, [V4]) as why:
+            assert why is None
+    finally:
+        lock.close()
 
 
 # --- failoverd's use of the executor -------------------------------------------------------------
