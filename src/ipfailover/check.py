@@ -1,9 +1,11 @@
 """``ipfailover check``: everything start-up validates, without touching the network.
 
 One precise line per problem. Problems are *errors* (the daemon refuses to start: config, key,
-missing interface) or *warnings* (it starts, but something will misbehave: an unsafe script is
-refused at the transition, a pair's mask disagrees with the interface's subnet). The daemons run
-the same checks when they start and log the warnings.
+missing interface, metrics without prometheus-client, a run directory it cannot create; or it
+would start but never take over: an unsafe ``Test`` script, which declines every takeover) or
+*warnings* (it starts, but something will misbehave: another unsafe script is refused at the
+transition, a pair's mask disagrees with the interface's subnet). The daemons run the same
+checks when they start and log the warnings.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import asyncio
 import ipaddress
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import config, daemon, hooks, netif
+
+DECLINED = "and a refused Test declines every takeover: failover is off until this is fixed"
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,11 @@ async def pair_problems(cfg: config.Config) -> list[Problem]:
 
 
 def script_problems(cfg: config.Config) -> list[Problem]:
-    """The script folder and each script: safe (when enforced) and executable."""
+    """The script folder and each script: safe (when enforced) and executable.
+
+    A refused script is a warning, except ``Test``: a refused Test declines every takeover,
+    which silently disables failover, so that is an error.
+    """
     if not cfg.peer_ip_pairs and cfg.peer_ip is None:
         return []
     folder = hooks.script_folder(cfg)
@@ -89,13 +98,17 @@ def script_problems(cfg: config.Config) -> list[Problem]:
         return []
     enforce = cfg.script_strict and os.geteuid() == 0
     where = _where(cfg, "FAILOVER_SCRIPT_DIR")
-    out: list[Problem] = []
-    if enforce and (problem := hooks.folder_problem(folder, os.geteuid())):
-        return [Problem(f"{where}: {problem}; no script in it will run", False)]
     scripts = hooks.ScriptFolder(folder, timeout=cfg.script_timeout, enforce=enforce)
+    if enforce and (problem := hooks.folder_problem(folder, os.geteuid())):
+        if scripts.scripts(hooks.Phase.TEST):
+            return [Problem(f"{where}: {problem}; no script in it will run, {DECLINED}", True)]
+        return [Problem(f"{where}: {problem}; no script in it will run", False)]
+    out: list[Problem] = []
     for phase in hooks.Phase:
         for s in scripts.scripts(phase):
-            if s.problem:
+            if s.problem and phase is hooks.Phase.TEST:
+                out.append(Problem(f"{where}: {s.problem}; it will be refused, {DECLINED}", True))
+            elif s.problem:
                 out.append(Problem(f"{where}: {s.problem}; it will be refused", False))
     for entry in sorted(folder.iterdir()):
         prefixed = any(entry.name.startswith(p.value) for p in hooks.Phase)
@@ -108,6 +121,45 @@ def script_problems(cfg: config.Config) -> list[Problem]:
     return out
 
 
+def metrics_problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem]:
+    """FAILOVER_METRICS (failoverd) and FAILOVER_HEARTBEAT_METRICS (heartbeatd) need
+    prometheus-client, as at start-up; the port is not bound here."""
+    wanted = [
+        variable
+        for role, variable, listen in (
+            ("failoverd", "FAILOVER_METRICS", cfg.metrics),
+            ("heartbeatd", "FAILOVER_HEARTBEAT_METRICS", cfg.heartbeat_metrics),
+        )
+        if role in roles and listen is not None
+    ]
+    if not wanted:
+        return []
+    try:
+        from . import metrics  # noqa: F401  (what start-up imports: it needs prometheus-client)
+    except ImportError:
+        return [
+            Problem(
+                f"{_where(cfg, v)}: needs prometheus-client: pip install 'ipfailover[metrics]'",
+                True,
+            )
+            for v in wanted
+        ]
+    return []
+
+
+def run_dir_problems(cfg: config.Config) -> list[Problem]:
+    """FAILOVER_RUN_DIR (control sockets, failoverd's lock) must exist or be creatable by us."""
+    path = Path(cfg.run_dir)
+    where = _where(cfg, "FAILOVER_RUN_DIR")
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        return [Problem(f"{where}: {existing} is not a directory", True)]
+    if os.access(existing, os.W_OK | os.X_OK):
+        return []
+    what = "" if existing == path else f"cannot create {path}: "
+    return [Problem(f"{where}: {what}{existing} is not writable by uid {os.geteuid()}", True)]
+
+
 async def problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem]:
     """Everything wrong with ``cfg`` for ``roles``, errors first."""
     out = [Problem(str(e), True) for role in roles for e in config.role_problems(cfg, role)]
@@ -117,6 +169,8 @@ async def problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem
         daemon.load_key(cfg)
     except daemon.StartupError as e:
         out.append(Problem(str(e), True))
+    out += run_dir_problems(cfg)
+    out += metrics_problems(cfg, roles)
     if "failoverd" in roles:
         out += await pair_problems(cfg)
         out += script_problems(cfg)
