@@ -509,7 +509,8 @@ async def _quietly(
 async def log_check_warnings(cfg: config.Config, events: daemon.EventLog) -> None:
     """What ``ipfailover check`` would warn about (mask/subnet, unsafe scripts), in the log."""
     for problem in [*await check.pair_problems(cfg), *check.script_problems(cfg)]:
-        events("check-warning", logging.WARNING, problem=problem.text)
+        level = logging.ERROR if problem.fatal else logging.WARNING
+        events("check-error" if problem.fatal else "check-warning", level, problem=problem.text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -564,7 +565,8 @@ def take_lock(cfg: config.Config, assignments: list[netif.Assignment]) -> transi
         return transition.ManagerLock.take(cfg.run_dir, assignments)
     except transition.LockHeld as e:
         raise daemon.StartupError(
-            f"{where}: another failoverd (pid {e.pid}) is running here ({e.path})"
+            f"{where}: {e.path} is held by pid {e.pid}: another failoverd, or an "
+            "`ipfailover process` run, manages these addresses"
         ) from None
     except OSError as e:
         raise daemon.StartupError(f"{where}: cannot create {cfg.run_dir}: {e.strerror}") from None
