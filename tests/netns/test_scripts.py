@@ -119,7 +119,7 @@ def test_scripts_run_in_order_around_the_address_change(
 
     since = pull_primary(lab, up=True)
     fd.wait_event("release-done", TIMEOUT, since=since)
-    fd.wait_event("mail-queued", TIMEOUT, since=since)
+    fd.wait_event("mail-queued", TIMEOUT, since=since, **{"mail-event": "release"})
     released = records(lab)[len(acquired) :]
     assert [(r["name"], r["action"], r["present"]) for r in released] == [
         ("Test", "release", True), ("PreRel10.e", "release", True),
