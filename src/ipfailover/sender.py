@@ -242,9 +242,12 @@ class Sender:
         self._evict(msg.sender)
         self.counters["challenges"] += 1
         self._heard_listener(now)
-        if not self.stopped:
+        if not self.stopped and not msg.holding:
             # A new listener (or a restarted one): answer at once so it verifies us without
             # waiting a whole interval. Only new entries get this, so a flood cannot amplify.
+            # Not while it holds our address: a unicast to it may need an ARP request, whose
+            # sender is that shared address, and every client that hears it would come back to
+            # us before the hand-back; the next broadcast beat carries the nonce instead.
             self._out.append((self._beat(wire.MsgType.HEARTBEAT), addr))
 
     def _heard_listener(self, now: float) -> None:

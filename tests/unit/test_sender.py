@@ -255,3 +255,13 @@ def test_holding_flag_turning_off_announces_when_released_was_lost() -> None:
     assert [(e.reason, e.listener) for e in drain(s) if isinstance(e, Announce)] == [
         ("released", "secondary")
     ]
+
+
+def test_no_unicast_answer_to_a_listener_that_holds_our_address() -> None:
+    s = make()
+    s.handle_timer(0.0)
+    s.datagrams_to_send()
+    s.receive_datagram(challenge(s, 1, b"n" * 8, holding=True), LISTENER, 0.1)
+    assert s.datagrams_to_send() == []  # the next broadcast beat carries its nonce
+    s.handle_timer(1.0)
+    assert all(m.echoes == (b"n" * 8,) for m, _ in sent(s))
