@@ -12,7 +12,6 @@ import contextlib
 import errno
 import logging
 import os
-import signal
 import socket
 import stat
 import struct
@@ -176,6 +175,17 @@ def load_role_config(path: str, role: config.Role) -> config.Config:
     if problems:
         raise StartupError("\n".join(str(p) for p in problems))
     return cfg
+
+
+def start_up(
+    parser: argparse.ArgumentParser, argv: list[str] | None, role: config.Role
+) -> tuple[config.Config, bytes]:
+    """What both daemons do first: parse the command line, set up logging, and load and check
+    the configuration and the key (a StartupError, exit 2, before touching the network)."""
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = load_role_config(args.config, role)
+    return cfg, load_key(cfg)
 
 
 def load_key(cfg: config.Config) -> bytes:
@@ -384,6 +394,3 @@ def install_signals(
 ) -> None:
     for sig, handler in handlers.items():
         loop.add_signal_handler(sig, handler)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

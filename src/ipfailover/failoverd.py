@@ -523,10 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def amain(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    daemon.setup_logging(args.verbose)
-    cfg = daemon.load_role_config(args.config, "failoverd")
-    key = daemon.load_key(cfg)
+    cfg, key = daemon.start_up(build_parser(), argv, "failoverd")
     assignments = await resolve_pairs(cfg)
     networks = await watched_networks(cfg)
     try:

@@ -208,10 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def amain(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    daemon.setup_logging(args.verbose)
-    cfg = daemon.load_role_config(args.config, "heartbeatd")
-    key = daemon.load_key(cfg)
+    cfg, key = daemon.start_up(build_parser(), argv, "heartbeatd")
     hb = Heartbeatd(cfg, key, asyncio.get_running_loop())
     await hb.control.start()
     daemon.start_metrics(cfg, "FAILOVER_HEARTBEAT_METRICS", hb.loop, hb.snapshot)

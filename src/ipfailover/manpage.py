@@ -36,10 +36,6 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
     }
 
 
-def _first_line(doc: str | None) -> str:
-    return (doc or "").splitlines()[0]
-
-
 def pages() -> dict[str, str]:
     """File name (``heartbeatd.8.md``) -> page text, for every program."""
     every = parsers()

@@ -70,7 +70,9 @@ def test_failback_after_holddown_even_on_private_alone() -> None:
     assert sim.monitor is not None and sim.monitor.state is State.STANDBY
     ((t_rel, reason),) = sim.rec.releases
     assert reason is Trigger.PEER_HEARD
-    assert t_back + 3.0 <= t_rel <= t_back + 3.0 + 2.0  # hold-down + at most a challenge round
+    # hold-down, plus up to two intervals until a heartbeat echoes a challenge issued after the
+    # takeover (heartbeatd does not answer a holding listener at once)
+    assert t_back + 3.0 <= t_rel <= t_back + 3.0 + 2.0 + 0.01
     # The primary was told and re-announced its addresses.
     assert any(r == "released" and t > t_rel for t, r in sim.rec.announces)
 
