@@ -12,6 +12,7 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import stat
 import struct
@@ -390,7 +391,9 @@ class UdpEndpoint:
 
 
 def install_signals(
-    loop: asyncio.AbstractEventLoop, handlers: dict[int, Callable[[], None]]
+    loop: asyncio.AbstractEventLoop, *, stop: Callable[[], None], reload: Callable[[], None]
 ) -> None:
-    for sig, handler in handlers.items():
-        loop.add_signal_handler(sig, handler)
+    """SIGTERM and SIGINT stop the daemon gracefully; SIGHUP reloads it."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGHUP, reload)

@@ -13,7 +13,6 @@ import asyncio
 import collections
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -193,14 +192,7 @@ class Failoverd:
     def start(self) -> None:
         self.outbox.start()
         self.udp.start(self.loop, self._on_datagram)
-        daemon.install_signals(
-            self.loop,
-            {
-                signal.SIGTERM: self._on_stop,
-                signal.SIGINT: self._on_stop,
-                signal.SIGHUP: self._on_hup,
-            },
-        )
+        daemon.install_signals(self.loop, stop=self._on_stop, reload=self._on_hup)
         self.events(
             "start",
             role="failoverd",

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import socket
 import sys
 from typing import Any
@@ -80,14 +79,7 @@ class Heartbeatd:
 
     def start(self) -> None:
         self.udp.start(self.loop, self._on_datagram)
-        daemon.install_signals(
-            self.loop,
-            {
-                signal.SIGTERM: self._on_stop,
-                signal.SIGINT: self._on_stop,
-                signal.SIGHUP: self._on_hup,
-            },
-        )
+        daemon.install_signals(self.loop, stop=self._on_stop, reload=self._on_hup)
         self.events(
             "start",
             role="heartbeatd",
