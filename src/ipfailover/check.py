@@ -96,9 +96,9 @@ def script_problems(cfg: config.Config) -> list[Problem]:
     folder = hooks.script_folder(cfg)
     if not folder.exists():
         return []
-    enforce = cfg.script_strict and os.geteuid() == 0
     where = _where(cfg, "FAILOVER_SCRIPT_DIR")
-    scripts = hooks.ScriptFolder(folder, timeout=cfg.script_timeout, enforce=enforce)
+    scripts = hooks.ScriptFolder.for_config(cfg, folder)
+    enforce = scripts.enforce
     if enforce and (problem := hooks.folder_problem(folder, os.geteuid())):
         if scripts.scripts(hooks.Phase.TEST):
             return [Problem(f"{where}: {problem}; no script in it will run, {DECLINED}", True)]
@@ -178,12 +178,7 @@ async def problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        default="/etc/hostconfig",
-        metavar="PATH",
-        help="the file to check (default: %(default)s)",
-    )
+    config.add_path_argument(p, help="the file to check (default: %(default)s)")
     p.add_argument(
         "--role",
         choices=["heartbeatd", "failoverd"],

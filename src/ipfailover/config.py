@@ -14,6 +14,7 @@ question answered by :func:`role_problems`.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import ipaddress
 import re
@@ -186,6 +187,17 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     if reader.errors:
         raise ConfigErrors(sorted(reader.errors, key=lambda error: error.line))
     return config
+
+
+DEFAULT_PATH = "/etc/hostconfig"  # Apple's
+
+
+def add_path_argument(
+    p: argparse.ArgumentParser,
+    help: str = "hostconfig-style file with FAILOVER_* variables (default: %(default)s)",
+) -> None:
+    """The ``--config PATH`` option every command shares."""
+    p.add_argument("--config", default=DEFAULT_PATH, metavar="PATH", help=help)
 
 
 def load_config(path: str) -> Config:

@@ -22,6 +22,15 @@ ROLES = ("failoverd", "heartbeatd")
 Snapshot = Callable[[], dict[str, Any]]
 
 
+def make_run_dir(run_dir: str | Path) -> Path:
+    """FAILOVER_RUN_DIR, created if need be, root's alone (0700): control sockets and locks."""
+    path = Path(run_dir)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
 def socket_path(run_dir: str, role: str) -> Path:
     return Path(run_dir) / f"{role}.sock"
 
@@ -35,10 +44,7 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = self.path.parent.stat()
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            os.chmod(self.path.parent, 0o700)
+        make_run_dir(self.path.parent)
         if self.path.is_socket() and not _answers(self.path):
             self.path.unlink()  # left behind by a process that died
         old = os.umask(0o177)

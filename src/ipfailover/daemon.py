@@ -156,12 +156,7 @@ def base_parser(
         epilog=SIGNALS_EPILOG.format(stop=stop, hup=hup),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--config",
-        default="/etc/hostconfig",
-        metavar="PATH",
-        help="hostconfig-style file with FAILOVER_* variables (default: %(default)s)",
-    )
+    config.add_path_argument(p)
     p.add_argument("--verbose", action="store_true", help="log every heartbeat decision")
     return p
 

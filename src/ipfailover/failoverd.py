@@ -105,7 +105,7 @@ class Failoverd:
         self.outbox = mail.Outbox(
             settings, mail.delivery_for(settings), self.events, node=self.node
         )
-        self.scripts = _script_folder(cfg)
+        self.scripts = hooks.ScriptFolder.for_config(cfg)
         self.executor = transition.Executor(
             node=self.node,
             addresses=assignments,
@@ -279,7 +279,7 @@ class Failoverd:
         self.cfg, self.assignments = cfg, assignments
         self.executor.addresses = tuple(assignments)
         self.executor.announcing = transition.Announcing(cfg.garp_count, cfg.garp_interval)
-        self.scripts = _script_folder(cfg)
+        self.scripts = hooks.ScriptFolder.for_config(cfg)
         self.executor.scripts = self.scripts
         if self.lock is not None:
             self.lock.update(assignments)
@@ -455,14 +455,6 @@ class Failoverd:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _script_folder(cfg: config.Config) -> hooks.ScriptFolder:
-    return hooks.ScriptFolder(
-        hooks.script_folder(cfg),
-        timeout=cfg.script_timeout,
-        enforce=cfg.script_strict and os.geteuid() == 0,
-    )
 
 
 async def _any_present(assignments: list[netif.Assignment]) -> bool:

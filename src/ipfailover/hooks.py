@@ -190,6 +190,16 @@ class ScriptFolder:
     ``FAILOVER_SCRIPT_STRICT and euid == 0``. A missing folder means no scripts.
     """
 
+    @classmethod
+    def for_config(cls, cfg: config.Config, folder: Path | None = None) -> ScriptFolder:
+        """The folder ``cfg`` names (or ``folder``), with its timeout, and the StrictModes
+        checks on when FAILOVER_SCRIPT_STRICT says so and we run as root."""
+        return cls(
+            script_folder(cfg) if folder is None else folder,
+            timeout=cfg.script_timeout,
+            enforce=cfg.script_strict and os.geteuid() == 0,
+        )
+
     def __init__(
         self, path: Path, *, timeout: float, enforce: bool, uid: int | None = None
     ) -> None:

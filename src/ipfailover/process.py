@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import config, daemon, hooks, mail, netif, transition
+from . import config, control, daemon, hooks, mail, netif, transition
 
 log = logging.getLogger("ipfailover.process")
 
@@ -48,15 +48,6 @@ PROCESS_LOCK = "process.lock"
 LOCK_TRIES = 3  # looks at failoverd.lock when a failoverd is stopping just as we look
 
 
-def _config_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        default="/etc/hostconfig",
-        metavar="PATH",
-        help="hostconfig-style file with FAILOVER_* variables (default: %(default)s)",
-    )
-
-
 # --- process --------------------------------------------------------------------------------------
 
 
@@ -67,7 +58,7 @@ def configure_process_parser(p: argparse.ArgumentParser) -> None:
         "by hand, with the same Test gate, transition scripts and mail as failoverd. Refused "
         "while failoverd manages any of the addresses."
     )
-    _config_argument(p)
+    config.add_path_argument(p)
     p.add_argument(
         "--skip-test", action="store_true", help="do not run the Test script: you decided"
     )
@@ -102,7 +93,7 @@ async def _resolve(pairs: list[config.PeerPair]) -> list[netif.Assignment]:
 def _lock_file(path: Path) -> int:
     """Open (creating it and its folder) a lock file in FAILOVER_RUN_DIR."""
     try:
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        control.make_run_dir(path.parent)
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise daemon.StartupError(f"ipfailover process: cannot open {path}: {e.strerror}") from None
@@ -210,9 +201,7 @@ async def _carry_out(
     executor = transition.Executor(
         node=node,
         addresses=assignments,
-        scripts=hooks.ScriptFolder(
-            folder, timeout=cfg.script_timeout, enforce=cfg.script_strict and os.geteuid() == 0
-        ),
+        scripts=hooks.ScriptFolder.for_config(cfg, folder),
         backend=transition.NetlinkBackend(),
         announcing=transition.Announcing(cfg.garp_count, cfg.garp_interval),
         notifier=outbox,
@@ -265,7 +254,7 @@ def configure_notify_parser(p: argparse.ArgumentParser) -> None:
         "Mail FAILOVER_EMAIL_RECIPIENT over SMTP that the primary's addresses are down (taken "
         "over) or up (handed back); exit 0 once the server accepted it. Apple's NotifyFailover."
     )
-    _config_argument(p)
+    config.add_path_argument(p)
     p.add_argument(
         "--stdin",
         action="store_true",

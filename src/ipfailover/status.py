@@ -15,12 +15,7 @@ EXIT_PRIVILEGE = 4  # the LSB's "user had insufficient privilege"
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the documented JSON (docs/status.md)")
-    p.add_argument(
-        "--config",
-        default="/etc/hostconfig",
-        metavar="PATH",
-        help="read FAILOVER_RUN_DIR from this file (default: %(default)s)",
-    )
+    config.add_path_argument(p, help="read FAILOVER_RUN_DIR from this file (default: %(default)s)")
     p.add_argument("--run-dir", metavar="DIR", help="where the control sockets are (overrides)")
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from . import daemon, hooks, mail, netif
+from . import control, daemon, hooks, mail, netif
 from .hooks import Phase, ScriptResult, Status
 
 log = logging.getLogger("ipfailover.transition")
@@ -556,8 +556,7 @@ class ManagerLock:
     @classmethod
     def take(cls, run_dir: str, addresses: Iterable[netif.Assignment]) -> ManagerLock:
         """Take the lock and write our pid and addresses; LockHeld if someone has it."""
-        path = Path(run_dir) / LOCK_NAME
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        path = control.make_run_dir(run_dir) / LOCK_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

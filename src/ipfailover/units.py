@@ -80,12 +80,7 @@ def configure_condition_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "role", choices=get_args(config.Role), metavar="ROLE", help="heartbeatd or failoverd"
     )
-    p.add_argument(
-        "--config",
-        default="/etc/hostconfig",
-        metavar="PATH",
-        help="hostconfig-style file with FAILOVER_* variables (default: %(default)s)",
-    )
+    config.add_path_argument(p)
 
 
 def run_condition(args: argparse.Namespace) -> int:
