@@ -447,7 +447,9 @@ def test_a_full_disk_while_deferring_does_not_stop_delivery(tmp_path: Path) -> N
         await box.submit(notice("first"))
         spool.full = 2  # the next two deferrals cannot be written
         await until(lambda: len(events.named("mail-deferred")) >= 3, 5)
-        assert spool.full == 0 and [i["attempts"] for i in spooled(s)] == [1]
+        # "mail-deferred" is logged before the spool write it announces: wait for the write
+        await until(lambda: [i["attempts"] for i in spooled(s)] == [1], 5)
+        assert spool.full == 0
         delivery.up = True
         await box.submit(notice("second"))
         await until(lambda: len(delivery.sent) == 2, 5)
