@@ -292,7 +292,13 @@ class Monitor:
             times.append(deadline)
         if self.state is State.HOLDDOWN and self._holddown_until is not None:
             times.append(self._holddown_until)
-        if self.state is State.DECLINED and self._retry_at is not None:
+        if (
+            self.state is State.DECLINED
+            and self._retry_at is not None
+            and self._retry_at > self._now
+        ):
+            # once due, the retry waits for silence on every network: the detector's deadline
+            # above wakes us for that (a past deadline here would spin the shell's timer)
             times.append(self._retry_at)
         return min(times)
 
