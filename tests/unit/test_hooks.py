@@ -342,7 +342,9 @@ def test_acquire_runs_test_pre_change_announce_post_in_that_order(
     rec = acquire(executor)
     assert rec.outcome is Outcome.DONE and rec.ok
     both = "2001:db8:1::10 203.0.113.10"
-    assert lines(log)[:9] == [
+    # the second announcements run in the background and may land anywhere among PostAcq's
+    repeats = ("announce 203.0.113.10 2", "announce 2001:db8:1::10 2")
+    assert [line for line in lines(log) if line not in repeats][:9] == [
         "Test acquire present=",
         "PreAcq10.one acquire present=",
         "PreAcq20.two acquire present=",
