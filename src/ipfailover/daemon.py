@@ -20,9 +20,10 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from . import auth, config, sdnotify, wire
+from . import auth, config, control, sdnotify, wire
 
 EXIT_CONFIG = 2
 log = logging.getLogger("ipfailover.daemon")
@@ -181,7 +182,24 @@ def start_up(
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_role_config(args.config, role)
-    return cfg, load_key(cfg)
+    key = load_key(cfg)
+    for problem in private_dir_problems(cfg, role):
+        raise StartupError(problem)
+    return cfg, key
+
+
+def private_dir_problems(cfg: config.Config, role: config.Role) -> list[str]:
+    """FAILOVER_RUN_DIR (both daemons) and FAILOVER_SPOOL_DIR (failoverd), where they exist,
+    must be the daemon's alone (see control.private_dir_problem); one line each."""
+    wanted = [("FAILOVER_RUN_DIR", cfg.run_dir)]
+    if role == "failoverd":
+        wanted.append(("FAILOVER_SPOOL_DIR", cfg.spool_dir))
+    out = []
+    for variable, path in wanted:
+        problem = control.private_dir_problem(Path(path))
+        if problem is not None:
+            out.append(f"{cfg.path}:{cfg.line_of(variable) or 0}: {variable}: {problem}")
+    return out
 
 
 def load_key(cfg: config.Config) -> bytes:
@@ -229,7 +247,9 @@ def _key_file_problem(path: str, st: os.stat_result) -> str | None:
 def _key_open_error(path: str, e: OSError) -> str:
     """Why the key file could not be opened, with the fix."""
     if isinstance(e, FileNotFoundError):
-        return f"cannot open key file {path}: {e.strerror} (create one with: ipfailover keygen PATH)"
+        return (
+            f"cannot open key file {path}: {e.strerror} (create one with: ipfailover keygen PATH)"
+        )
     if e.errno == errno.ELOOP:
         return (
             f"key file {path} is a symbolic link, which is refused (whoever can change the link "

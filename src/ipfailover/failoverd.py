@@ -508,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def amain(argv: list[str] | None) -> int:
     cfg, key = daemon.start_up(build_parser(), argv, "failoverd")
+    if problem := mail.notify_program_problem(cfg):
+        raise daemon.StartupError(problem)
     assignments = await resolve_pairs(cfg)
     networks = await watched_networks(cfg)
     try:
@@ -549,6 +551,8 @@ def take_lock(cfg: config.Config, assignments: list[netif.Assignment]) -> transi
             f"{where}: {e.path} is held by pid {e.pid}: another failoverd, or an "
             "`ipfailover process` run, manages these addresses"
         ) from None
+    except control.UnsafeDirectory as e:
+        raise daemon.StartupError(f"{where}: {e}") from None
     except OSError as e:
         raise daemon.StartupError(f"{where}: cannot create {cfg.run_dir}: {e.strerror}") from None
 

@@ -380,7 +380,9 @@ class ScriptFolder:
             return Script(path, phase, problem)
         chain, checked = chain_problem(path, self.uid)
         if chain is not None:
-            problem = f"script {chain}" if chain.startswith(str(path)) else f"script {path}: {chain}"
+            problem = (
+                f"script {chain}" if chain.startswith(str(path)) else f"script {path}: {chain}"
+            )
         ident = identity(checked) if checked is not None else identity(st)
         return Script(path, phase, problem, ident)
 

@@ -4,14 +4,17 @@ and by `ipfailover check` with one line naming the file and the fix, exit 2, no 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ipfailover import cli
+from ipfailover import cli, control, mail
 
 BIN = Path(sys.executable).parent
 NOBODY = 65534
@@ -61,9 +64,7 @@ def key(tmp_path: Path) -> Path:
     return path
 
 
-def refused_everywhere(
-    cfg: Path, expected: str, capsys: pytest.CaptureFixture[str], progs: tuple[str, ...]
-) -> None:
+def refused_everywhere(cfg: Path, expected: str, progs: tuple[str, ...]) -> None:
     """check and each daemon: exit 2, the expected text on one line, no traceback."""
     code, out = check(cfg)
     assert code == 2, out
@@ -88,7 +89,6 @@ def test_a_key_path_that_is_a_directory_is_one_line_exit_2(
     refused_everywhere(
         cfg,
         f"{cfg}:2: FAILOVER_KEY_FILE: key file {keydir} is a directory",
-        capsys,
         ("heartbeatd", "failoverd"),
     )
 
@@ -106,7 +106,7 @@ def test_a_key_file_others_could_read_or_change_is_refused(
 ) -> None:
     change(key)  # type: ignore[operator]
     cfg = both_roles(tmp_path, key)
-    refused_everywhere(cfg, f"key file {key} {expected}", capsys, ("heartbeatd", "failoverd"))
+    refused_everywhere(cfg, f"key file {key} {expected}", ("heartbeatd", "failoverd"))
 
 
 def test_a_symlinked_key_says_so(
@@ -115,13 +115,117 @@ def test_a_symlinked_key_says_so(
     link = tmp_path / "link"
     link.symlink_to(key)
     cfg = both_roles(tmp_path, link)
-    refused_everywhere(cfg, f"key file {link} is a symbolic link", capsys, ("heartbeatd",))
+    refused_everywhere(cfg, f"key file {link} is a symbolic link", ("heartbeatd",))
 
 
-def test_a_fifo_as_key_does_not_hang(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_fifo_as_key_does_not_hang(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo, 0o600)
     cfg = both_roles(tmp_path, fifo)
-    refused_everywhere(cfg, f"key file {fifo} is not a regular file", capsys, ())
+    refused_everywhere(cfg, f"key file {fifo} is not a regular file", ())
+
+
+# --- FAILOVER_NOTIFY_PROGRAM --------------------------------------------------------------------
+
+
+def program(folder: Path, name: str = "notify") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
+    path = folder / name
+    path.write_text('#!/bin/sh\necho "$(basename "$0") $*"; cat >/dev/null\n')
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda p, link: p.chmod(0o777), "{p} (the target of {link}) is writable by group and"),
+        (lambda p, link: p.parent.chmod(0o777), "directory {d} (above {link}) is writable by"),
+        (lambda p, link: os.chown(p.parent, NOBODY, -1), "directory {d} (above {link}) is owned"),
+        (lambda p, link: os.lchown(link, NOBODY, -1), "symbolic link {link} is owned by uid 65534"),
+    ],
+)
+def test_an_unsafe_notify_program_is_refused_by_check_and_failoverd(
+    tmp_path: Path, key: Path, change: Any, expected: str
+) -> None:
+    real = program(tmp_path / "opt" / "bin")
+    link = program(tmp_path / "sbin", "unused").parent / "page-oncall"
+    link.symlink_to(real)
+    cfg = both_roles(tmp_path, key, f'FAILOVER_NOTIFY_PROGRAM="{link}"\n')
+    _, out = check(cfg)
+    assert not any("NOTIFY" in line for line in out), out  # safe as it is
+    change(real, link)
+    text = expected.format(p=real, d=real.parent, link=link)
+    refused_everywhere(cfg, f"{cfg}:8: FAILOVER_NOTIFY_PROGRAM: {text}", ("failoverd",))
+
+
+def test_the_notify_program_is_checked_again_and_pinned_at_every_delivery(tmp_path: Path) -> None:
+    real = program(tmp_path / "bin")
+    item = mail.SpoolItem(
+        id="x.json", created=0.0, event="takeover", direction="down", ips=("192.0.2.10",),
+        recipients=("root@localhost",), sender="root@example.org", subject="s", message="m",
+    )  # fmt: skip
+    delivery = mail.ProgramDelivery(str(real), strict=True)
+    asyncio.run(delivery.deliver(item))  # safe: delivered
+    real.parent.chmod(0o777)
+    with pytest.raises(mail.DeliveryError, match=f"refused: directory {real.parent} "):
+        asyncio.run(delivery.deliver(item))
+
+
+# --- the run directory and the spool ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable", ["FAILOVER_RUN_DIR", "FAILOVER_SPOOL_DIR"])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d.chmod(0o755), "is open to group or others (mode 0755) (fix: chmod 700"),
+        (lambda d: d.chmod(0o730), "is open to group or others (mode 0730) (fix: chmod 700"),
+        (lambda d: os.chown(d, NOBODY, -1), "is owned by uid 65534, not by uid 0"),
+    ],
+)
+def test_a_run_or_spool_directory_not_ours_alone_is_refused(
+    tmp_path: Path, key: Path, variable: str, change: Any, expected: str
+) -> None:
+    cfg = both_roles(tmp_path, key)
+    sub = "run" if variable == "FAILOVER_RUN_DIR" else "spool"
+    path = tmp_path / sub
+    path.mkdir(mode=0o700)
+    change(path)
+    line = 5 if sub == "run" else 6
+    progs = ("heartbeatd", "failoverd") if sub == "run" else ("failoverd",)
+    refused_everywhere(cfg, f"{cfg}:{line}: {variable}: {path} {expected}", progs)
+
+
+def test_the_run_dir_and_spool_refuse_at_use_too(tmp_path: Path) -> None:
+    path = tmp_path / "run"
+    path.mkdir(mode=0o700)
+    assert control.make_run_dir(path) == path  # ours alone: fine
+    path.chmod(0o711)
+    with pytest.raises(control.UnsafeDirectory, match="open to group or others"):
+        control.make_run_dir(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o711  # refused, not silently "repaired"
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    os.chown(spool, NOBODY, -1)
+    with pytest.raises(control.UnsafeDirectory, match="owned by uid 65534"):
+        mail.Spool(spool).ensure()
+
+
+def test_a_symbolic_link_planted_in_the_spool_is_not_followed(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    spool = mail.Spool(spool_dir)
+    item = mail.SpoolItem(
+        id="x", created=0.0, event="takeover", direction="down", ips=("192.0.2.10",),
+        recipients=("attacker@example.org",), sender="root@example.org", subject="planted",
+        message="Subject: planted\r\n\r\nthe content of a file of their choosing\r\n",
+    )  # fmt: skip
+    outside = tmp_path / "outside.json"
+    outside.write_text(item.to_json())
+    name = "00000000000000000001-deadbeef.json"
+    spool.ensure()
+    (spool_dir / name).symlink_to(outside)
+    assert spool.claim(name) is None and spool.read(name) is None
+    assert (spool_dir / f"{name}.bad").is_symlink() and name not in spool.ids()
+    assert outside.read_text() == item.to_json()  # the target is untouched
