@@ -20,7 +20,18 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
-from . import __version__, check, config, control, daemon, hooks, mail, netif, transition
+from . import (
+    __version__,
+    check,
+    config,
+    control,
+    daemon,
+    hooks,
+    hostconf,
+    mail,
+    netif,
+    transition,
+)
 from .monitor import (
     Acquire,
     Heard,
@@ -93,6 +104,7 @@ class Failoverd:
         self.service = daemon.Service(loop, healthy=lambda: self.timer.served())
         self.counts: Counter[str] = Counter()
         self.lock: transition.ManagerLock | None = None
+        self.accept_local: hostconf.AcceptLocal | None = None
         self._changing = asyncio.Lock()  # transitions and reloads take turns
         self._failed_takeovers = 0
         self.timer = daemon.Timer(loop, self._on_timer)
@@ -259,8 +271,8 @@ class Failoverd:
         key = daemon.load_key(cfg)
         assignments = await resolve_pairs(cfg)
         networks = await watched_networks(cfg)
-        for ifname in sorted({*networks, *(a.ifname for a in assignments)}):
-            netif.accept_local(ifname)
+        if self.accept_local is not None:
+            self.accept_local.need(a.ifname for a in assignments)
         if cfg.port != self.cfg.port:
             udp = self._endpoint(cfg, assignments)  # may fail: then nothing has changed yet
             self.udp.close()
@@ -512,16 +524,32 @@ async def amain(argv: list[str] | None) -> int:
         raise daemon.StartupError(problem)
     assignments = await resolve_pairs(cfg)
     networks = await watched_networks(cfg)
-    try:
-        for ifname in sorted({*networks, *(a.ifname for a in assignments)}):
-            netif.accept_local(ifname)
-    except netif.NetifError as e:
-        raise daemon.StartupError(f"{cfg.path}: {e}") from None
     lock = take_lock(cfg, assignments)
+    accept_local = hostconf.AcceptLocal(cfg.run_dir)
+    try:
+        return await _run(cfg, key, assignments, networks, lock, accept_local)
+    finally:
+        accept_local.restore()  # only where we turned it on; after the addresses are released
+        lock.close()
+
+
+async def _run(
+    cfg: config.Config,
+    key: bytes,
+    assignments: list[netif.Assignment],
+    networks: tuple[str, ...],
+    lock: transition.ManagerLock,
+    accept_local: hostconf.AcceptLocal,
+) -> int:
+    try:
+        accept_local.need(a.ifname for a in assignments)
+    except hostconf.HostConfError as e:
+        raise daemon.StartupError(f"{cfg.path}: {e}") from None
     present = [a for a in assignments if await netif.present(a)]
     loop = asyncio.get_running_loop()
     fd = Failoverd(cfg, key, loop, assignments, networks, holding=bool(present))
     fd.lock = lock
+    fd.accept_local = accept_local
     # Everything that can still fail comes before the first address change.
     await fd.control.start()
     daemon.start_metrics(cfg, "FAILOVER_METRICS", loop, fd.snapshot)
@@ -537,7 +565,6 @@ async def amain(argv: list[str] | None) -> int:
     await fd.stopped.wait()
     await fd.control.close()
     await fd.close()
-    lock.close()
     return 0
 
 

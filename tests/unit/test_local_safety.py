@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ipfailover import cli, control, mail
+from ipfailover import cli, control, hostconf, mail
 
 BIN = Path(sys.executable).parent
 NOBODY = 65534
@@ -229,3 +229,30 @@ def test_a_symbolic_link_planted_in_the_spool_is_not_followed(tmp_path: Path) ->
     assert spool.claim(name) is None and spool.read(name) is None
     assert (spool_dir / f"{name}.bad").is_symlink() and name not in spool.ids()
     assert outside.read_text() == item.to_json()  # the target is untouched
+
+
+# --- accept_local -------------------------------------------------------------------------------
+
+
+def test_accept_local_is_put_back_where_we_turned_it_on_even_after_a_kill(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    for name, value in (("pub0", "0"), ("priv0", "0"), ("eth9", "1")):
+        (conf / name).mkdir(parents=True)
+        (conf / name / "accept_local").write_text(f"{value}\n")
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+
+    def value(name: str) -> str:
+        return (conf / name / "accept_local").read_text().strip()
+
+    first = hostconf.AcceptLocal(run, conf)
+    first.need(["pub0", "eth9"])
+    assert (value("pub0"), value("priv0"), value("eth9")) == ("1", "0", "1")
+    # failoverd is killed (no restore); the next one learns what the first one changed
+    again = hostconf.AcceptLocal(run, conf)
+    again.need(["pub0", "priv0", "eth9"])
+    again.need(["priv0", "eth9"])  # a reload drops pub0's pair: turned off at once
+    assert (value("pub0"), value("priv0"), value("eth9")) == ("0", "1", "1")
+    again.restore()
+    assert (value("pub0"), value("priv0"), value("eth9")) == ("0", "0", "1")  # eth9 was 1 before
+    assert not (run / hostconf.STATE_NAME).exists()
