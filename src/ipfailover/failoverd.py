@@ -26,6 +26,7 @@ from . import (
     config,
     control,
     daemon,
+    episodes,
     hooks,
     hostconf,
     mail,
@@ -128,6 +129,8 @@ class Failoverd:
             events=self.events,
         )
         self._heard: dict[str, float] = {}  # network -> loop time the primary was last heard
+        self.notices = episodes.NetworkNotices(settle=episodes.settle_time(cfg.effective_deadtime))
+        self.notices_timer = daemon.Timer(loop, self._on_notices_timer)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -219,7 +222,10 @@ class Failoverd:
         self._flush()
 
     async def close(self) -> None:
-        """After the core stopped: let mail under way go out (briefly), close the sockets."""
+        """After the core stopped: let mail under way go out (briefly), close the sockets.
+
+        An episode summary not yet due is not sent (docs/scripts.md)."""
+        self.notices_timer.arm(None)
         await self.outbox.stop(MAIL_STOP_GRACE)
         self.udp.close()
 
@@ -296,6 +302,7 @@ class Failoverd:
         if self.lock is not None:
             self.lock.update(assignments)
         self.core.reconfigure(_monitor_config(cfg, key, networks), self.loop.time())
+        self.notices.settle = episodes.settle_time(self.core.cfg.deadtime)
         self.events(
             "reload-done",
             addresses=self._addresses(),
@@ -357,8 +364,7 @@ class Failoverd:
             level = logging.WARNING if ev.kind == "anomaly" else logging.INFO
             self.events(name, level, network=ev.network, peer=self.core.peer_name)
             if ev.kind in ("anomaly", "recovered"):
-                notice = mail.network_notice(ev.kind, ev.network, self._situation(), time.time())
-                self._spawn(self._notify(notice))
+                self._network_mail(self.notices.event(ev.kind, ev.network, now))
         elif isinstance(ev, Heard):
             if log.isEnabledFor(logging.DEBUG):
                 self.events(
@@ -431,6 +437,36 @@ class Failoverd:
         self._flush()
 
     # Mail ----------------------------------------------------------------------------------------
+
+    def _on_notices_timer(self) -> None:
+        self._network_mail(self.notices.handle_timer(self.loop.time()))
+
+    def _network_mail(self, summaries: list[episodes.Summary]) -> None:
+        """Mail what the episode policy says (one mail per episode, not one per flap)."""
+        wall = daemon.WallClock(self.loop)
+        for summary in summaries:
+            if summary.reason != "start":
+                self.events(
+                    "network-settled" if summary.reason == "settled" else "network-flapping",
+                    logging.INFO if summary.kind == "recovered" else logging.WARNING,
+                    network=summary.network,
+                    peer=self.core.peer_name,
+                    state="heard" if summary.kind == "recovered" else "silent",
+                    losses=summary.anomalies,
+                    returns=summary.recoveries,
+                    since=mail.format_time(wall.offset + summary.started),
+                )
+            notice = mail.network_notice(
+                summary.kind,
+                summary.network,
+                self._situation(),
+                time.time(),
+                summary,
+                wall=lambda t: t + wall.offset,
+                settle=self.notices.settle,
+            )
+            self._spawn(self._notify(notice))
+        self.notices_timer.arm(self.notices.get_timer())
 
     def _note_heard(self) -> None:
         """Keep our own copy of when each network last heard the primary, for the mail.

@@ -44,7 +44,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from . import config, control, daemon, hooks
+from . import config, control, daemon, episodes, hooks
 
 log = logging.getLogger("ipfailover.mail")
 T = TypeVar("T")
@@ -109,24 +109,83 @@ def situation_text(s: Situation, now: float) -> str:
     return "\n".join(lines)
 
 
-def network_notice(kind: str, network: str, s: Situation, now: float) -> Notice:
-    """Apple's one-network rule: heartbeats lost (``anomaly``) or back (``recovered``) on one."""
+def network_notice(
+    kind: str,
+    network: str,
+    s: Situation,
+    now: float,
+    episode: episodes.Summary | None = None,
+    wall: Callable[[float], float] = lambda t: t,
+    settle: float = episodes.SETTLE_MIN,
+) -> Notice:
+    """Apple's one-network rule: heartbeats lost (``anomaly``) or back (``recovered``) on one.
+
+    One mail per episode (:mod:`ipfailover.episodes`): ``episode`` is the policy's summary,
+    with its times on the clock ``wall`` turns into wall-clock time; ``settle`` is how long the
+    network must stay unchanged before the summary goes out.
+    """
     ips = tuple(a.split(":", 1)[1].rsplit("/", 1)[0] for a in s.addresses)
-    if kind == "anomaly":
+    reason = episode.reason if episode is not None else "start"
+    losses = episode.anomalies if episode is not None else 1
+    if kind == "anomaly" and reason == "start":
         subject = (
             f"[ipfailover] {s.node}: no heartbeats from {s.peer} on {network}; nothing taken over"
         )
         intro = (
             f"Heartbeats from {s.peer} stopped on network {network} but still arrive on another.\n"
             "This is a network anomaly, not a failure of the primary: nothing was taken over.\n"
-            "Check the cabling and switches of that network."
+            "Check the cabling and switches of that network.\n\n"
+            "If the network flaps, its changes are not mailed one by one: one mail sums them up\n"
+            f"when it has not changed for {settle:g} s, and one an hour while it goes on."
         )
-        direction = "down"
+    elif kind == "anomaly" and reason == "settled":
+        subject = (
+            f"[ipfailover] {s.node}: no heartbeats from {s.peer} on {network} after {losses} "
+            "losses; nothing taken over"
+        )
+        intro = (
+            f"Network {network} flapped and has now been silent for {settle:g} s, while another\n"
+            f"network still hears {s.peer}: nothing was taken over. Check its cabling and switches."
+        )
+    elif reason == "reminder":
+        subject = (
+            f"[ipfailover] {s.node}: heartbeats from {s.peer} on {network} still flapping "
+            f"({losses} losses so far)"
+        )
+        intro = (
+            f"Heartbeats from {s.peer} on network {network} keep stopping and coming back.\n"
+            "Nothing was taken over. Check the cabling and switches of that network."
+        )
+    elif reason == "settled":
+        subject = f"[ipfailover] {s.node}: heartbeats from {s.peer} on {network} again"
+        if losses > 1:
+            subject += f" (after {losses} losses)"
+        intro = (
+            f"Heartbeats from {s.peer} arrive on network {network} again, steadily for "
+            f"{settle:g} s; the anomaly is over."
+        )
     else:
         subject = f"[ipfailover] {s.node}: heartbeats from {s.peer} on {network} again"
         intro = f"Heartbeats from {s.peer} arrive on network {network} again; the anomaly is over."
-        direction = "up"
-    return Notice(kind, direction, ips, subject, f"{intro}\n\n{situation_text(s, now)}\n")
+    direction = "down" if kind == "anomaly" else "up"
+    body = f"{intro}\n\n"
+    if episode is not None and reason != "start":
+        body += episode_text(episode, wall) + "\n"
+    return Notice(kind, direction, ips, subject, f"{body}{situation_text(s, now)}\n")
+
+
+def episode_text(e: episodes.Summary, wall: Callable[[float], float]) -> str:
+    """What happened on the network since the episode began, for a summary mail."""
+    return "\n".join(
+        [
+            f"Episode on {e.network}:",
+            f"  started      {format_time(wall(e.started))} (first loss)",
+            f"  last change  {format_time(wall(e.changed))}",
+            f"  heartbeats lost {e.anomalies} time(s), back {e.recoveries} time(s)",
+            f"  declared silent for {e.silent_for:.1f} s in all (from each loss to its return)",
+            "",
+        ]
+    )
 
 
 def command_notice(direction: str, ips: Sequence[str], host: str) -> Notice:
