@@ -242,7 +242,9 @@ def notify_program_problem(cfg: config.Config) -> str | None:
     if not cfg.notify_program or not (cfg.script_strict and os.geteuid() == 0):
         return None
     problem, st = hooks.chain_problem(cfg.notify_program, os.geteuid())
-    if problem is None and st is not None and not st.st_mode & 0o111:
+    if problem is None and st is not None and not stat.S_ISREG(st.st_mode):
+        problem = f"{cfg.notify_program} is not a regular file; name the program itself"
+    elif problem is None and st is not None and not st.st_mode & 0o111:
         problem = f"{cfg.notify_program} is not executable (fix: chmod 755 {cfg.notify_program})"
     if problem is None:
         return None

@@ -256,3 +256,29 @@ def test_accept_local_is_put_back_where_we_turned_it_on_even_after_a_kill(tmp_pa
     again.restore()
     assert (value("pub0"), value("priv0"), value("eth9")) == ("0", "0", "1")  # eth9 was 1 before
     assert not (run / hostconf.STATE_NAME).exists()
+
+
+# --- scripts, as `ipfailover check` and failoverd's start-up see them ----------------------------
+
+
+def test_check_refuses_a_test_script_linked_into_a_directory_others_can_write(
+    tmp_path: Path, key: Path
+) -> None:
+    tools = tmp_path / "srv" / "tools"
+    real = program(tools, "veto")
+    folder = tmp_path / "scripts" / "192.0.2.10"
+    folder.mkdir(parents=True)
+    for d in (tmp_path / "scripts", folder):
+        d.chmod(0o755)
+    (folder / "Test").symlink_to(real)
+    cfg = both_roles(tmp_path, key)
+    code, out = check(cfg)
+    assert code == 0, out
+    tools.chmod(0o775)  # a group may now put any program there under that name
+    code, out = check(cfg)
+    assert code == 2, out
+    (line,) = out
+    assert line.startswith(f"error: {cfg}:7: FAILOVER_SCRIPT_DIR: script {folder / 'Test'}: ")
+    assert f"directory {tools} (above {folder / 'Test'}) is writable by group (mode 0775)" in line
+    assert f"(fix: chown root {tools} && chmod go-w {tools})" in line
+    assert "a refused Test declines every takeover" in line
