@@ -139,6 +139,13 @@ class NetworkNotices:
                 out.append(self._mailed(ep, ep.summary(kind, "reminder", now), now))
         return out
 
+    def episode(self, network: str, now: float) -> Summary | None:
+        """The open episode of ``network`` as it stands at ``now`` (for status), or None."""
+        ep = self._open.get(network)
+        if ep is None:
+            return None
+        return ep.summary("anomaly" if ep.silent else "recovered", "open", now)
+
     def _due(self, ep: _Episode) -> float | None:
         if ep.settled:
             return None

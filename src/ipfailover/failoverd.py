@@ -189,6 +189,7 @@ class Failoverd:
                     "last_heard": wall(view.last_heard),
                     "heartbeats": view.heartbeats,
                     "loss_1m": det.loss(name, peer_interval, now),
+                    "episode": _episode_status(self.notices.episode(name, now), wall),
                 }
                 for name, view in sorted(det.networks.items())
             ],
@@ -503,6 +504,19 @@ class Failoverd:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _episode_status(e: episodes.Summary | None, wall: daemon.WallClock) -> dict[str, Any] | None:
+    """A network's open episode of anomalies (docs/status.md), or None."""
+    if e is None:
+        return None
+    return {
+        "since": wall(e.started),
+        "last_change": wall(e.changed),
+        "losses": e.anomalies,
+        "returns": e.recoveries,
+        "silent_seconds": e.silent_for,
+    }
 
 
 async def _any_present(assignments: list[netif.Assignment]) -> bool:

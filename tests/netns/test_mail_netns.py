@@ -105,6 +105,16 @@ class SmtpServer:
         return self.received()
 
 
+def status_json(lab: Lab) -> dict[str, Any]:
+    """failoverd's `ipfailover status --json` on S."""
+    run_dir = lab.node_dirs(Node.SECONDARY)["FAILOVER_RUN_DIR"]
+    ipfailover = str(Path(sys.executable).parent / "ipfailover")
+    out = sh([ipfailover, "status", "--json", "--run-dir", run_dir])
+    (daemon,) = json.loads(out)["daemons"]
+    assert isinstance(daemon, dict)
+    return daemon
+
+
 def tarpit(lab: Lab) -> LabProcess:
     proc = lab.spawn(Node.SECONDARY, [sys.executable, "-c", TARPIT, str(SMTP_PORT)], "tarpit")
     proc.wait_event("tarpit-listening", 10.0)
@@ -202,6 +212,8 @@ def test_a_flapping_network_is_one_mail_and_a_summary_once_it_settles(
             fd.wait_event("anomaly", TIMEOUT, since=lost, network="priv0")
     time.sleep(1.0)  # what would have been mailed is delivered within this
     assert len(smtp.received()) == 1
+    (priv,) = [n for n in status_json(lab)["networks"] if n["name"] == "priv0"]
+    assert priv["episode"]["losses"] == 3 and priv["episode"]["returns"] == 3
     settled = fd.wait_event("network-settled", 60.0 + TIMEOUT, since=back, network="priv0")
     assert settled.fields["losses"] == "3" and settled.fields["returns"] == "3"
     recovered = smtp.wait(2, TIMEOUT)[1][1]

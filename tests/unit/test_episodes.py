@@ -146,3 +146,14 @@ def test_networks_have_episodes_of_their_own() -> None:
     assert len(policy.event("anomaly", "priv", 1.0)) == 1
     policy.event("recovered", "pub", 2.0)
     assert [m.network for m in policy.handle_timer(62.0)] == ["pub"]
+
+
+def test_the_open_episode_is_there_for_status() -> None:
+    policy = NetworkNotices(settle=60.0)
+    assert policy.episode("pub", 0.0) is None
+    policy.event("anomaly", "pub", 10.0)
+    policy.event("recovered", "pub", 12.0)
+    policy.event("anomaly", "pub", 20.0)
+    now = policy.episode("pub", 25.0)
+    assert now is not None and (now.anomalies, now.recoveries) == (2, 1)
+    assert now.silent_for == 7.0 and now.started == 10.0 and now.changed == 20.0
