@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, daemon, hooks, netif
+from . import config, daemon, hooks, mail, netif
 
 DECLINED = "and a refused Test declines every takeover: failover is off until this is fixed"
 
@@ -170,8 +170,12 @@ async def problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem
     except daemon.StartupError as e:
         out.append(Problem(str(e), True))
     out += run_dir_problems(cfg)
+    role: config.Role = "failoverd" if "failoverd" in roles else "heartbeatd"
+    out += [Problem(text, True) for text in daemon.private_dir_problems(cfg, role)]
     out += metrics_problems(cfg, roles)
     if "failoverd" in roles:
+        if problem := mail.notify_program_problem(cfg):
+            out.append(Problem(problem, True))
         out += await pair_problems(cfg)
         out += script_problems(cfg)
     return sorted(out, key=lambda p: not p.fatal)

@@ -22,12 +22,53 @@ ROLES = ("failoverd", "heartbeatd")
 Snapshot = Callable[[], dict[str, Any]]
 
 
+class UnsafeDirectory(PermissionError):
+    """FAILOVER_RUN_DIR or FAILOVER_SPOOL_DIR is not this daemon's alone; the message says why
+    and how to fix it."""
+
+
+def private_dir_problem(path: Path, uid: int | None = None) -> str | None:
+    """Why ``path`` is not a private directory of ``uid`` (default: ours), with the fix.
+
+    It must be a real directory (not a symbolic link), owned by the daemon's user and closed to
+    group and others (0700): whoever else could write there could plant or swap the control
+    socket, the lock file or a spooled message. A missing directory is fine: it is created 0700.
+    """
+    uid = os.geteuid() if uid is None else uid
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):  # not there yet: created 0700 (or reported)
+        return None
+    except OSError as e:
+        return f"{path}: cannot check: {e.strerror}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symbolic link; point the setting at the directory itself"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    if st.st_uid != uid:
+        return (
+            f"{path} is owned by uid {st.st_uid}, not by uid {uid} that runs the daemon "
+            f"(fix: chown {uid} {path} && chmod 700 {path}, or remove it)"
+        )
+    if st.st_mode & 0o077:
+        return (
+            f"{path} is open to group or others (mode {stat.S_IMODE(st.st_mode):04o}) "
+            f"(fix: chmod 700 {path})"
+        )
+    return None
+
+
 def make_run_dir(run_dir: str | Path) -> Path:
-    """FAILOVER_RUN_DIR, created if need be, root's alone (0700): control sockets and locks."""
+    """FAILOVER_RUN_DIR, created if need be, root's alone (0700): control sockets and locks.
+
+    One that exists but is not ours alone is refused (UnsafeDirectory), not repaired: what
+    others may have put in it meanwhile cannot be known.
+    """
     path = Path(run_dir)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o700)
+    problem = private_dir_problem(path)
+    if problem is not None:
+        raise UnsafeDirectory(f"run directory {problem}")
     return path
 
 

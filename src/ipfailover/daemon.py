@@ -20,9 +20,10 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from . import auth, config, sdnotify, wire
+from . import auth, config, control, sdnotify, wire
 
 EXIT_CONFIG = 2
 log = logging.getLogger("ipfailover.daemon")
@@ -181,33 +182,80 @@ def start_up(
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_role_config(args.config, role)
-    return cfg, load_key(cfg)
+    key = load_key(cfg)
+    for problem in private_dir_problems(cfg, role):
+        raise StartupError(problem)
+    return cfg, key
+
+
+def private_dir_problems(cfg: config.Config, role: config.Role) -> list[str]:
+    """FAILOVER_RUN_DIR (both daemons) and FAILOVER_SPOOL_DIR (failoverd), where they exist,
+    must be the daemon's alone (see control.private_dir_problem); one line each."""
+    wanted = [("FAILOVER_RUN_DIR", cfg.run_dir)]
+    if role == "failoverd":
+        wanted.append(("FAILOVER_SPOOL_DIR", cfg.spool_dir))
+    out = []
+    for variable, path in wanted:
+        problem = control.private_dir_problem(Path(path))
+        if problem is not None:
+            out.append(f"{cfg.path}:{cfg.line_of(variable) or 0}: {variable}: {problem}")
+    return out
 
 
 def load_key(cfg: config.Config) -> bytes:
-    """Read FAILOVER_KEY_FILE; it must be a regular file that others cannot read or write."""
+    """Read FAILOVER_KEY_FILE: a regular file owned by root (or the daemon's user) with no
+    group or other permission bits at all (0600 or 0400), not reached through a symbolic link."""
     path = cfg.key_file
     where = f"{cfg.path}:{cfg.line_of('FAILOVER_KEY_FILE') or 0}: FAILOVER_KEY_FILE"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO must not hang start-up (it is then refused as not a regular file)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
-        hint = (
-            " (create one with: ipfailover keygen PATH)" if isinstance(e, FileNotFoundError) else ""
+        raise StartupError(f"{where}: {_key_open_error(path, e)}") from None
+    try:
+        st = os.fstat(fd)
+        problem = _key_file_problem(path, st)
+        if problem:
+            raise StartupError(f"{where}: {problem}")
+        data = os.read(fd, 64 * 1024)
+    finally:
+        os.close(fd)
+    try:
+        return auth.parse_key_text(data.decode("utf-8"))
+    except (auth.KeyError_, UnicodeDecodeError) as e:
+        raise StartupError(f"{where}: key file {path}: {e}") from None
+
+
+def _key_file_problem(path: str, st: os.stat_result) -> str | None:
+    """Why the opened key file must not be used, with the fix; None if it is fine."""
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        return (
+            f"key file {path} is {what}; point FAILOVER_KEY_FILE at the key file itself "
+            "(create one with: ipfailover keygen PATH)"
         )
-        raise StartupError(f"{where}: cannot open key file {path}: {e.strerror}{hint}") from None
-    with os.fdopen(fd) as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise StartupError(f"{where}: key file {path} is not a regular file")
-        if st.st_mode & 0o007:
-            raise StartupError(
-                f"{where}: key file {path} is accessible by others (mode {st.st_mode & 0o777:04o});"
-                f" run: chmod 600 {path}"
-            )
-        try:
-            return auth.parse_key_text(f.read())
-        except (auth.KeyError_, UnicodeDecodeError) as e:
-            raise StartupError(f"{where}: key file {path}: {e}") from None
+    if st.st_uid not in (0, os.geteuid()):
+        return f"key file {path} is owned by uid {st.st_uid}, not root; run: chown root {path}"
+    if st.st_mode & 0o077:
+        return (
+            f"key file {path} is accessible by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+        )
+    return None
+
+
+def _key_open_error(path: str, e: OSError) -> str:
+    """Why the key file could not be opened, with the fix."""
+    if isinstance(e, FileNotFoundError):
+        return (
+            f"cannot open key file {path}: {e.strerror} (create one with: ipfailover keygen PATH)"
+        )
+    if e.errno == errno.ELOOP:
+        return (
+            f"key file {path} is a symbolic link, which is refused (whoever can change the link "
+            "chooses the key); point FAILOVER_KEY_FILE at the file itself"
+        )
+    return f"cannot open key file {path}: {e.strerror}"
 
 
 def node_name(cfg: config.Config) -> str:

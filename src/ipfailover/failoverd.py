@@ -20,7 +20,19 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
-from . import __version__, check, config, control, daemon, hooks, mail, netif, transition
+from . import (
+    __version__,
+    check,
+    config,
+    control,
+    daemon,
+    episodes,
+    hooks,
+    hostconf,
+    mail,
+    netif,
+    transition,
+)
 from .monitor import (
     Acquire,
     Heard,
@@ -93,6 +105,7 @@ class Failoverd:
         self.service = daemon.Service(loop, healthy=lambda: self.timer.served())
         self.counts: Counter[str] = Counter()
         self.lock: transition.ManagerLock | None = None
+        self.accept_local: hostconf.AcceptLocal | None = None
         self._changing = asyncio.Lock()  # transitions and reloads take turns
         self._failed_takeovers = 0
         self.timer = daemon.Timer(loop, self._on_timer)
@@ -116,6 +129,8 @@ class Failoverd:
             events=self.events,
         )
         self._heard: dict[str, float] = {}  # network -> loop time the primary was last heard
+        self.notices = episodes.NetworkNotices(settle=episodes.settle_time(cfg.effective_deadtime))
+        self.notices_timer = daemon.Timer(loop, self._on_notices_timer)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -174,6 +189,7 @@ class Failoverd:
                     "last_heard": wall(view.last_heard),
                     "heartbeats": view.heartbeats,
                     "loss_1m": det.loss(name, peer_interval, now),
+                    "episode": _episode_status(self.notices.episode(name, now), wall),
                 }
                 for name, view in sorted(det.networks.items())
             ],
@@ -207,7 +223,10 @@ class Failoverd:
         self._flush()
 
     async def close(self) -> None:
-        """After the core stopped: let mail under way go out (briefly), close the sockets."""
+        """After the core stopped: let mail under way go out (briefly), close the sockets.
+
+        An episode summary not yet due is not sent (docs/scripts.md)."""
+        self.notices_timer.arm(None)
         await self.outbox.stop(MAIL_STOP_GRACE)
         self.udp.close()
 
@@ -259,8 +278,8 @@ class Failoverd:
         key = daemon.load_key(cfg)
         assignments = await resolve_pairs(cfg)
         networks = await watched_networks(cfg)
-        for ifname in sorted({*networks, *(a.ifname for a in assignments)}):
-            netif.accept_local(ifname)
+        if self.accept_local is not None:
+            self.accept_local.need(a.ifname for a in assignments)
         if cfg.port != self.cfg.port:
             udp = self._endpoint(cfg, assignments)  # may fail: then nothing has changed yet
             self.udp.close()
@@ -284,6 +303,7 @@ class Failoverd:
         if self.lock is not None:
             self.lock.update(assignments)
         self.core.reconfigure(_monitor_config(cfg, key, networks), self.loop.time())
+        self.notices.settle = episodes.settle_time(self.core.cfg.deadtime)
         self.events(
             "reload-done",
             addresses=self._addresses(),
@@ -345,8 +365,7 @@ class Failoverd:
             level = logging.WARNING if ev.kind == "anomaly" else logging.INFO
             self.events(name, level, network=ev.network, peer=self.core.peer_name)
             if ev.kind in ("anomaly", "recovered"):
-                notice = mail.network_notice(ev.kind, ev.network, self._situation(), time.time())
-                self._spawn(self._notify(notice))
+                self._network_mail(self.notices.event(ev.kind, ev.network, now))
         elif isinstance(ev, Heard):
             if log.isEnabledFor(logging.DEBUG):
                 self.events(
@@ -420,6 +439,36 @@ class Failoverd:
 
     # Mail ----------------------------------------------------------------------------------------
 
+    def _on_notices_timer(self) -> None:
+        self._network_mail(self.notices.handle_timer(self.loop.time()))
+
+    def _network_mail(self, summaries: list[episodes.Summary]) -> None:
+        """Mail what the episode policy says (one mail per episode, not one per flap)."""
+        wall = daemon.WallClock(self.loop)
+        for summary in summaries:
+            if summary.reason != "start":
+                self.events(
+                    "network-settled" if summary.reason == "settled" else "network-flapping",
+                    logging.INFO if summary.kind == "recovered" else logging.WARNING,
+                    network=summary.network,
+                    peer=self.core.peer_name,
+                    state="heard" if summary.kind == "recovered" else "silent",
+                    losses=summary.anomalies,
+                    returns=summary.recoveries,
+                    since=mail.format_time(wall.offset + summary.started),
+                )
+            notice = mail.network_notice(
+                summary.kind,
+                summary.network,
+                self._situation(),
+                time.time(),
+                summary,
+                wall=lambda t: t + wall.offset,
+                settle=self.notices.settle,
+            )
+            self._spawn(self._notify(notice))
+        self.notices_timer.arm(self.notices.get_timer())
+
     def _note_heard(self) -> None:
         """Keep our own copy of when each network last heard the primary, for the mail.
 
@@ -455,6 +504,19 @@ class Failoverd:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _episode_status(e: episodes.Summary | None, wall: daemon.WallClock) -> dict[str, Any] | None:
+    """A network's open episode of anomalies (docs/status.md), or None."""
+    if e is None:
+        return None
+    return {
+        "since": wall(e.started),
+        "last_change": wall(e.changed),
+        "losses": e.anomalies,
+        "returns": e.recoveries,
+        "silent_seconds": e.silent_for,
+    }
 
 
 async def _any_present(assignments: list[netif.Assignment]) -> bool:
@@ -508,18 +570,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def amain(argv: list[str] | None) -> int:
     cfg, key = daemon.start_up(build_parser(), argv, "failoverd")
+    if problem := mail.notify_program_problem(cfg):
+        raise daemon.StartupError(problem)
     assignments = await resolve_pairs(cfg)
     networks = await watched_networks(cfg)
-    try:
-        for ifname in sorted({*networks, *(a.ifname for a in assignments)}):
-            netif.accept_local(ifname)
-    except netif.NetifError as e:
-        raise daemon.StartupError(f"{cfg.path}: {e}") from None
     lock = take_lock(cfg, assignments)
+    accept_local = hostconf.AcceptLocal(cfg.run_dir)
+    try:
+        return await _run(cfg, key, assignments, networks, lock, accept_local)
+    finally:
+        accept_local.restore()  # only where we turned it on; after the addresses are released
+        lock.close()
+
+
+async def _run(
+    cfg: config.Config,
+    key: bytes,
+    assignments: list[netif.Assignment],
+    networks: tuple[str, ...],
+    lock: transition.ManagerLock,
+    accept_local: hostconf.AcceptLocal,
+) -> int:
+    try:
+        accept_local.need(a.ifname for a in assignments)
+    except hostconf.HostConfError as e:
+        raise daemon.StartupError(f"{cfg.path}: {e}") from None
     present = [a for a in assignments if await netif.present(a)]
     loop = asyncio.get_running_loop()
     fd = Failoverd(cfg, key, loop, assignments, networks, holding=bool(present))
     fd.lock = lock
+    fd.accept_local = accept_local
     # Everything that can still fail comes before the first address change.
     await fd.control.start()
     daemon.start_metrics(cfg, "FAILOVER_METRICS", loop, fd.snapshot)
@@ -535,7 +615,6 @@ async def amain(argv: list[str] | None) -> int:
     await fd.stopped.wait()
     await fd.control.close()
     await fd.close()
-    lock.close()
     return 0
 
 
@@ -549,6 +628,8 @@ def take_lock(cfg: config.Config, assignments: list[netif.Assignment]) -> transi
             f"{where}: {e.path} is held by pid {e.pid}: another failoverd, or an "
             "`ipfailover process` run, manages these addresses"
         ) from None
+    except control.UnsafeDirectory as e:
+        raise daemon.StartupError(f"{where}: {e}") from None
     except OSError as e:
         raise daemon.StartupError(f"{where}: cannot create {cfg.run_dir}: {e.strerror}") from None
 

@@ -626,6 +626,8 @@ class Lab:
         for var, sub in (("RUN", "run"), ("SPOOL", "spool"), ("SCRIPT", "scripts")):
             path = self.tmpdir / NODE_NAMES[node] / sub
             path.mkdir(parents=True, exist_ok=True)
+            if var != "SCRIPT":
+                path.chmod(0o700)  # the daemons refuse a run dir or spool open to others
             dirs[f"FAILOVER_{var}_DIR"] = str(path)
         return dirs
 

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import email.policy
 import email.utils
+import errno
 import fcntl
 import json
 import logging
@@ -43,7 +44,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from . import config, daemon, hooks
+from . import config, control, daemon, episodes, hooks
 
 log = logging.getLogger("ipfailover.mail")
 T = TypeVar("T")
@@ -108,24 +109,83 @@ def situation_text(s: Situation, now: float) -> str:
     return "\n".join(lines)
 
 
-def network_notice(kind: str, network: str, s: Situation, now: float) -> Notice:
-    """Apple's one-network rule: heartbeats lost (``anomaly``) or back (``recovered``) on one."""
+def network_notice(
+    kind: str,
+    network: str,
+    s: Situation,
+    now: float,
+    episode: episodes.Summary | None = None,
+    wall: Callable[[float], float] = lambda t: t,
+    settle: float = episodes.SETTLE_MIN,
+) -> Notice:
+    """Apple's one-network rule: heartbeats lost (``anomaly``) or back (``recovered``) on one.
+
+    One mail per episode (:mod:`ipfailover.episodes`): ``episode`` is the policy's summary,
+    with its times on the clock ``wall`` turns into wall-clock time; ``settle`` is how long the
+    network must stay unchanged before the summary goes out.
+    """
     ips = tuple(a.split(":", 1)[1].rsplit("/", 1)[0] for a in s.addresses)
-    if kind == "anomaly":
+    reason = episode.reason if episode is not None else "start"
+    losses = episode.anomalies if episode is not None else 1
+    if kind == "anomaly" and reason == "start":
         subject = (
             f"[ipfailover] {s.node}: no heartbeats from {s.peer} on {network}; nothing taken over"
         )
         intro = (
             f"Heartbeats from {s.peer} stopped on network {network} but still arrive on another.\n"
             "This is a network anomaly, not a failure of the primary: nothing was taken over.\n"
-            "Check the cabling and switches of that network."
+            "Check the cabling and switches of that network.\n\n"
+            "If the network flaps, its changes are not mailed one by one: one mail sums them up\n"
+            f"when it has not changed for {settle:g} s, and one an hour while it goes on."
         )
-        direction = "down"
+    elif kind == "anomaly" and reason == "settled":
+        subject = (
+            f"[ipfailover] {s.node}: no heartbeats from {s.peer} on {network} after {losses} "
+            "losses; nothing taken over"
+        )
+        intro = (
+            f"Network {network} flapped and has now been silent for {settle:g} s, while another\n"
+            f"network still hears {s.peer}: nothing was taken over. Check its cabling and switches."
+        )
+    elif reason == "reminder":
+        subject = (
+            f"[ipfailover] {s.node}: heartbeats from {s.peer} on {network} still flapping "
+            f"({losses} losses so far)"
+        )
+        intro = (
+            f"Heartbeats from {s.peer} on network {network} keep stopping and coming back.\n"
+            "Nothing was taken over. Check the cabling and switches of that network."
+        )
+    elif reason == "settled":
+        subject = f"[ipfailover] {s.node}: heartbeats from {s.peer} on {network} again"
+        if losses > 1:
+            subject += f" (after {losses} losses)"
+        intro = (
+            f"Heartbeats from {s.peer} arrive on network {network} again, steadily for "
+            f"{settle:g} s; the anomaly is over."
+        )
     else:
         subject = f"[ipfailover] {s.node}: heartbeats from {s.peer} on {network} again"
         intro = f"Heartbeats from {s.peer} arrive on network {network} again; the anomaly is over."
-        direction = "up"
-    return Notice(kind, direction, ips, subject, f"{intro}\n\n{situation_text(s, now)}\n")
+    direction = "down" if kind == "anomaly" else "up"
+    body = f"{intro}\n\n"
+    if episode is not None and reason != "start":
+        body += episode_text(episode, wall) + "\n"
+    return Notice(kind, direction, ips, subject, f"{body}{situation_text(s, now)}\n")
+
+
+def episode_text(e: episodes.Summary, wall: Callable[[float], float]) -> str:
+    """What happened on the network since the episode began, for a summary mail."""
+    return "\n".join(
+        [
+            f"Episode on {e.network}:",
+            f"  started      {format_time(wall(e.started))} (first loss)",
+            f"  last change  {format_time(wall(e.changed))}",
+            f"  heartbeats lost {e.anomalies} time(s), back {e.recoveries} time(s)",
+            f"  declared silent for {e.silent_for:.1f} s in all (from each loss to its return)",
+            "",
+        ]
+    )
 
 
 def command_notice(direction: str, ips: Sequence[str], host: str) -> Notice:
@@ -154,6 +214,7 @@ class MailSettings:
     notify_program: str | None
     spool_dir: Path
     sender: str  # envelope and From address: root@<host name>
+    strict: bool = False  # check FAILOVER_NOTIFY_PROGRAM as a script (FAILOVER_SCRIPT_STRICT, root)
 
     @classmethod
     def from_config(cls, cfg: config.Config) -> MailSettings:
@@ -167,7 +228,28 @@ class MailSettings:
             notify_program=cfg.notify_program,
             spool_dir=Path(cfg.spool_dir),
             sender=f"root@{socket.gethostname()}",
+            strict=cfg.script_strict and os.geteuid() == 0,
         )
+
+
+def notify_program_problem(cfg: config.Config) -> str | None:
+    """Why FAILOVER_NOTIFY_PROGRAM must not run, as one line naming the file and the fix.
+
+    The checks of a transition script (FAILOVER_SCRIPT_STRICT, as root): the program, every
+    symbolic link followed to reach it and every directory above it must be owned by root (or
+    the daemon's user) and not writable by group or others. It runs as root with every message.
+    """
+    if not cfg.notify_program or not (cfg.script_strict and os.geteuid() == 0):
+        return None
+    problem, st = hooks.chain_problem(cfg.notify_program, os.geteuid())
+    if problem is None and st is not None and not stat.S_ISREG(st.st_mode):
+        problem = f"{cfg.notify_program} is not a regular file; name the program itself"
+    elif problem is None and st is not None and not st.st_mode & 0o111:
+        problem = f"{cfg.notify_program} is not executable (fix: chmod 755 {cfg.notify_program})"
+    if problem is None:
+        return None
+    where = f"{cfg.path}:{cfg.line_of('FAILOVER_NOTIFY_PROGRAM') or 0}: FAILOVER_NOTIFY_PROGRAM"
+    return f"{where}: {problem}"
 
 
 def build_message(notice: Notice, settings: MailSettings, node: str, now: float) -> EmailMessage:
@@ -248,7 +330,11 @@ class Spool:
         self.path = path
 
     def ensure(self) -> None:
+        """Create the folder (0700) if need be; refuse one that is not ours alone."""
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        problem = control.private_dir_problem(self.path)
+        if problem is not None:
+            raise control.UnsafeDirectory(f"spool {problem}")
 
     def new_id(self, now: float) -> str:
         return f"{int(now * 1e9):020d}-{secrets.token_hex(4)}.json"
@@ -286,10 +372,11 @@ class Spool:
 
     def read(self, name: str) -> SpoolItem | None:
         """The item, or None if it is gone (delivered meanwhile) or unreadable (set aside)."""
-        try:
-            text = (self.path / name).read_text(encoding="utf-8")
-        except FileNotFoundError:
+        fd = self._open(name)
+        if fd is None:
             return None
+        with open(fd, encoding="utf-8") as f:
+            text = f.read()
         return self.parse(name, text)
 
     def parse(self, name: str, text: str) -> SpoolItem | None:
@@ -308,9 +395,8 @@ class Spool:
         None if another process holds it, or it is gone or unreadable. The caller closes the fd,
         which drops the lock. Blocking (open, flock, read): call it off the event loop.
         """
-        try:
-            fd = os.open(self.path / name, os.O_RDONLY)
-        except FileNotFoundError:
+        fd = self._open(name)
+        if fd is None:
             return None
         try:
             item = self._read_locked(fd, name)
@@ -322,13 +408,34 @@ class Spool:
             return None
         return fd, item
 
+    def _open(self, name: str) -> int | None:
+        """Open item ``name`` for reading; None if it is gone, or is a symbolic link.
+
+        O_NOFOLLOW: a link planted in the spool (pointing at a file of someone's choosing) is
+        never followed; it is set aside as ``*.bad`` and logged, like an unreadable item.
+        """
+        try:
+            return os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+        with contextlib.suppress(OSError):
+            os.replace(self.path / name, self.path / f"{name}.bad")
+        log.error(daemon.format_event("mail-spool-bad", file=name, error="a symbolic link"))
+        return None
+
     def _read_locked(self, fd: int, name: str) -> SpoolItem | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None  # another process is delivering it
-        if os.fstat(fd).st_nlink == 0:
+        st = os.fstat(fd)
+        if st.st_nlink == 0:
             return None  # delivered (removed) or replaced while we opened it
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"spool item {name} is not a regular file")
         with open(fd, encoding="utf-8", closefd=False) as f:
             return self.parse(name, f.read())
 
@@ -464,6 +571,7 @@ class ProgramDelivery:
     program: str
     timeout: float = PROGRAM_TIMEOUT
     via: str = "program"
+    strict: bool = False  # the script checks (see notify_program_problem), before every run
 
     async def deliver(self, item: SpoolItem) -> None:
         env = {
@@ -474,7 +582,25 @@ class ProgramDelivery:
         }
         argv = [self.program, item.direction, *item.ips]
         stdin = item.message.replace("\r\n", "\n").encode("utf-8")
-        res = await hooks.run_program(argv, env=env, cwd="/", timeout=self.timeout, stdin=stdin)
+        try:
+            fd = hooks.open_checked(self.program, uid=os.geteuid(), strict=self.strict)
+        except hooks.Refused as e:
+            raise DeliveryError(f"{self.program}: refused: {e}") from None
+        except OSError as e:
+            raise DeliveryError(f"{self.program}: cannot run: {e.strerror}") from None
+        try:  # run the file just checked, whatever is renamed meanwhile (as for scripts)
+            with hooks.pinned(fd, os.path.basename(self.program)) as runnable:
+                res = await hooks.run_program(
+                    argv,
+                    env=env,
+                    cwd="/",
+                    timeout=self.timeout,
+                    stdin=stdin,
+                    executable=runnable,
+                    pass_fds=(fd,),
+                )
+        finally:
+            os.close(fd)
         if res.error is not None:
             raise DeliveryError(f"{self.program}: cannot run: {res.error}")
         if res.timed_out:
@@ -487,7 +613,7 @@ class ProgramDelivery:
 def delivery_for(settings: MailSettings) -> Delivery:
     """The admin's notify program if set (it replaces SMTP, as Apple's did), else SMTP."""
     if settings.notify_program:
-        return ProgramDelivery(settings.notify_program)
+        return ProgramDelivery(settings.notify_program, strict=settings.strict)
     return SmtpDelivery(
         settings.smtp_host, settings.smtp_port, settings.starttls, settings.credentials_file
     )

@@ -508,24 +508,6 @@ async def _send_repeatedly(
     return sent
 
 
-def accept_local(ifname: str) -> bool:
-    """Let IPv4 packets whose source is one of our own addresses in on ``ifname``.
-
-    While failoverd holds the primary's public address, the primary's heartbeats on that network
-    come *from* an address that is now also ours, and Linux drops such packets unless
-    ``accept_local`` is set. Returns True if the setting was changed (False: already set).
-    """
-    knob = Path("/proc/sys/net/ipv4/conf") / ifname / "accept_local"
-    try:
-        if knob.read_text().strip() == "1":
-            return False
-        knob.write_text("1\n")
-    except OSError as e:
-        raise NetifError(f"cannot enable {knob}: {e}") from e
-    log.info("enabled %s so the primary is heard while we hold its address", knob)
-    return True
-
-
 def unicast_substitute(a: Assignment) -> tuple[Any, ...] | None:
     """Where to send a datagram meant for the primary at ``a.address``, a held address.
 

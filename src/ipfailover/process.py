@@ -95,6 +95,8 @@ def _lock_file(path: Path) -> int:
     try:
         control.make_run_dir(path.parent)
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except control.UnsafeDirectory as e:
+        raise daemon.StartupError(f"ipfailover process: FAILOVER_RUN_DIR: {e}") from None
     except OSError as e:
         raise daemon.StartupError(f"ipfailover process: cannot open {path}: {e.strerror}") from None
 

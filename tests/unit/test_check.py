@@ -98,8 +98,8 @@ def test_an_unsafe_test_script_is_an_error_since_every_takeover_would_be_decline
     assert code == 2, out
     assert out == [
         f"error: {tmp_path}/hostconfig:4: FAILOVER_SCRIPT_DIR: script {test} is writable by others "
-        "(mode 0757); it will be refused, and a refused Test declines every takeover: failover "
-        "is off until this is fixed"
+        f"(mode 0757) (fix: chown root {test} && chmod go-w {test}); it will be refused, and a "
+        "refused Test declines every takeover: failover is off until this is fixed"
     ]
     test.chmod(0o755)
     folder.chmod(0o775)  # now the folder is unsafe: Test is refused with everything in it

@@ -236,6 +236,104 @@ def test_a_sticky_world_writable_ancestor_like_tmp_is_accepted(folder: Path) -> 
     assert ScriptFolder(folder, timeout=5, enforce=True).scripts(Phase.POST_ACQ)[0].problem
 
 
+def safe_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t, d: t.chmod(0o757), "(the target of {link}) is writable by others (mode 0757)"),
+        (lambda t, d: os.chown(t, 65534, -1), "(the target of {link}) is owned by uid 65534"),
+        (lambda t, d: d.chmod(0o777), "directory {dir} (above {link}) is writable by group"),
+        (lambda t, d: os.chown(d, 65534, -1), "directory {dir} (above {link}) is owned by uid"),
+        (lambda t, d: d.parent.chmod(0o775), "directory {up} (above {link}) is writable by group"),
+    ],
+)
+def test_a_symlinked_script_is_refused_if_its_target_or_a_directory_above_it_is_unsafe(
+    folder: Path, tmp_path: Path, change: Any, message: str
+) -> None:
+    elsewhere = safe_dir(safe_dir(tmp_path / "opt") / "bin")
+    target = write_script(elsewhere, "start-web", "echo ran > ran")
+    link = folder / "PostAcq10.web"
+    link.symlink_to(target)
+    runner = ScriptFolder(folder, timeout=5, enforce=True)
+    assert runner.scripts(Phase.POST_ACQ)[0].problem is None  # safe as it is
+    change(target, elsewhere)
+    found = runner.scripts(Phase.POST_ACQ)
+    assert len(found) == 1 and found[0].problem is not None, found
+    expected = message.format(link=link, dir=elsewhere, up=elsewhere.parent)
+    assert expected in found[0].problem and "fix: chown root" in found[0].problem
+    res = run(runner.run(found[0], {}))
+    assert isinstance(res, hooks.ScriptResult)
+    assert res.status is Status.REFUSED and not (folder / "ran").exists()
+
+
+def test_a_symlink_someone_else_owns_is_refused_even_to_a_safe_target(
+    folder: Path, tmp_path: Path
+) -> None:
+    sticky = tmp_path / "drop"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # like /tmp: anyone may add entries, and owns what they add
+    target = write_script(safe_dir(tmp_path / "bin"), "start", "exit 0")
+    theirs = sticky / "start"
+    theirs.symlink_to(target)
+    os.lchown(theirs, 65534, -1)
+    (folder / "PostAcq1").symlink_to(theirs)
+    found = ScriptFolder(folder, timeout=5, enforce=True).scripts(Phase.POST_ACQ)
+    assert found[0].problem is not None
+    assert f"symbolic link {theirs} is owned by uid 65534" in found[0].problem
+
+
+def test_a_script_swapped_after_the_check_is_not_what_runs(folder: Path) -> None:
+    write_script(folder, "PostAcq1", "echo checked")
+    runner = ScriptFolder(folder, timeout=5, enforce=True)
+    (checked,) = runner.scripts(Phase.POST_ACQ)
+    assert checked.problem is None
+    swap = write_script(folder, ".new", "echo swapped > swapped")
+    os.replace(swap, folder / "PostAcq1")  # root renames another file over it
+    res = run(runner.run(checked, {}))
+    assert isinstance(res, hooks.ScriptResult)
+    assert res.status is Status.REFUSED and "replaced between the check and the run" in res.detail
+    assert not (folder / "swapped").exists()
+
+
+def test_a_script_runs_from_the_file_opened_not_from_its_name(folder: Path) -> None:
+    """Once opened, a rename cannot change what runs; $0 keeps the script's own name."""
+    script = write_script(
+        folder,
+        "PostAcq1",
+        'sleep 0.3; echo "name=$(basename "$0") script=$IPFAILOVER_SCRIPT"; cat "$0" | wc -l',
+    )
+    runner = ScriptFolder(folder, timeout=5, enforce=True)
+    (checked,) = runner.scripts(Phase.POST_ACQ)
+
+    async def swap_while_running() -> hooks.ScriptResult:
+        task = asyncio.ensure_future(runner.run(checked, {"PATH": hooks.SCRIPT_PATH}))
+        await asyncio.sleep(0.1)  # started: the interpreter has the file
+        os.replace(write_script(folder, ".new", "echo swapped\n" * 50), script)
+        return await task
+
+    res = run(swap_while_running())
+    assert isinstance(res, hooks.ScriptResult)
+    assert res.status is Status.OK, res
+    lines = res.output.split()
+    assert f"script={script}" in lines and "name=PostAcq1" in lines
+    assert lines[-1] == "2"  # it read back its own two lines, not the 51 of the new file
+
+
+def test_a_binary_script_keeps_its_real_path_as_argv0(folder: Path) -> None:
+    target = folder / "PostAcq1"
+    os.symlink("/usr/bin/basename", target)  # a root-owned program, through a link in the folder
+    found = ScriptFolder(folder, timeout=5, enforce=True).scripts(Phase.POST_ACQ)
+    assert found[0].problem is None, found
+    res = run(ScriptFolder(folder, timeout=5, enforce=True).run(found[0], {}))
+    assert isinstance(res, hooks.ScriptResult) and res.status is Status.FAILED, res
+    assert res.output.startswith(f"{target}: missing operand")  # GNU names itself by argv[0]
+
+
 # --- the executor ---------------------------------------------------------------------------------
 
 

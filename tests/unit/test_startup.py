@@ -50,7 +50,9 @@ def test_world_readable_key_is_refused(tmp_path: Path) -> None:
     cfg = write(tmp_path, f'FAILOVER_BCAST_IPS="203.0.113.255"\nFAILOVER_KEY_FILE="{key}"\n')
     res = run("heartbeatd", "--config", str(cfg))
     assert res.returncode == 2
-    assert f"{cfg}:2: FAILOVER_KEY_FILE: key file {key} is accessible by others" in res.stderr
+    assert (
+        f"{cfg}:2: FAILOVER_KEY_FILE: key file {key} is accessible by group or others" in res.stderr
+    )
 
 
 def test_missing_key_says_how_to_make_one(tmp_path: Path) -> None:
