@@ -88,6 +88,7 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (S.PROBING, T.PEER_LEAVING): S.ACQUIRING,
     (S.PROBING, T.SHUTDOWN): S.STOPPED,
     (S.BLOCKED, T.NO_ANSWER): S.ACQUIRING,
+    (S.BLOCKED, T.ANSWERS_AFTER_VERIFIED): S.ACQUIRING,  # a reload set take_answering again
     (S.BLOCKED, T.PEER_HEARD): S.STANDBY,
     (S.BLOCKED, T.PEER_LEAVING): S.ACQUIRING,
     (S.BLOCKED, T.SHUTDOWN): S.STOPPED,
@@ -426,7 +427,13 @@ class Monitor:
                 )
             self._fire(trigger, now)
         elif self.state is State.BLOCKED:
-            if found:
+            if found and self.ever_verified and self.cfg.take_answering:
+                self.answering = found
+                self._events.append(
+                    AddressAnswers(answering=found, verified_before=True, taking=True, at=now)
+                )
+                self._fire(Trigger.ANSWERS_AFTER_VERIFIED, now)
+            elif found:
                 if _macs(found) - _macs(self.answering):
                     self._events.append(
                         AddressAnswers(

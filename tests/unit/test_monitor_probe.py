@@ -288,3 +288,16 @@ def test_state_changes_name_the_probe_verdict() -> None:
     assert [(c.old, c.new, c.trigger) for c in changes] == [
         (State.PROBING, State.ACQUIRING, Trigger.NO_ANSWER)
     ]
+
+
+def test_a_reload_that_allows_answering_takeovers_ends_a_refusal_at_the_next_probe() -> None:
+    sim = Sim(take_answering=False)
+    sim.run_until(10.5)
+    sim.hang_primary()
+    sim.run_until(15)
+    assert sim.monitor is not None and sim.monitor.state is State.BLOCKED
+    cfg = MonitorConfig(**{**sim.mcfg.__dict__, "take_answering": True})
+    sim.monitor.reconfigure(cfg, sim.now)
+    sim.run_until(17)
+    (acq,) = sim.rec.acquire_events
+    assert acq.probe == "answered" and 15 < acq.at <= 15 + REPROBE_MIN + sim.probe_wait + 0.01
