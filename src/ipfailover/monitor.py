@@ -452,7 +452,8 @@ class Monitor:
 
     def address_claimed(self, now: float, address: str, mac: str) -> None:
         """While we hold ``address``, a frame from ``mac`` (not one of ours) claimed it: an ARP
-        reply or announcement with it as the sender address, or a Neighbour Advertisement for it.
+        reply, request or announcement with it as the sender address, a Neighbour Advertisement
+        for it, or a Neighbour Solicitation from it (the shell filters out frames of ours).
 
         Reported (:class:`AddressConflict`) once per episode and MAC. While ACTIVE the primary is
         not heard, so we defend (:class:`Defend`) at most once per DEFEND_INTERVAL: clients
