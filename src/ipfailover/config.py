@@ -40,6 +40,7 @@ VARIABLES: tuple[str, ...] = (
     "FAILOVER_INTERVAL",
     "FAILOVER_DEADTIME",
     "FAILOVER_FAILBACK_DELAY",
+    "FAILOVER_TAKE_ANSWERING",
     "FAILOVER_KEY_FILE",
     "FAILOVER_SCRIPT_DIR",
     "FAILOVER_GARP_COUNT",
@@ -144,6 +145,7 @@ class Config:
     interval: float = 1.0  # FAILOVER_INTERVAL: seconds between heartbeats
     deadtime: float | None = None  # FAILOVER_DEADTIME: silence = dead; None = 3 * interval
     failback_delay: float = 3.0  # FAILOVER_FAILBACK_DELAY: hold-down before handing back
+    take_answering: bool = True  # FAILOVER_TAKE_ANSWERING: take an address that still answers
     key_file: str = "/etc/ipfailover/key"  # FAILOVER_KEY_FILE: shared heartbeat key
     script_dir: str = "/Library/IPFailover"  # FAILOVER_SCRIPT_DIR: transition scripts' base
     garp_count: int = 5  # FAILOVER_GARP_COUNT: gratuitous ARP / unsolicited NA per address
@@ -459,6 +461,7 @@ def _build(r: _Reader) -> Config:
         interval=interval,
         deadtime=deadtime,
         failback_delay=r.get("FAILOVER_FAILBACK_DELAY", _FAILBACK.parse, d.failback_delay),
+        take_answering=r.get("FAILOVER_TAKE_ANSWERING", _boolean, d.take_answering),
         key_file=r.get("FAILOVER_KEY_FILE", _absolute_path, d.key_file),
         script_dir=r.get("FAILOVER_SCRIPT_DIR", _absolute_path, d.script_dir),
         garp_count=r.get("FAILOVER_GARP_COUNT", _GARP_COUNT.parse, d.garp_count),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
+import ipaddress
 import logging
 import os
 import socket
@@ -18,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from . import (
@@ -34,12 +37,18 @@ from . import (
     transition,
 )
 from .monitor import (
+    DEFEND_INTERVAL,
+    REPROBE_MIN,
     Acquire,
+    AddressAnswers,
+    AddressConflict,
+    Defend,
     Heard,
     Monitor,
     MonitorConfig,
     NetworkEvent,
     PeerWarning,
+    Probe,
     Release,
     State,
     StateChanged,
@@ -51,6 +60,14 @@ log = logging.getLogger("ipfailover.failoverd")
 MAIL_STOP_GRACE = 2.0  # seconds a stopping failoverd gives a delivery under way to finish
 HISTORY = 50  # transitions kept in memory (for the status command)
 RETRY_MAX = 60.0  # seconds: the longest wait before trying a failed takeover again
+#: Why failoverd holds back (state BLOCKED), by the trigger that blocked it (docs/safety.md).
+BLOCKED_WHY = {
+    Trigger.ANSWERS_NEVER_VERIFIED: "its address answers, but no heartbeat was ever verified: "
+    "check the firewall, key, port and FAILOVER_PEER_IP",
+    Trigger.ANSWERS_REFUSED: "its address still answers after its heartbeats stopped, and "
+    "FAILOVER_TAKE_ANSWERING=no: taking over once it stops answering",
+}
+WATCHED = frozenset({State.ACTIVE, State.HOLDDOWN})  # states in which we watch for conflicts
 
 
 async def resolve_pairs(cfg: config.Config) -> list[netif.Assignment]:
@@ -132,6 +149,8 @@ class Failoverd:
         self.notices = episodes.NetworkNotices(settle=episodes.settle_time(cfg.effective_deadtime))
         self.notices_timer = daemon.Timer(loop, self._on_notices_timer)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watches: list[netif.LinkWatch] = []  # while holding: other MACs claiming ours
+        self._blocked_why = ""  # while BLOCKED: why, in words (BLOCKED_WHY)
 
     @classmethod
     def _endpoint(
@@ -177,7 +196,29 @@ class Failoverd:
                 "name": core.peer_name,
                 "ip": None if self.cfg.peer_ip is None else str(self.cfg.peer_ip),
                 "interval": core.peer_interval,
+                "verified": core.ever_verified,
             },
+            "blocked": (
+                {"why": self._blocked_why, "answering": _answering(core)}
+                if core.state is State.BLOCKED
+                else None
+            ),
+            "probe": {
+                "result": core.probe_result or None,
+                "at": wall(core.probe_at),
+                "answering": _answering(core),
+            },
+            "conflicts": [
+                {
+                    "address": c.address,
+                    "macs": list(c.macs),
+                    "since": wall(c.since),
+                    "last_seen": wall(c.last),
+                    "frames": c.frames,
+                    "defences": c.defences,
+                }
+                for c in core.conflicts(now)
+            ],
             "deadtime": core.cfg.deadtime,
             "failback_delay": core.cfg.failback_delay,
             "holddown_until": wall(core.holddown_until),
@@ -227,6 +268,7 @@ class Failoverd:
 
         An episode summary not yet due is not sent (docs/scripts.md)."""
         self.notices_timer.arm(None)
+        self._watch(False)
         await self.outbox.stop(MAIL_STOP_GRACE)
         self.udp.close()
 
@@ -341,6 +383,7 @@ class Failoverd:
                 self._handle(ev)
         finally:
             self.timer.arm(self.core.get_timer())  # whatever happened, keep driving the core
+            self._watch(self.core.state in WATCHED)
         if self.core.state is State.STOPPED:
             self.stopped.set()
 
@@ -360,6 +403,11 @@ class Failoverd:
                 self.events(
                     "holddown-start", peer=self.core.peer_name, delay=self.cfg.failback_delay
                 )
+            if ev.new is State.BLOCKED:
+                self._blocked_why = BLOCKED_WHY.get(ev.trigger, "")
+            elif ev.old is State.BLOCKED:
+                self._blocked_why = ""
+                self.events("takeover-unblocked", trigger=ev.trigger.value, state=ev.new.value)
         elif isinstance(ev, NetworkEvent):
             name = "peer-verified" if ev.kind == "verified" else ev.kind
             level = logging.WARNING if ev.kind == "anomaly" else logging.INFO
@@ -380,6 +428,14 @@ class Failoverd:
                 )
         elif isinstance(ev, PeerWarning):
             self.events("warning", logging.WARNING, text=ev.text)
+        elif isinstance(ev, Probe):
+            self._spawn(self._probe(ev))
+        elif isinstance(ev, AddressAnswers):
+            self._address_answers(ev)
+        elif isinstance(ev, AddressConflict):
+            self._address_conflict(ev)
+        elif isinstance(ev, Defend):
+            self._defend(ev)
         elif isinstance(ev, Dropped):
             self.events.dropped(ev, now)
 
@@ -402,6 +458,8 @@ class Failoverd:
     async def _carry_out(self, ev: Acquire | Release) -> None:
         situation = self._situation()
         acquire = isinstance(ev, Acquire)
+        if isinstance(ev, Acquire):
+            situation = dataclasses.replace(situation, probe=ev.probe, answering=ev.answering)
         try:
             if acquire:
                 rec = await self.executor.acquire(ev.reason.value, situation)
@@ -492,7 +550,115 @@ class Failoverd:
             peer=self.core.peer_name or str(self.cfg.peer_ip),
             addresses=tuple(transition.plain(a) for a in self.assignments),
             heard=heard,
+            peer_verified=self.core.ever_verified,
         )
+
+    # Evidence before a takeover, conflicts while holding (docs/safety.md) -------------------------
+
+    async def _probe(self, ev: Probe) -> None:
+        """Probe the link for the addresses to be taken; tell the core what answered."""
+        wait = netif.probe_wait(self.core.cfg.deadtime)
+        try:
+            answers, ok = await netif.probe(self.assignments, wait)
+        except Exception as e:  # a bug must not leave the core probing forever
+            log.exception("probe failed")
+            self.events("probe-error", logging.ERROR, error=repr(e))
+            answers, ok = {}, False
+        self.events(
+            "probe",
+            logging.DEBUG,
+            answered=" ".join(f"{a}={','.join(m)}" for a, m in sorted(answers.items())) or None,
+            ok=ok,
+            wait=wait,
+        )
+        self.core.probe_done(self.loop.time(), ev.id, answers, ok)
+        self._flush()
+
+    def _address_answers(self, ev: AddressAnswers) -> None:
+        answering = _answering_text(ev.answering)
+        if ev.taking:
+            self.events(
+                "address-answers",
+                logging.WARNING,
+                answering=answering,
+                verified_before="yes",
+                action="taking-over",
+            )
+            return  # the takeover's own mail says it
+        why = (
+            BLOCKED_WHY[Trigger.ANSWERS_NEVER_VERIFIED]
+            if not ev.verified_before
+            else BLOCKED_WHY[Trigger.ANSWERS_REFUSED]
+        )
+        self.events("takeover-blocked", logging.ERROR, answering=answering, why=why)
+        self._spawn(self._notify(self._blocked_notice(ev, why)))
+
+    def _blocked_notice(self, ev: AddressAnswers, why: str) -> mail.Notice:
+        s = self._situation()
+        ips = tuple(a for a, _ in ev.answering)
+        subject = (
+            f"[ipfailover] {s.node}: NOT taking over {' '.join(ips)} from {s.peer}: "
+            "its address still answers"
+        )
+        body = (
+            f"{s.peer} is silent (no verified heartbeat for the dead time), but its address "
+            f"still answers on the link:\n\n{_answering_block(ev.answering)}\n\n"
+            f"Nothing was taken over: {why}.\nfailoverd probes again every "
+            f"{max(REPROBE_MIN, self.core.cfg.period):g} s and takes over once no address "
+            f"answers.\n\n{mail.situation_text(s, time.time())}\n"
+        )
+        return mail.Notice("blocked", "down", ips, subject, body)
+
+    def _address_conflict(self, ev: AddressConflict) -> None:
+        self.events(
+            "address-conflict",
+            logging.WARNING,
+            address=ev.address,
+            mac=ev.mac,
+            state=ev.state.value,
+            defending="yes" if ev.state is State.ACTIVE else "no",
+        )
+        s = self._situation()
+        subject = f"[ipfailover] {s.node}: address conflict on {ev.address}: also at {ev.mac}"
+        body = (
+            f"While {s.node} holds {ev.address}, another machine claims it: {ev.mac} answers or "
+            "announces it on the link.\nClients may split between the two until this is "
+            f"resolved. {s.node} re-announces the address at most every {DEFEND_INTERVAL:g} s "
+            f"while {s.peer} is silent, so that they converge on it.\nFind the machine with that "
+            f"MAC (switch tables, `ip neigh`) and stop it answering for {ev.address} (is it "
+            f"{s.peer}, hung but not dead?).\n\n{mail.situation_text(s, time.time())}\n"
+        )
+        notice = mail.Notice("conflict", "down", (ev.address,), subject, body)
+        self._spawn(self._notify(notice))
+
+    def _defend(self, ev: Defend) -> None:
+        for a in self.assignments:
+            if str(a.address) == ev.address:
+                self.events("address-defended", logging.WARNING, address=a)
+                self._spawn(self._announce_once(a))
+
+    async def _announce_once(self, a: netif.Assignment) -> None:
+        await netif.announce(a, 1, 0.0)
+
+    def _watch(self, on: bool) -> None:
+        """Watch the held addresses' interfaces for other MACs claiming them (or stop)."""
+        if on and not self._watches:
+            for ifname in sorted({a.ifname for a in self.assignments}):
+                try:
+                    self._watches.append(
+                        netif.LinkWatch(ifname, _own_macs(ifname), self._on_claim, self.loop)
+                    )
+                except OSError as e:
+                    self.events("watch-error", logging.WARNING, interface=ifname, error=e)
+        elif not on and self._watches:
+            for watch in self._watches:
+                watch.close()
+            self._watches = []
+
+    def _on_claim(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, mac: str) -> None:
+        if any(a.address == address for a in self.assignments):
+            self.core.address_claimed(self.loop.time(), str(address), mac)
+            self._flush()
 
     async def _notify(self, notice: mail.Notice) -> None:
         try:
@@ -519,6 +685,27 @@ def _episode_status(e: episodes.Summary | None, wall: daemon.WallClock) -> dict[
     }
 
 
+def _answering(core: Monitor) -> list[dict[str, Any]]:
+    return [{"address": a, "macs": list(m)} for a, m in core.answering]
+
+
+def _answering_text(answering: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    return " ".join(f"{a}={mac}" for a, macs in answering for mac in macs)
+
+
+def _answering_block(answering: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    return "\n".join(f"  {a:<24} answers from {' '.join(macs)}" for a, macs in answering)
+
+
+def _own_macs(ifname: str) -> list[bytes]:
+    """This interface's MAC (frames from it are ours, not a conflict)."""
+    try:
+        text = (Path("/sys/class/net") / ifname / "address").read_text().strip()
+        return [bytes.fromhex(text.replace(":", ""))]
+    except (OSError, ValueError):
+        return []
+
+
 async def _any_present(assignments: list[netif.Assignment]) -> bool:
     for a in assignments:
         try:
@@ -539,6 +726,7 @@ def _monitor_config(cfg: config.Config, key: bytes, networks: tuple[str, ...]) -
         networks=networks,
         peer_ip=cfg.peer_ip,
         peer_name=cfg.peer_name,
+        take_answering=cfg.take_answering,
     )
 
 

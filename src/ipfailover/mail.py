@@ -82,6 +82,11 @@ class Situation:
     addresses: tuple[str, ...]  # interface:address/prefix
     heard: tuple[tuple[str, float | None], ...] = ()  # (network, wall time last heard or None)
     watched: bool = True  # False for a transition by hand: nothing was listening
+    # What the probe before a takeover found (docs/safety.md): "answered", "silent", "failed",
+    # or "" (no probe: a release, a graceful handover, a transition by hand)
+    probe: str = ""
+    answering: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (address, MACs that answered)
+    peer_verified: bool | None = None  # the primary was verified since failoverd started
 
 
 def format_time(wall: float) -> str:
@@ -106,6 +111,11 @@ def situation_text(s: Situation, now: float) -> str:
     for network, wall in s.heard:
         when = "never" if wall is None else f"{format_time(wall)} ({now - wall:.1f} s ago)"
         lines.append(f"  {network:<12} {when}")
+    if s.answering:
+        lines += ["", "STILL ANSWERING on the link when probed before the takeover:"]
+        lines += [f"  {address:<24} from {' '.join(macs)}" for address, macs in s.answering]
+    elif s.probe:
+        lines += ["", f"Probe before the takeover: {s.probe} (no address answered)"]
     return "\n".join(lines)
 
 

@@ -16,7 +16,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 Snapshot = Callable[[], dict[str, Any]]
-STATES = ("standby", "acquiring", "active", "holddown", "releasing", "declined", "stopping")
+STATES = (
+    "standby",
+    "probing",
+    "blocked",
+    "acquiring",
+    "active",
+    "holddown",
+    "releasing",
+    "declined",
+    "stopping",
+)
 
 
 class SnapshotCollector(Collector):

@@ -14,6 +14,17 @@ the detector believe in life later than ``T + period``. Captures from before a f
 echo nonces the new process never issued, so they count for nothing. Duplicates are refused by an
 anti-replay window per sender boot. See ``docs/protocol.md``.
 
+Evidence before a takeover (``docs/safety.md``): silence alone is not enough. Before it takes
+anything the monitor asks the shell to probe the link (:class:`Probe`; ARP probe, neighbour
+solicitation) and the shell reports which addresses still answer, from which MAC
+(``probe_done``). An address that answers while the primary was never verified since start-up
+is never taken (BLOCKED: a firewall, key, port or peer address problem, not a dead primary); one
+that answers after the primary was verified and then fell silent is taken as Apple did, unless
+the configuration says otherwise, and the fact goes with the takeover to the scripts and the
+mail. While holding, the shell reports other MACs that claim a held address
+(``address_claimed``); the monitor reports each conflict once per episode and has the shell
+defend the address at most once per :data:`DEFEND_INTERVAL` while the primary is not heard.
+
 All state transitions are in :data:`TRANSITIONS`; an illegal one raises :class:`LocalProtocolError`.
 """
 
@@ -22,7 +33,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from . import auth, wire
@@ -35,6 +46,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class State(enum.Enum):
     STANDBY = "standby"  # not holding; the primary is alive (or we are in the start-up grace)
+    PROBING = "probing"  # the primary is silent; the shell checks whether its addresses answer
+    BLOCKED = "blocked"  # not taking over: an address answers (see docs/safety.md); re-probing
     ACQUIRING = "acquiring"  # the shell is taking the addresses over
     ACTIVE = "active"  # holding; the primary is silent
     HOLDDOWN = "holddown"  # holding; the primary is back, waiting out the failback delay
@@ -46,6 +59,10 @@ class State(enum.Enum):
 
 class Trigger(enum.Enum):
     PEER_SILENT = "peer-silent"
+    NO_ANSWER = "no-answer"  # the probe found no address answering (or could not probe)
+    ANSWERS_NEVER_VERIFIED = "answers-never-verified"  # an address answers; primary never heard
+    ANSWERS_AFTER_VERIFIED = "answers-after-verified"  # it answers; the primary was heard before
+    ANSWERS_REFUSED = "answers-refused"  # as above, but FAILOVER_TAKE_ANSWERING=no
     PEER_LEAVING = "peer-leaving"
     PEER_HEARD = "peer-heard"
     HOLDDOWN_EXPIRED = "holddown-expired"
@@ -59,12 +76,25 @@ class Trigger(enum.Enum):
 
 S, T = State, Trigger
 TRANSITIONS: dict[tuple[State, Trigger], State] = {
-    (S.STANDBY, T.PEER_SILENT): S.ACQUIRING,
+    (S.STANDBY, T.PEER_SILENT): S.PROBING,
+    # the primary said it is going (authenticated, fresh): no probe, its address still answers
     (S.STANDBY, T.PEER_LEAVING): S.ACQUIRING,
     (S.STANDBY, T.SHUTDOWN): S.STOPPED,
+    (S.PROBING, T.NO_ANSWER): S.ACQUIRING,
+    (S.PROBING, T.ANSWERS_AFTER_VERIFIED): S.ACQUIRING,
+    (S.PROBING, T.ANSWERS_NEVER_VERIFIED): S.BLOCKED,
+    (S.PROBING, T.ANSWERS_REFUSED): S.BLOCKED,
+    (S.PROBING, T.PEER_HEARD): S.STANDBY,
+    (S.PROBING, T.PEER_LEAVING): S.ACQUIRING,
+    (S.PROBING, T.SHUTDOWN): S.STOPPED,
+    (S.BLOCKED, T.NO_ANSWER): S.ACQUIRING,
+    (S.BLOCKED, T.ANSWERS_AFTER_VERIFIED): S.ACQUIRING,  # a reload set take_answering again
+    (S.BLOCKED, T.PEER_HEARD): S.STANDBY,
+    (S.BLOCKED, T.PEER_LEAVING): S.ACQUIRING,
+    (S.BLOCKED, T.SHUTDOWN): S.STOPPED,
     (S.ACQUIRING, T.ACQUIRED): S.ACTIVE,
     (S.ACQUIRING, T.ACQUIRE_DECLINED): S.DECLINED,
-    (S.DECLINED, T.RETRY): S.ACQUIRING,
+    (S.DECLINED, T.RETRY): S.PROBING,
     (S.ACTIVE, T.PEER_HEARD): S.HOLDDOWN,
     (S.ACTIVE, T.SHUTDOWN): S.STOPPING,
     (S.HOLDDOWN, T.PEER_SILENT): S.ACTIVE,
@@ -80,6 +110,16 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
 }
 del S, T
 
+#: Triggers that end a probe (PROBING or BLOCKED) with its verdict.
+PROBE_VERDICTS = frozenset(
+    {
+        Trigger.NO_ANSWER,
+        Trigger.ANSWERS_NEVER_VERIFIED,
+        Trigger.ANSWERS_AFTER_VERIFIED,
+        Trigger.ANSWERS_REFUSED,
+    }
+)
+
 #: States in which the addresses are (or are being made) ours.
 HOLDING = frozenset(
     {State.ACQUIRING, State.ACTIVE, State.HOLDDOWN, State.RELEASING, State.STOPPING}
@@ -90,6 +130,19 @@ BUSY = frozenset({State.ACQUIRING, State.RELEASING, State.STOPPING})
 RELEASED_COPIES = 3  # RELEASED is sent this many times, one challenge period apart
 MAX_CANDIDATES = 4  # unverified source addresses remembered per network
 MAX_BOOTS = 8  # anti-replay windows kept per sender
+REPROBE_MIN = 1.0  # seconds: BLOCKED probes again every max(this, FAILOVER_INTERVAL)
+DEFEND_INTERVAL = 10.0  # RFC 5227 section 2.4: at most one defence of an address per 10 s
+CONFLICT_QUIET = 30.0  # seconds without a conflicting frame that end a conflict episode
+MAX_CONFLICTS = 64  # conflict episodes remembered (one per held address)
+MAX_CONFLICT_MACS = 4  # distinct MACs remembered (and reported) per episode
+
+#: Answers to a probe: (address, MACs that answered for it), sorted; empty if none answered.
+Answers = tuple[tuple[str, tuple[str, ...]], ...]
+
+# What a probe found, as handed to the scripts (IPFAILOVER_PROBE) and shown by status.
+PROBE_ANSWERED = "answered"  # some address answered from another MAC
+PROBE_SILENT = "silent"  # no address answered
+PROBE_FAILED = "failed"  # the shell could not probe (no socket, not Ethernet): as silent
 
 
 class LocalProtocolError(RuntimeError):
@@ -101,9 +154,54 @@ class LocalProtocolError(RuntimeError):
 
 @dataclass(frozen=True, kw_only=True)
 class Acquire:
-    """Take the addresses over now; report back with ``acquire_done``."""
+    """Take the addresses over now; report back with ``acquire_done``.
+
+    ``probe`` is what the probe before it found (``PROBE_*``; empty if there was none: a
+    graceful handover), ``answering`` which addresses still answered and from which MACs.
+    """
 
     reason: Trigger
+    at: float
+    probe: str = ""
+    answering: Answers = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Probe:
+    """Ask the link whether the addresses to be taken still answer; reply with ``probe_done``
+    (passing ``id`` back) after a bounded wait."""
+
+    id: int
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddressAnswers:
+    """A probe before a takeover found addresses answering. ``taking``: we take them anyway (the
+    primary was verified, then fell silent); otherwise we hold back (BLOCKED)."""
+
+    answering: Answers
+    verified_before: bool
+    taking: bool
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddressConflict:
+    """While we hold ``address``, another MAC claimed it (first time this episode, or a new MAC)."""
+
+    address: str
+    mac: str
+    state: State
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Defend:
+    """Re-announce ``address`` now (one gratuitous ARP or unsolicited NA): a conflict while the
+    primary is not heard, at most once per DEFEND_INTERVAL."""
+
+    address: str
     at: float
 
 
@@ -151,7 +249,19 @@ class PeerWarning:
     at: float
 
 
-Event = Acquire | Release | StateChanged | NetworkEvent | Heard | wire.Dropped | PeerWarning
+Event = (
+    Acquire
+    | Release
+    | StateChanged
+    | NetworkEvent
+    | Heard
+    | wire.Dropped
+    | PeerWarning
+    | Probe
+    | AddressAnswers
+    | AddressConflict
+    | Defend
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,6 +274,22 @@ class MonitorConfig:
     networks: tuple[str, ...]  # networks known up front (interfaces); more are learned
     peer_ip: IPAddress | None = None
     peer_name: str | None = None  # None: learn it (see _peer_matches)
+    # FAILOVER_TAKE_ANSWERING: take an address that still answers if the primary was verified
+    # earlier and then fell silent (Apple's behaviour); False: hold back (BLOCKED) instead
+    take_answering: bool = True
+
+
+@dataclass
+class Conflict:
+    """One episode of other MACs claiming a held address."""
+
+    address: str
+    since: float
+    last: float
+    macs: list[str] = field(default_factory=list)
+    frames: int = 0
+    defended_at: float | None = None
+    defences: int = 0
 
 
 @dataclass
@@ -214,6 +340,16 @@ class Monitor:
         self._warned_boots: set[bytes] = set()
         self._left_boots: set[bytes] = set()
         self._immediate: dict[Addr, float] = {}  # addr -> when we last challenged it out of turn
+        # Evidence before a takeover (docs/safety.md)
+        self.ever_verified = False  # a heartbeat of the primary was verified since start-up
+        self.probe_result = ""  # PROBE_* of the last probe that finished; "" before any
+        self.probe_at: float | None = None  # when it finished
+        self.answering: Answers = ()  # what answered it
+        self._probe_reason = Trigger.PEER_SILENT  # why we are probing (the takeover's reason)
+        self._probe_seq = 0
+        self._probe_out: int | None = None  # id of the probe the shell is running
+        self._reprobe_at: float | None = None
+        self._conflicts: OrderedDict[str, Conflict] = OrderedDict()
 
     # Inputs ------------------------------------------------------------------------------------
 
@@ -240,6 +376,13 @@ class Monitor:
         while self._released_due and self._released_due[0] <= now:
             self._released_due.pop(0)
             self._send_released()
+        if (
+            self.state is State.BLOCKED
+            and self._probe_out is None
+            and self._reprobe_at is not None
+            and now >= self._reprobe_at
+        ):
+            self._start_probe(now)
         self._evaluate(now)
 
     def acquire_done(self, now: float, ok: bool, retry_after: float | None = None) -> None:
@@ -249,6 +392,103 @@ class Monitor:
         self._retry_at = None if ok or retry_after is None else now + retry_after
         self._fire(Trigger.ACQUIRED if ok else Trigger.ACQUIRE_DECLINED, now)
         self._evaluate(now)
+
+    def probe_done(
+        self, now: float, probe_id: int, answers: Mapping[str, Iterable[str]], ok: bool = True
+    ) -> None:
+        """The shell finished probe ``probe_id``: ``answers`` maps each address that answered
+        to the MAC addresses (other than ours) it answered from. ``ok`` False: it could not
+        probe at all (counted as no answer, and reported as ``failed``)."""
+        self._now = max(self._now, now)
+        if probe_id != self._probe_out:
+            self.counters["probe-late"] += 1  # the state moved on (the primary was heard)
+            return
+        self._probe_out = None
+        found = _answers(answers)
+        self.probe_result = PROBE_ANSWERED if found else PROBE_SILENT if ok else PROBE_FAILED
+        self.probe_at = now
+        self.counters[f"probes.{self.probe_result}"] += 1
+        if self.state is State.PROBING:
+            self.answering = found
+            if not found:
+                trigger = Trigger.NO_ANSWER
+            elif not self.ever_verified:
+                trigger = Trigger.ANSWERS_NEVER_VERIFIED
+            elif not self.cfg.take_answering:
+                trigger = Trigger.ANSWERS_REFUSED
+            else:
+                trigger = Trigger.ANSWERS_AFTER_VERIFIED
+            if found:
+                taking = trigger is Trigger.ANSWERS_AFTER_VERIFIED
+                self._events.append(
+                    AddressAnswers(
+                        answering=found, verified_before=self.ever_verified, taking=taking, at=now
+                    )
+                )
+            self._fire(trigger, now)
+        elif self.state is State.BLOCKED:
+            if found and self.ever_verified and self.cfg.take_answering:
+                self.answering = found
+                self._events.append(
+                    AddressAnswers(answering=found, verified_before=True, taking=True, at=now)
+                )
+                self._fire(Trigger.ANSWERS_AFTER_VERIFIED, now)
+            elif found:
+                if _macs(found) - _macs(self.answering):
+                    self._events.append(
+                        AddressAnswers(
+                            answering=found,
+                            verified_before=self.ever_verified,
+                            taking=False,
+                            at=now,
+                        )
+                    )
+                self.answering = found
+                self._reprobe_at = now + max(REPROBE_MIN, self.cfg.period)
+            else:
+                self.answering = ()
+                self._fire(Trigger.NO_ANSWER, now)
+        self._evaluate(now)
+
+    def address_claimed(self, now: float, address: str, mac: str) -> None:
+        """While we hold ``address``, a frame from ``mac`` (not one of ours) claimed it: an ARP
+        reply, request or announcement with it as the sender address, a Neighbour Advertisement
+        for it, or a Neighbour Solicitation from it (the shell filters out frames of ours).
+
+        Reported (:class:`AddressConflict`) once per episode and MAC. While ACTIVE the primary is
+        not heard, so we defend (:class:`Defend`) at most once per DEFEND_INTERVAL: clients
+        converge on us instead of flapping. In HOLDDOWN the primary is back and has its address
+        again: expected, we hand it back soon; counted only. Outside those states, ignored.
+        """
+        self._now = max(self._now, now)
+        if self.state is State.HOLDDOWN:
+            self.counters["claims.holddown"] += 1
+            return
+        if self.state is not State.ACTIVE:
+            self.counters["claims.ignored"] += 1
+            return
+        self.counters["claims.active"] += 1
+        ep = self._conflicts.get(address)
+        if ep is None or now - ep.last > CONFLICT_QUIET:
+            ep = self._conflicts[address] = Conflict(address=address, since=now, last=now)
+            if len(self._conflicts) > MAX_CONFLICTS:
+                self._conflicts.popitem(last=False)
+        self._conflicts.move_to_end(address)
+        ep.last = now
+        ep.frames += 1
+        if mac not in ep.macs and len(ep.macs) < MAX_CONFLICT_MACS:
+            ep.macs.append(mac)
+            self._events.append(AddressConflict(address=address, mac=mac, state=self.state, at=now))
+        if ep.defended_at is None or now - ep.defended_at >= DEFEND_INTERVAL:
+            ep.defended_at = now
+            ep.defences += 1
+            self._events.append(Defend(address=address, at=now))
+
+    def conflicts(self, now: float) -> list[Conflict]:
+        """The conflict episodes still going on (a frame within CONFLICT_QUIET), oldest first."""
+        if not self.holding:
+            self._conflicts.clear()
+        return [c for c in self._conflicts.values() if now - c.last <= CONFLICT_QUIET]
 
     def release_done(self, now: float, ok: bool) -> None:
         """The shell finished the release (``ok``), or refused or failed it."""
@@ -300,6 +540,8 @@ class Monitor:
             # once due, the retry waits for silence on every network: the detector's deadline
             # above wakes us for that (a past deadline here would spin the shell's timer)
             times.append(self._retry_at)
+        if self.state is State.BLOCKED and self._probe_out is None and self._reprobe_at is not None:
+            times.append(self._reprobe_at)
         return min(times)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
@@ -341,6 +583,7 @@ class Monitor:
             self._challenge_now(addr, (msg.boot_id, msg.seq), now)
             raise wire.RemoteProtocolError(wire.Reason.STALE, "echoes no fresh challenge of ours")
         peer.verified = addr
+        self.ever_verified = True
         peer.seen[addr] = (msg.boot_id, msg.seq)
         self._pin_peer(msg.sender, addr)
         self._note_peer_boot(msg, now)
@@ -497,9 +740,33 @@ class Monitor:
         self._events.append(StateChanged(old=old, new=new, trigger=trigger, at=now))
         self._enter(old, new, trigger, now)
 
+    def _start_probe(self, now: float) -> None:
+        self._probe_seq += 1
+        self._probe_out = self._probe_seq
+        self._reprobe_at = None
+        self._events.append(Probe(id=self._probe_seq, at=now))
+
     def _enter(self, old: State, new: State, trigger: Trigger, now: float) -> None:
-        if new is State.ACQUIRING:
+        if old in (State.PROBING, State.BLOCKED) and new is not State.BLOCKED:
+            self._probe_out = None  # an answer still under way counts for nothing
+        if new not in HOLDING:
+            self._conflicts.clear()  # an episode ends when we stop holding
+        if new is State.PROBING:
+            self._probe_reason = trigger
+            self._start_probe(now)
+        elif new is State.ACQUIRING and trigger in PROBE_VERDICTS:
+            self._events.append(
+                Acquire(
+                    reason=self._probe_reason,
+                    at=now,
+                    probe=self.probe_result,
+                    answering=self.answering,
+                )
+            )
+        elif new is State.ACQUIRING:
             self._events.append(Acquire(reason=trigger, at=now))
+        elif new is State.BLOCKED:
+            self._reprobe_at = now + max(REPROBE_MIN, self.cfg.period)
         elif new is State.HOLDDOWN:
             self._holddown_until = now + self.cfg.failback_delay
         elif new is State.RELEASING:
@@ -557,9 +824,25 @@ class Monitor:
             return Trigger.RETRY
         if self.state in (State.ACTIVE, State.DECLINED) and self._heard_since(self.since, now):
             return Trigger.PEER_HEARD
+        if self.state in (State.PROBING, State.BLOCKED) and self._heard_since(self.since, now):
+            return Trigger.PEER_HEARD
         if self.state is State.HOLDDOWN:
             if not det.any_alive(now):
                 return Trigger.PEER_SILENT
             if self._holddown_until is not None and now >= self._holddown_until:
                 return Trigger.HOLDDOWN_EXPIRED
         return None
+
+
+def _answers(answers: Mapping[str, Iterable[str]]) -> Answers:
+    """The shell's answers in canonical form: sorted, no address without a MAC."""
+    out = []
+    for address, macs in answers.items():
+        unique = tuple(sorted(set(macs)))[:MAX_CONFLICT_MACS]
+        if unique:
+            out.append((str(address), unique))
+    return tuple(sorted(out))
+
+
+def _macs(answers: Answers) -> set[str]:
+    return {mac for _, macs in answers for mac in macs}

@@ -96,6 +96,19 @@ def _render_failoverd(d: dict[str, Any]) -> str:
     ]
     if d.get("holddown_until"):
         lines.append(f"  hands back at {_clock(d['holddown_until'])} if the peer stays up")
+    blocked = d.get("blocked")
+    if blocked:
+        lines.append(f"  NOT TAKING OVER: {blocked['why']}")
+        lines += [
+            f"    {x['address']} answers from {' '.join(x['macs'])}" for x in blocked["answering"]
+        ]
+    elif (d.get("probe") or {}).get("answering") and d.get("holding"):
+        lines.append("  taken over while still answering from: " + _macs(d["probe"]["answering"]))
+    for c in d.get("conflicts") or []:
+        lines.append(
+            f"  ADDRESS CONFLICT: {c['address']} also claimed by {' '.join(c['macs'])} since "
+            f"{_clock(c['since'])}, last {_clock(c['last_seen'])}; defended {c['defences']} times"
+        )
     rows = [["network", "alive", "last heartbeat", "loss 1m", "heartbeats"]]
     for n in d["networks"]:
         loss = "-" if n["loss_1m"] is None else f"{100 * n['loss_1m']:.1f}%"
@@ -136,6 +149,10 @@ def _render_heartbeatd(d: dict[str, Any]) -> str:
         lines.append("  listeners: none (no failoverd has challenged us)")
     lines.append(f"  rejected datagrams: {_rejected(d)}")
     return "\n".join(lines)
+
+
+def _macs(answering: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{x['address']} {' '.join(x['macs'])}" for x in answering)
 
 
 def _num(seconds: float | None) -> str:

@@ -445,6 +445,12 @@ def script_env(
         "IPFAILOVER_ADDRESSES": " ".join(plain(a) for a in addresses),
         "IPFAILOVER_IPS": " ".join(str(a.address) for a in addresses),
         "IPFAILOVER_SCRIPT_DIR": str(folder),
+        # docs/safety.md: what the probe before a takeover found
+        "IPFAILOVER_PROBE": situation.probe,
+        "IPFAILOVER_ANSWERING": " ".join(
+            f"{address}={mac}" for address, macs in situation.answering for mac in macs
+        ),
+        "IPFAILOVER_PEER_VERIFIED": {True: "yes", False: "no", None: ""}[situation.peer_verified],
     }
 
 

@@ -604,6 +604,9 @@ def test_replayed_capture_does_not_delay_takeover(
         pair.heartbeatd.kill()  # SIGKILL: no LEAVING, the primary just dies
         watcher, since = pair.failoverd, killed
         if restart:
+            # A new failoverd has never verified the primary, so it takes nothing while the
+            # primary's address answers (docs/safety.md): the whole host dies this time.
+            pair.cables(False, *BOTH)
             pair.failoverd.send_signal(signal.SIGTERM)
             assert pair.failoverd.wait(5.0) == 0
             watcher = start_daemon(

@@ -14,7 +14,18 @@ import random
 from dataclasses import dataclass, field
 
 from ipfailover import wire
-from ipfailover.monitor import Acquire, Monitor, MonitorConfig, NetworkEvent, Release, Trigger
+from ipfailover.monitor import (
+    Acquire,
+    AddressAnswers,
+    Defend,
+    Monitor,
+    MonitorConfig,
+    NetworkEvent,
+    Probe,
+    Release,
+    StateChanged,
+    Trigger,
+)
 from ipfailover.sender import Announce, Sender, SenderConfig
 
 KEY = bytes(range(32))
@@ -22,6 +33,8 @@ NETS = ("pub", "priv")
 PRIMARY = {"pub": ("203.0.113.10", 40000), "priv": ("198.51.100.10", 40000)}
 SECONDARY = {"pub": ("203.0.113.20", 1694), "priv": ("198.51.100.20", 1694)}
 BCAST = {"pub": ("203.0.113.255", 1694), "priv": ("198.51.100.255", 1694)}
+SERVICE = "203.0.113.10"  # the address the secondary takes over (the primary's, on pub)
+PRIMARY_MAC = "02:00:00:00:00:10"
 
 
 def net_of(addr: wire.Addr) -> str:
@@ -40,6 +53,11 @@ class Record:
     delivered: dict[str, list[float]] = field(default_factory=lambda: {n: [] for n in NETS})
     announces: list[tuple[float, str]] = field(default_factory=list)
     network_events: list[tuple[float, str, str]] = field(default_factory=list)
+    probes: list[tuple[float, bool]] = field(default_factory=list)  # (when, answered)
+    answers: list[AddressAnswers] = field(default_factory=list)
+    acquire_events: list[Acquire] = field(default_factory=list)
+    defences: list[Defend] = field(default_factory=list)
+    states: list[StateChanged] = field(default_factory=list)
     overlap: bool = False
 
 
@@ -55,6 +73,8 @@ class Sim:
         seed: int = 0,
         holding: bool = False,
         start_secondary_at: float = 0.0,
+        probe_wait: float = 0.03,
+        take_answering: bool = True,
     ) -> None:
         self.rand = random.Random(seed)
         self.latency = latency
@@ -62,7 +82,10 @@ class Sim:
         self.transition = transition
         self.now = 0.0
         self.up = dict.fromkeys(NETS, True)
-        self.primary_alive = True
+        self.primary_alive = True  # heartbeatd runs
+        self.host_up = True  # the primary's kernel answers ARP for its address
+        self.firewalled = False  # the secondary drops every heartbeat (inbound UDP 1694)
+        self.probe_wait = probe_wait
         self.captured: list[tuple[bytes, str]] = []
         self.rec = Record()
         self._q: list[tuple[float, int, str, object]] = []
@@ -81,6 +104,7 @@ class Sim:
             deadtime=deadtime,
             failback_delay=failback,
             networks=NETS,
+            take_answering=take_answering,
         )
         self.monitor: Monitor | None = None
         self._holding = holding
@@ -117,9 +141,15 @@ class Sim:
             if deadline is not None and deadline <= t:
                 self.monitor.handle_timer(t)
             self._flush_monitor()
+        elif kind == "probe-done":
+            assert self.monitor is not None
+            probe_id, answered = payload  # type: ignore[misc]
+            answers = {SERVICE: [PRIMARY_MAC]} if answered else {}
+            self.monitor.probe_done(t, probe_id, answers)
+            self._flush_monitor()
         elif kind == "to-secondary":
             data, src, net = payload  # type: ignore[misc]
-            if self.monitor is not None:
+            if self.monitor is not None and not self.firewalled:
                 self.monitor.receive_datagram(data, src, net, t)
                 self._flush_monitor()
         elif kind == "to-primary":
@@ -164,12 +194,22 @@ class Sim:
         while (ev := self.monitor.next_event()) is not None:
             if isinstance(ev, NetworkEvent):
                 self.rec.network_events.append((ev.at, ev.kind, ev.network))
+            if isinstance(ev, Probe):
+                self.rec.probes.append((ev.at, self.answers_probe()))
+                self._push(self.now + self.probe_wait, "probe-done", (ev.id, self.answers_probe()))
+            if isinstance(ev, AddressAnswers):
+                self.rec.answers.append(ev)
+            if isinstance(ev, Defend):
+                self.rec.defences.append(ev)
+            if isinstance(ev, StateChanged):
+                self.rec.states.append(ev)
             if isinstance(ev, Acquire | Release):
                 if self._busy:
                     self.rec.overlap = True
                 self._busy = True
                 if isinstance(ev, Acquire):
                     self.rec.acquires.append((ev.at, ev.reason))
+                    self.rec.acquire_events.append(ev)
                     self._push(self.now + self.transition, "acquire-done", None)
                 else:
                     self.rec.releases.append((ev.at, ev.reason))
@@ -180,7 +220,17 @@ class Sim:
 
     # Scenario controls -------------------------------------------------------------------------
 
+    def answers_probe(self) -> bool:
+        """The primary's address answers an ARP probe: its host is up and on the public link."""
+        return self.host_up and self.up["pub"]
+
     def kill_primary(self) -> None:
+        """The primary host dies: no heartbeats, and its address no longer answers."""
+        self.primary_alive = False
+        self.host_up = False
+
+    def hang_primary(self) -> None:
+        """heartbeatd dies (or user space hangs) but the kernel still answers for the address."""
         self.primary_alive = False
 
     def revive_primary(self) -> None:
@@ -188,6 +238,7 @@ class Sim:
         if self.primary_alive:
             return
         self.primary_alive = True
+        self.host_up = True
         self.sender = Sender(self.sender.cfg, rng=self.rand.randbytes, now=self.now)
         self._push(self.now, "sender-timer", None)
 

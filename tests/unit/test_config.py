@@ -248,6 +248,7 @@ SAMPLES: list[tuple[str, str, str, object]] = [
     ("FAILOVER_INTERVAL", "0.25", "interval", 0.25),
     ("FAILOVER_DEADTIME", "4.5", "deadtime", 4.5),
     ("FAILOVER_FAILBACK_DELAY", "0", "failback_delay", 0.0),
+    ("FAILOVER_TAKE_ANSWERING", "no", "take_answering", False),
     ("FAILOVER_KEY_FILE", "/etc/ipfailover/other.key", "key_file", "/etc/ipfailover/other.key"),
     ("FAILOVER_SCRIPT_DIR", "/etc/ipfailover/scripts", "script_dir", "/etc/ipfailover/scripts"),
     ("FAILOVER_GARP_COUNT", "3", "garp_count", 3),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -641,9 +642,38 @@ def test_script_environment_is_documented_and_complete(folder: Path) -> None:
         "IPFAILOVER_ADDRESSES": "pub0:203.0.113.10/24 pub0:2001:db8:1::10/64",
         "IPFAILOVER_IPS": "203.0.113.10 2001:db8:1::10",
         "IPFAILOVER_SCRIPT_DIR": str(folder),
+        "IPFAILOVER_PROBE": "",
+        "IPFAILOVER_ANSWERING": "",
+        "IPFAILOVER_PEER_VERIFIED": "",
     }
     docs = (Path(__file__).parents[2] / "docs" / "scripts.md").read_text()
     assert all(f"`{name}`" in docs for name in env)
+
+
+def test_a_takeover_of_an_answering_address_says_so_to_the_scripts(folder: Path) -> None:
+    """docs/safety.md: the probe's finding goes to Test and every script."""
+    situation = dataclasses.replace(
+        SITUATION,
+        probe="answered",
+        answering=(("203.0.113.10", ("02:00:00:00:00:10", "02:00:00:00:00:11")),),
+        peer_verified=True,
+    )
+    env = transition.script_env(
+        action=Action.ACQUIRE,
+        reason="peer-silent",
+        phase=Phase.TEST,
+        node="secondary",
+        situation=situation,
+        addresses=[V4],
+        folder=folder,
+    )
+    assert env["IPFAILOVER_PROBE"] == "answered"
+    assert env["IPFAILOVER_ANSWERING"] == (
+        "203.0.113.10=02:00:00:00:00:10 203.0.113.10=02:00:00:00:00:11"
+    )
+    assert env["IPFAILOVER_PEER_VERIFIED"] == "yes"
+    text = mail.situation_text(situation, 0.0)
+    assert "STILL ANSWERING" in text and "02:00:00:00:00:11" in text
 
 
 # --- failoverd's lock -----------------------------------------------------------------------------

@@ -26,6 +26,14 @@ def events(m: Monitor) -> list[object]:
     return out
 
 
+def answer_probe(m: Monitor, now: float, answers: dict[str, list[str]] | None = None) -> None:
+    """Play the shell: answer the probe the monitor asked for (no answer by default)."""
+    assert m.state in (State.PROBING, State.BLOCKED), m.state
+    probe_id = m._probe_out
+    assert probe_id is not None
+    m.probe_done(now, probe_id, answers or {})
+
+
 # Scenarios -------------------------------------------------------------------------------------
 
 
@@ -37,7 +45,8 @@ def test_takes_over_deadtime_after_last_heartbeat() -> None:
     sim.run_until(30)
     (t, reason), *_ = sim.rec.acquires
     assert reason is Trigger.PEER_SILENT
-    assert 13.0 <= t <= 13.01  # last heartbeat left at 10.0; dead time 3 s
+    # last heartbeat left at 10.0; dead time 3 s; then the probe's wait, answered by no one
+    assert 13.0 + sim.probe_wait <= t <= 13.01 + sim.probe_wait
 
 
 def test_one_network_silent_is_an_anomaly_not_a_takeover() -> None:
@@ -103,7 +112,7 @@ def test_started_while_primary_down_takes_over_after_deadtime() -> None:
     sim.kill_primary()
     sim.run_until(20)
     ((t, _),) = sim.rec.acquires
-    assert t == pytest.approx(5.0)
+    assert t == pytest.approx(5.0 + sim.probe_wait)
 
 
 def test_restart_while_holding_adopts_without_release() -> None:
@@ -125,7 +134,7 @@ def test_replayed_capture_after_restart_does_not_prevent_takeover() -> None:
             sim.replay(data, net, at=i * 0.1)
     sim.run_until(30)
     ((t, reason),) = sim.rec.acquires
-    assert reason is Trigger.PEER_SILENT and t == pytest.approx(3.0)
+    assert reason is Trigger.PEER_SILENT and t == pytest.approx(3.0 + sim.probe_wait)
     assert sim.monitor is not None
     assert sim.monitor.counters["rejected.stale"] + sim.monitor.counters["rejected.replay"] > 0
 
@@ -212,6 +221,7 @@ def test_shutdown_waits_for_acquire_then_releases() -> None:
     )
     m = Monitor(cfg, rng=random.Random(0).randbytes, now=0.0)
     m.handle_timer(3.0)
+    answer_probe(m, 3.0)
     assert m.state is State.ACQUIRING
     m.shutdown(3.1)
     assert m.state is State.ACQUIRING
@@ -291,6 +301,7 @@ def test_old_evidence_arriving_after_takeover_does_not_start_a_holddown() -> Non
     m.handle_timer(1.0)  # the next round's nonce reaches the primary, which then goes quiet
     n1 = nonce()
     m.handle_timer(3.2)
+    answer_probe(m, 3.2)
     assert m.state is State.ACQUIRING
     m.acquire_done(3.21, ok=True)
     beat((n1,), 3.5)  # proves life at 2.0 at best: before we took over
@@ -334,12 +345,15 @@ def test_a_failed_takeover_is_retried_while_the_primary_stays_silent() -> None:
     )
     m = Monitor(cfg, rng=random.Random(0).randbytes, now=0.0)
     m.handle_timer(3.0)
+    answer_probe(m, 3.0)
     assert m.state is State.ACQUIRING
     m.acquire_done(3.1, ok=False, retry_after=3.0)
     assert m.state is State.DECLINED and m.get_timer() is not None
     m.handle_timer(6.0)
     assert m.state is State.DECLINED
     m.handle_timer(6.1)
+    assert m.state is State.PROBING  # a retry probes again
+    answer_probe(m, 6.1)
     assert m.state is State.ACQUIRING
     acquires = [e for e in events(m) if isinstance(e, Acquire)]
     assert [a.reason for a in acquires] == [Trigger.PEER_SILENT, Trigger.RETRY]

@@ -8,8 +8,11 @@ monitor's actions with that record after every step, not only at the end:
 * **Safety**: it never takes over for silence while some network delivered, within the dead
   time, a heartbeat of a live primary that echoed a challenge of ours (one it had to count).
 * **Liveness**: whenever the primary has really been silent on every network for the dead time
-  plus one challenge period (the most a replay may add), it holds the addresses, every time, not
-  only the first time (unless a Test veto left it waiting for the primary).
+  plus one challenge period (the most a replay may add) and the probe's wait, it holds the
+  addresses, every time, not only the first time. Two exceptions, both by design: a Test veto
+  leaves it waiting for the primary, as Apple's did; and an address that still answers a probe
+  is not taken from a primary that was never verified (docs/safety.md) -- once it stops
+  answering, it is taken within one re-probe.
 * **Steady hand-back**: it releases for the primary only after heartbeats arrived steadily over
   the whole hold-down.
 * **One transition at a time.**
@@ -29,7 +32,7 @@ from hypothesis import strategies as st
 from sim import KEY, Sim
 
 from ipfailover import wire
-from ipfailover.monitor import HOLDING, Monitor, MonitorConfig, State, Trigger
+from ipfailover.monitor import HOLDING, Monitor, MonitorConfig, Probe, State, Trigger
 
 EPS = 1e-6
 
@@ -43,9 +46,10 @@ class Truth:
     issued: dict[bytes, float] = field(default_factory=dict)  # our nonce -> when issued
     # (delivered, sent, echoed nonce issue time or None, network) of every heartbeat delivered
     delivered: list[tuple[float, float, float | None, str]] = field(default_factory=list)
-    boots: list[bytes] = field(default_factory=list)  # the sender boot of each of those
-    left: dict[bytes, float] = field(default_factory=dict)  # boot -> its LEAVING first delivered
+    # (delivered, sent, echoed nonce issue time or None) of every LEAVING delivered
+    leaving: list[tuple[float, float, float | None]] = field(default_factory=list)
     transitions: list[tuple[float, str]] = field(default_factory=list)
+    answered_at: float | None = None  # the last step at which the primary's address answered
 
 
 class OracleSim(Sim):
@@ -88,14 +92,12 @@ class OracleSim(Sim):
         if kind == "to-secondary":
             data, _, net = payload  # type: ignore[misc]
             msg = wire.decode(data, KEY)
+            issued = [self.truth.issued[n] for n in msg.echoes if n in self.truth.issued]
+            sent, echoed = self.truth.sent[data], max(issued, default=None)
             if msg.type is wire.MsgType.HEARTBEAT:
-                issued = [self.truth.issued[n] for n in msg.echoes if n in self.truth.issued]
-                self.truth.delivered.append(
-                    (t, self.truth.sent[data], max(issued, default=None), net)
-                )
-                self.truth.boots.append(msg.boot_id)
+                self.truth.delivered.append((t, sent, echoed, net))
             else:
-                self.truth.left.setdefault(msg.boot_id, t)
+                self.truth.leaving.append((t, sent, echoed))
         elif kind == "to-primary":
             data, _ = payload  # type: ignore[misc]
             msg = wire.decode(data, KEY)
@@ -128,24 +130,41 @@ class Params:
 
 
 def check_safety(sim: OracleSim, p: Params, upto: float) -> None:
-    """No takeover for silence while a network had, within the dead time, delivered a live
-    primary's heartbeat that echoed a nonce we issued at most one period before it was sent: its
-    evidence time is at least its send time, so the monitor had to count it. (Unless that boot
-    of the primary has since said it is leaving.)"""
+    """No takeover for silence while a network had, within the dead time less one period,
+    delivered a live primary's heartbeat that echoed a nonce we first sent at most one period
+    before that heartbeat was sent. A nonce is at most a period old when first sent (a new one
+    every period), so its evidence time is at least a period before the heartbeat's send time,
+    and the monitor had to count it. (Unless the primary later said it is leaving: a LEAVING
+    sent after that heartbeat, delivered by then and fresh by the protocol's rule -- the primary
+    really did leave.)"""
+    truth = sim.truth
     for t, reason in sim.rec.acquires:
         if reason not in (Trigger.PEER_SILENT, Trigger.RETRY) or t > upto:
             continue
-        for (delivered, sent, issued, net), boot in zip(
-            sim.truth.delivered, sim.truth.boots, strict=True
-        ):
-            if sim.truth.left.get(boot, t + 1) <= t:
+        left = [
+            sent
+            for delivered, sent, issued in truth.leaving
+            if delivered <= t
+            and issued is not None
+            and min(delivered, issued + p.interval) + p.deadtime > delivered
+        ]
+        for delivered, sent, issued, net in truth.delivered:
+            if any(sent <= gone for gone in left):
                 continue
             if delivered <= t and issued is not None and issued >= sent - p.interval - EPS:
-                assert sent <= t - p.deadtime + EPS, (
+                assert sent <= t - p.deadtime + p.interval + EPS, (
                     f"took over at {t:.4f} ({reason.value}) although {net} delivered at "
                     f"{delivered:.4f} a heartbeat sent at {sent:.4f} echoing a nonce issued at "
                     f"{issued:.4f}"
                 )
+
+
+def counted(
+    datagrams: list[tuple[float, float, float | None]], p: Params
+) -> list[tuple[float, float, float | None]]:
+    """Those whose echo the monitor has to count: of a nonce issued at most a period before the
+    datagram was sent."""
+    return [d for d in datagrams if d[2] is not None and d[2] >= d[1] - p.interval - EPS]
 
 
 def last_life(sim: OracleSim, upto: float) -> float:
@@ -155,14 +174,27 @@ def last_life(sim: OracleSim, upto: float) -> float:
     return max(sent, default=sim.truth.started)
 
 
+def verified(sim: OracleSim, p: Params) -> bool:
+    """Whether the monitor had to verify the primary by now: a heartbeat it had to count (see
+    :func:`check_safety`) was delivered."""
+    return bool(counted([d[:3] for d in sim.truth.delivered], p))
+
+
 def check_liveness(sim: OracleSim, p: Params, slack: float) -> None:
-    """Silent for the dead time plus one period (plus the transition and retry allowances):
-    the addresses are held (or being taken) now."""
+    """Silent for the dead time plus one period (plus the probe, transition and retry
+    allowances): the addresses are held (or being taken) now."""
     assert sim.monitor is not None
     if sim.monitor.state is State.DECLINED and sim.veto_acquire:
         return  # Test said no: it waits for the primary, as Apple's did
+    if sim.answers_probe():
+        sim.truth.answered_at = sim.now
+    answered = sim.truth.answered_at
+    reprobe = max(1.0, p.interval) + sim.probe_wait + slack
+    if answered is not None and sim.now - answered < reprobe and not verified(sim, p):
+        return  # its address answers and it was never verified: not taken (docs/safety.md)
     silent_since = max(last_life(sim, sim.now), sim.truth.started)
-    bound = p.deadtime + p.interval + slack + (p.retry + p.transition if p.retry else 0.0)
+    retry = p.retry + p.transition + sim.probe_wait if p.retry else 0.0  # a retry probes again
+    bound = p.deadtime + p.interval + slack + retry
     if sim.now - silent_since >= bound:
         assert sim.monitor.state in HOLDING, (
             f"silent since {silent_since:.4f}, now {sim.now:.4f} (bound {bound:.4f}): "
@@ -215,7 +247,7 @@ def run_schedule(
     )
     sim.veto_acquire = veto
     rnd = random.Random(seed)
-    slack = 2 * sim.latency + p.transition + EPS
+    slack = 2 * sim.latency + p.transition + sim.probe_wait + EPS
     step = p.interval / 2
     for duration, pub, priv, life in schedule:
         end = sim.now + duration * p.interval * 4
@@ -295,6 +327,13 @@ def test_promises_hold_at_every_step(
     )
 
 
+def events(m: Monitor) -> list[object]:
+    out = []
+    while (ev := m.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
 def test_a_due_retry_waits_without_spinning() -> None:
     """Found by the property above: a failed takeover's retry fell due while a network still
     lived on evidence from before the takeover. The monitor kept returning the past retry time
@@ -328,6 +367,9 @@ def test_a_due_retry_waits_without_spinning() -> None:
     m.handle_timer(1.0)
     late = nonce()  # the primary dies holding this nonce, issued at 1.0
     m.handle_timer(3.2)
+    assert m.state is State.PROBING
+    (probe,) = [e for e in events(m) if isinstance(e, Probe)]
+    m.probe_done(3.25, probe.id, {})  # nothing answers
     assert m.state is State.ACQUIRING
     m.acquire_done(3.3, ok=False, retry_after=0.5)  # failed: retry at 3.8
     beat((late,), 3.4)  # delayed: proves life at 2.0, before the takeover; alive until 5.0
@@ -341,7 +383,8 @@ def test_a_due_retry_waits_without_spinning() -> None:
             break
         timer = m.get_timer()
         assert timer is not None and timer > m.since
-    assert m.state is State.ACQUIRING and timer == pytest.approx(5.0)  # the retry, at once
+    # the retry, at once (it probes the link first, as every takeover for silence does)
+    assert m.state is State.PROBING and timer == pytest.approx(5.0)
 
 
 def test_shutdown_in_any_state_ends_stopped_without_holding() -> None:

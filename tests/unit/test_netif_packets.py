@@ -9,7 +9,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipfailover.netif import Assignment, build_garp, build_unsolicited_na
+from ipfailover.netif import (
+    Assignment,
+    build_arp_probe,
+    build_garp,
+    build_neighbour_solicitation,
+    build_unsolicited_na,
+    icmpv6_checksum,
+    multicast_mac,
+    parse_claim,
+    probe_wait,
+    solicited_node,
+)
 
 MAC = bytes.fromhex("020000a1b2c3")
 
@@ -104,3 +115,114 @@ def test_assignment_rejects_impossible_prefix(
 ) -> None:
     with pytest.raises(ValueError, match="out of range"):
         Assignment(ifname="eth0", ifindex=2, address=address, prefixlen=prefixlen)
+
+
+# Probes and claims (docs/safety.md) ----------------------------------------------------------
+
+OTHER = bytes.fromhex("02000000beef")
+
+
+def test_arp_probe_bytes() -> None:
+    frame = build_arp_probe(MAC, IPv4Address("203.0.113.10"))
+    assert frame == bytes.fromhex(
+        "ffffffffffff"  # broadcast
+        "020000a1b2c3"  # our MAC
+        "0806"  # ARP
+        "0001"
+        "0800"
+        "06"
+        "04"  # Ethernet, IPv4, lengths
+        "0001"  # request
+        "020000a1b2c3"  # sender MAC: ours
+        "00000000"  # sender IP 0.0.0.0: a probe (RFC 5227 section 2.1.1)
+        "000000000000"  # target MAC zero
+        "cb00710a"  # target IP: the address probed
+    ) + bytes(18)
+
+
+def test_an_arp_probe_claims_nothing_and_a_reply_claims_its_sender_address() -> None:
+    ip = IPv4Address("203.0.113.10")
+    assert parse_claim(build_arp_probe(OTHER, ip)) is None  # another prober: not an owner
+    assert parse_claim(build_garp(OTHER, ip)) == (ip, "02:00:00:00:be:ef")
+    reply = bytearray(build_garp(OTHER, ip))
+    reply[21] = 2  # op: reply
+    assert parse_claim(bytes(reply)) == (ip, "02:00:00:00:be:ef")
+
+
+def test_solicited_node_group_and_its_mac() -> None:
+    group = solicited_node(IPv6Address("2001:db8:1::12:3456"))
+    assert group == IPv6Address("ff02::1:ff12:3456")
+    assert multicast_mac(group) == bytes.fromhex("3333ff123456")
+
+
+def test_neighbour_solicitation_bytes_and_checksum() -> None:
+    src, target = IPv6Address("fe80::1"), IPv6Address("2001:db8:1::10")
+    frame = build_neighbour_solicitation(MAC, src, target)
+    assert frame[:14] == bytes.fromhex("3333ff000010020000a1b2c386dd")
+    version, length, nh, hops, s, d = struct.unpack_from("!IHBB16s16s", frame, 14)
+    assert (version >> 28, length, nh, hops) == (6, 32, 58, 255)
+    assert (IPv6Address(s), IPv6Address(d)) == (src, IPv6Address("ff02::1:ff00:10"))
+    body = frame[54:]
+    assert body[0] == 135 and body[8:24] == target.packed
+    assert body[24:] == bytes.fromhex("0101020000a1b2c3")  # source link-layer address
+    # the checksum over the pseudo-header and the body sums to zero (RFC 1071)
+    assert icmpv6_checksum(src, IPv6Address(d), body) == 0
+    # from ::, as duplicate address detection, no option is allowed (RFC 4861 section 7.1.1)
+    dad = build_neighbour_solicitation(MAC, IPv6Address("::"), target)
+    assert len(dad) == 14 + 40 + 24
+
+
+def _na_frame(src_mac: bytes, target: IPv6Address, option_mac: bytes | None) -> bytes:
+    body = struct.pack("!BBHB3x16s", 136, 0, 0, 0x60, target.packed)
+    if option_mac is not None:
+        body += struct.pack("!BB6s", 2, 1, option_mac)
+    src, dst = IPv6Address("fe80::99"), IPv6Address("fe80::1")
+    ipv6 = struct.pack("!IHBB16s16s", 6 << 28, len(body), 58, 255, src.packed, dst.packed)
+    return MAC + src_mac + b"\x86\xdd" + ipv6 + body
+
+
+def test_a_neighbour_advertisement_claims_its_target() -> None:
+    target = IPv6Address("2001:db8:1::10")
+    assert parse_claim(_na_frame(OTHER, target, OTHER)) == (target, "02:00:00:00:be:ef")
+    # the option names the owner even if another MAC relayed the frame
+    assert parse_claim(_na_frame(MAC, target, OTHER)) == (target, "02:00:00:00:be:ef")
+    assert parse_claim(_na_frame(OTHER, target, None)) == (target, "02:00:00:00:be:ef")
+    hops_254 = bytearray(_na_frame(OTHER, target, OTHER))
+    hops_254[21] = 254  # not from the link: ignored, as the kernel does
+    assert parse_claim(bytes(hops_254)) is None
+
+
+def test_a_solicitation_claims_its_source_but_not_from_unspecified() -> None:
+    src, target = IPv6Address("2001:db8:1::10"), IPv6Address("2001:db8:1::100")
+    assert parse_claim(build_neighbour_solicitation(OTHER, src, target)) == (
+        src,
+        "02:00:00:00:be:ef",
+    )
+    assert parse_claim(build_neighbour_solicitation(OTHER, IPv6Address("::"), target)) is None
+
+
+@given(frame=st.binary(max_size=200))
+def test_parse_claim_never_raises(frame: bytes) -> None:
+    parse_claim(frame)  # None or a claim, whatever the bytes
+
+
+@given(
+    frame=st.sampled_from(
+        [
+            build_garp(OTHER, IPv4Address("203.0.113.10")),
+            build_neighbour_solicitation(
+                OTHER, IPv6Address("fe80::1"), IPv6Address("2001:db8:1::10")
+            ),
+            _na_frame(OTHER, IPv6Address("2001:db8:1::10"), OTHER),
+        ]
+    ),
+    cut=st.integers(0, 90),
+)
+def test_truncated_frames_claim_nothing_or_the_same(frame: bytes, cut: int) -> None:
+    whole = parse_claim(frame)
+    assert parse_claim(frame[:cut]) in (None, whole)
+
+
+def test_probe_wait_is_small_against_the_dead_time() -> None:
+    assert probe_wait(3.0) == pytest.approx(0.03)
+    assert probe_wait(0.15) == pytest.approx(0.015)

@@ -108,3 +108,36 @@ def test_status_json_is_the_snapshot(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_no_daemon_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["status", "--run-dir", str(tmp_path)]) == 3
     assert "no ipfailover daemon is running" in capsys.readouterr().out
+
+
+def test_status_table_says_why_nothing_is_taken_over_and_names_conflicts() -> None:
+    """docs/safety.md: a blocked takeover and a conflict while holding are shown with the MAC."""
+    from ipfailover import status
+
+    answering = [{"address": "203.0.113.10", "macs": ["02:00:00:00:00:10"]}]
+    why = "its address answers, but no heartbeat was ever verified: check the firewall, key, ..."
+    blocked = {
+        **FAILOVERD,
+        "state": "blocked",
+        "holding": False,
+        "transitions": [],
+        "blocked": {"why": why, "answering": answering},
+        "probe": {"result": "answered", "at": NOW, "answering": answering},
+        "conflicts": [],
+    }
+    text = status.render(blocked)
+    assert "BLOCKED" in text and f"NOT TAKING OVER: {why}" in text
+    assert "203.0.113.10 answers from 02:00:00:00:00:10" in text
+    conflict = {
+        "address": "203.0.113.10",
+        "macs": ["02:00:00:00:00:99"],
+        "since": NOW - 5,
+        "last_seen": NOW - 1,
+        "frames": 3,
+        "defences": 1,
+    }
+    holding = {**FAILOVERD, "blocked": None, "conflicts": [conflict]}
+    text = status.render(holding)
+    assert "ADDRESS CONFLICT: 203.0.113.10 also claimed by 02:00:00:00:00:99" in text
+    assert "defended 1 times" in text
+    assert "NOT TAKING OVER" not in status.render(FAILOVERD)  # an older daemon's snapshot
