@@ -202,9 +202,7 @@ class ScriptGroup:
                 return
             except OSError as e:  # EBUSY: killed processes still exiting
                 if loop.time() > deadline:
-                    log.error(
-                        daemon.format_event("script-cgroup-error", cgroup=self.path, error=e)
-                    )
+                    log.error(daemon.format_event("script-cgroup-error", cgroup=self.path, error=e))
                     return
             await asyncio.sleep(0.01)
 
