@@ -208,6 +208,7 @@ class Failoverd:
 
     async def close(self) -> None:
         """After the core stopped: let mail under way go out (briefly), close the sockets."""
+        await self.executor.flush_mail()
         await self.outbox.stop(MAIL_STOP_GRACE)
         self.udp.close()
 
