@@ -652,10 +652,10 @@ class Outbox:
                     await self._task
             except Exception as e:  # the task died; _run should make this impossible
                 self._fault(e)
-        await self._spool_memory(grace)
+        await self.spool_memory(grace)
         self._note_pending(force=True)
 
-    async def _spool_memory(self, grace: float) -> None:
+    async def spool_memory(self, grace: float) -> None:
         """At stop: write what is kept in memory to the spool, if it can take it now."""
         for name, item in sorted(self._memory.items()):
             try:
