@@ -236,3 +236,33 @@ def test_a_slow_spool_disk_holds_no_transition_up_and_keeps_the_order(tmp_path: 
 
     sink = asyncio.run(go())
     assert [event for _, event in delivered(sink)] == ["takeover", "release", "takeover"]
+
+
+class Picky(Sink):
+    """Refuses (554) any message whose subject says "poison"; takes the rest."""
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        if b"poison" in (envelope.original_content or b""):  # type: ignore[attr-defined]
+            return "554 5.6.0 refused: poison"
+        return await super().handle_DATA(server, session, envelope)  # type: ignore[arg-type]
+
+
+def test_a_message_the_server_refuses_does_not_hold_the_later_ones_back(tmp_path: Path) -> None:
+    async def go() -> tuple[Sink, mail.Outbox]:
+        async with smtp_server(sink=Picky()) as (sink, port):
+            s = settings(tmp_path, port)
+            events = Events()
+            box = mail.Outbox(s, mail.delivery_for(s), events, node="secondary", backoff=BACKOFF)
+            poison = mail.Notice("takeover", "down", (), "poison", "x\n")
+            await box.submit(poison)
+            await box.submit(mail.Notice("release", "up", (), "fine", "x\n"))
+            box.start()
+            await until(lambda: len(sink.envelopes) == 1, 5)
+            deferred = events.named("mail-deferred")
+            assert deferred and "554" in str(deferred[0]["error"])
+            await box.stop(1.0)
+            return sink, box
+
+    sink, box = asyncio.run(go())
+    assert [m["Subject"] for m in sink.messages()] == ["fine"]
+    assert box.pending() == 1  # the refused one waits for its retry; it is not lost
