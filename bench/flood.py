@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ipfailover.lab import Lab, LabProcess, Node
+from ipfailover import labflood
+from ipfailover.lab import Lab, Node
 
 
 def rss_kb(pid: int) -> int:
@@ -76,11 +77,9 @@ def one_run(rate: int, args: argparse.Namespace, kill: bool) -> dict[str, Any]:
         rss_before = rss_kb(fo.pid)
         before = heartbeats(lab, fo_conf)
         began = lab.mark(f"flood at {rate}/s")
-        argv = [sys.executable, "-m", "ipfailover.labflood", "--target", "203.0.113.20",
-                "--seconds", str(args.seconds), "--rate", str(rate),
-                "--procs", str(args.procs)]  # fmt: skip
-        flood: LabProcess = lab.spawn(Node.CLIENT, argv, "flood")
-        flood.wait_event("flood-start", timeout=10)
+        flood = labflood.start(
+            lab, Node.CLIENT, "203.0.113.20", seconds=args.seconds, rate=rate, procs=args.procs
+        )
         t0 = time.monotonic()
         result: dict[str, Any] = {"rate_asked": rate}
         if kill:
@@ -93,13 +92,13 @@ def one_run(rate: int, args: argparse.Namespace, kill: bool) -> dict[str, Any]:
             time.sleep(args.seconds)
         elapsed = time.monotonic() - t0
         after = heartbeats(lab, fo_conf) if not kill else {}
-        done = flood.wait_event("flood-done", timeout=args.seconds + 30)
+        done = labflood.result(flood, timeout=args.seconds + 30)
         rss_after = rss_kb(fo.pid)
         expected = elapsed / interval
         result.update(
-            rate_achieved=int(done.fields["rate"]),
-            sent=int(done.fields["sent"]),
-            send_errors=int(done.fields["errors"]),
+            rate_achieved=round(done.rate),
+            sent=done.sent,
+            send_errors=done.errors,
             takeovers_while_alive=len(
                 [e for e in fo.events("acquire-start", since=began) if not kill]
             ),

@@ -10,7 +10,8 @@ and echoes, and a random 32-byte tag, so every one costs the receiver a full HMA
 and at most ``--count`` datagrams in all, at most ``--rate`` per second in all (0: as fast as
 it can). At the end it prints one line: datagrams sent, send errors, seconds, and the rate
 achieved, as ``event=flood-done sent=N errors=N seconds=S rate=R procs=N`` (the lab's
-``key=value`` log format).
+``key=value`` log format). From Python, :func:`start` runs it in a lab node and :func:`result`
+waits for those figures.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 from . import auth, wire
+from .lab import HEARTBEAT_PORT, Lab, LabProcess, Node
 
 _HEADER = struct.Struct("!4sBBBB8sQI")
 BATCH = 256  # datagrams between clock reads
@@ -83,6 +85,8 @@ def _sender(
 
 @dataclass
 class FloodResult:
+    """What a flood achieved: datagrams sent, send errors, seconds it lasted."""
+
     sent: int
     errors: int
     seconds: float
@@ -90,6 +94,38 @@ class FloodResult:
     @property
     def rate(self) -> float:
         return self.sent / self.seconds if self.seconds else 0.0
+
+
+def start(
+    lab: Lab,
+    node: Node,
+    target: str,
+    *,
+    seconds: float,
+    rate: float = 0.0,
+    procs: int = 1,
+    port: int = HEARTBEAT_PORT,
+    name: str = "primary",
+    log_name: str = "flood",
+) -> LabProcess:
+    """Start a flood from ``node`` of the lab at ``target``:``port`` and wait until it runs.
+
+    The lab tracks the process (teardown stops it); :func:`result` waits for its figures.
+    """
+    argv = [sys.executable, "-m", "ipfailover.labflood", "--target", target,
+            "--port", str(port), "--name", name, "--seconds", str(seconds),
+            "--rate", str(rate), "--procs", str(procs)]  # fmt: skip
+    proc = lab.spawn(node, argv, log_name)
+    proc.wait_event("flood-start", timeout=10.0)
+    return proc
+
+
+def result(proc: LabProcess, timeout: float) -> FloodResult:
+    """Wait (at most ``timeout`` s) for a flood started by :func:`start` to end; its figures."""
+    done = proc.wait_event("flood-done", timeout=timeout)
+    return FloodResult(
+        int(done.fields["sent"]), int(done.fields["errors"]), float(done.fields["seconds"])
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import datetime
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ipfailover import labflood
 from ipfailover.lab import Lab, LabProcess, Node
 
 INTERVAL = 0.2
@@ -72,10 +72,7 @@ def test_a_flood_of_forged_datagrams_causes_no_takeover_and_hides_no_death(lab: 
     time.sleep(1.0)
     rss_before = rss_kb(fo.pid)
     began = lab.mark("flood starts")
-    argv = [sys.executable, "-m", "ipfailover.labflood", "--target", "203.0.113.20",
-            "--seconds", str(FLOOD_SECONDS), "--procs", "1"]  # fmt: skip
-    flood = lab.spawn(Node.CLIENT, argv, "flood")
-    flood.wait_event("flood-start", timeout=10)
+    flood = labflood.start(lab, Node.CLIENT, "203.0.113.20", seconds=FLOOD_SECONDS)
     time.sleep(KILL_AFTER)
     rss_during = rss_kb(fo.pid)
     assert fo.find_event("acquire-start", since=began) is None, (
@@ -85,14 +82,14 @@ def test_a_flood_of_forged_datagrams_causes_no_takeover_and_hides_no_death(lab: 
     hb.send_signal(signal.SIGKILL)
     lab.mark("primary killed")
     taken = fo.wait_event("acquire-start", timeout=10, since=began)
-    done = flood.wait_event("flood-done", timeout=FLOOD_SECONDS + 30)
-    print(f"\nflood: {done.text}")
+    done = labflood.result(flood, timeout=FLOOD_SECONDS + 30)
+    print(f"\nflood: {done.sent} datagrams in {done.seconds:.1f} s, {done.rate:.0f}/s")
     detected = wall(taken.text) - killed_at
     print(f"takeover began {detected:.3f} s after the primary's death")
     print(f"failoverd RSS: {rss_before} kB before, {rss_during} kB during the flood")
     assert detected <= DEADTIME + INTERVAL + ALLOWANCE, _context(fo, flood)
     assert fo.poll() is None, "failoverd died"
-    assert int(done.fields["sent"]) > 0
+    assert done.sent > 0
     assert rss_kb(fo.pid) - rss_before < RSS_GROWTH_MAX
 
 
