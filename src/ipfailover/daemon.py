@@ -317,12 +317,18 @@ class Timer:
         self.deadline: float | None = None
 
     def arm(self, deadline: float | None) -> None:
+        if deadline is not None and deadline == self.deadline and self._handle is not None:
+            return  # already armed for it (a datagram flood re-arms on every datagram)
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
         self.deadline = deadline
         if deadline is not None:
-            self._handle = self.loop.call_at(deadline, self.callback)
+            self._handle = self.loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None  # spent: arming the same deadline again schedules it again
+        self.callback()
 
     def served(self, slack: float = 5.0) -> bool:
         """The armed deadline is not overdue by more than ``slack`` seconds."""
@@ -336,6 +342,7 @@ _IN6_PKTINFO = struct.Struct("@16sI")  # struct in6_pktinfo: addr, ifindex
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 @dataclass
@@ -345,14 +352,34 @@ class Datagram:
     ifname: str
 
 
+RCVBUF = 1 << 20  # bytes of receive buffer per socket: about 1000 queued datagrams
+DRAIN_BATCH = 64  # datagrams read from one socket per event-loop iteration
+
+
 class UdpEndpoint:
     """An IPv4 and an IPv6 UDP socket on one port, reporting the interface each datagram came in on.
 
     The receiving interface is what names a network: it comes from the kernel (IP_PKTINFO /
     IPV6_PKTINFO), never from the payload.
+
+    With ``per_device`` and :meth:`bind_devices` (failoverd, for the networks it watches), each
+    of those interfaces also gets receiving sockets of its own (SO_BINDTODEVICE): the kernel
+    queues each network's datagrams apart, and the event loop reads at most DRAIN_BATCH from
+    each socket per turn. So
+    a flood on one network cannot push the other networks' heartbeats out of a shared queue,
+    nor keep them from being read. Unicast to such an interface reaches only its own socket;
+    a broadcast reaches the wildcard socket too, which then ignores it. Sending always goes
+    through the wildcard sockets.
     """
 
-    def __init__(self, port: int, *, broadcast: bool = False, families: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        broadcast: bool = False,
+        families: Iterable[int] = (),
+        per_device: bool = False,
+    ) -> None:
         self.socks: dict[int, socket.socket] = {}
         for family in families or (socket.AF_INET, socket.AF_INET6):
             try:
@@ -362,36 +389,70 @@ class UdpEndpoint:
                     log.warning("IPv6 is disabled on this host: listening on IPv4 only")
                     continue
                 raise
-            sock.setblocking(False)
-            # No SO_REUSEADDR: with it, any local user could bind the same port on a specific
-            # address and receive the unicast heartbeats (or challenges) instead of us.
-            if family == socket.AF_INET:
-                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-                if broadcast:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-                sock.bind(("0.0.0.0", port))
-            else:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
-                sock.bind(("::", port))
+            try:
+                _prepare(sock, family, port, broadcast, reuse_port=per_device)
+            except OSError:
+                sock.close()
+                raise
             self.socks[family] = sock
+        self.port = port
         self._names: dict[int, str] = {}
         self.send_errors = 0
         # destination IP -> where to send instead, as a socket address without the port;
         # see netif.unicast_substitute
         self.redirects: dict[str, tuple[Any, ...]] = {}
+        self.devices: dict[tuple[int, str], socket.socket] = {}  # (family, ifname) -> socket
+        self._bound: set[int] = set()  # ifindexes with sockets of their own
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_datagram: Callable[[Datagram], None] | None = None
 
     def start(
         self, loop: asyncio.AbstractEventLoop, on_datagram: Callable[[Datagram], None]
     ) -> None:
-        for sock in self.socks.values():
+        self._loop, self._on_datagram = loop, on_datagram
+        for sock in [*self.socks.values(), *self.devices.values()]:
             loop.add_reader(sock.fileno(), self._drain, sock, on_datagram)
 
     def close(self) -> None:
-        for sock in self.socks.values():
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
+        for sock in [*self.socks.values(), *self.devices.values()]:
+            self._forget(sock)
+        self.devices.clear()
+
+    def _forget(self, sock: socket.socket) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                self._loop.remove_reader(sock.fileno())
+        sock.close()
+
+    def bind_devices(self, ifnames: Iterable[str]) -> list[str]:
+        """Give each of these interfaces receiving sockets of its own (and drop those of
+        interfaces no longer listed). Returns the problems, one line each: an interface that
+        cannot have its own socket is still read through the wildcard socket."""
+        wanted = set(ifnames)
+        for key in [k for k in self.devices if k[1] not in wanted]:
+            self._forget(self.devices.pop(key))
+        problems = []
+        for family in self.socks:
+            for name in sorted(wanted):
+                if (family, name) in self.devices:
+                    continue
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, name.encode())
+                    _prepare(sock, family, self.port, broadcast=False, reuse_port=True)
+                except OSError as e:
+                    sock.close()
+                    problems.append(f"{name}: {e.strerror or e}")
+                    continue
+                self.devices[(family, name)] = sock
+                if self._loop is not None and self._on_datagram is not None:
+                    self._loop.add_reader(sock.fileno(), self._drain, sock, self._on_datagram)
+        bound = set()
+        for name in {n for _, n in self.devices}:
+            with contextlib.suppress(OSError):
+                bound.add(socket.if_nametoindex(name))
+        self._bound = bound
+        return problems
 
     def _ifname(self, index: int) -> str:
         if index not in self._names:
@@ -402,7 +463,8 @@ class UdpEndpoint:
         return self._names[index]
 
     def _drain(self, sock: socket.socket, on_datagram: Callable[[Datagram], None]) -> None:
-        for _ in range(64):  # bounded per wake-up so timers are never starved
+        wildcard = sock in self.socks.values()
+        for _ in range(DRAIN_BATCH):  # bounded per wake-up so timers are never starved
             try:
                 data, anc, _flags, addr = sock.recvmsg(wire.MAX_SIZE + 1, 256)
             except (BlockingIOError, InterruptedError):
@@ -415,6 +477,8 @@ class UdpEndpoint:
                     index = _IN_PKTINFO.unpack_from(payload)[0]
                 elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
                     index = _IN6_PKTINFO.unpack_from(payload)[1]
+            if wildcard and index in self._bound:
+                continue  # a broadcast copy: that interface's own socket has it too
             on_datagram(Datagram(data, (addr[0], addr[1]), self._ifname(index)))
 
     def sendto(self, data: bytes, addr: wire.Addr) -> bool:
@@ -431,6 +495,33 @@ class UdpEndpoint:
         except OSError:
             self.send_errors += 1  # link down, no route: the peer will notice the silence
             return False
+
+
+def _prepare(
+    sock: socket.socket, family: int, port: int, broadcast: bool, *, reuse_port: bool = False
+) -> None:
+    """Non-blocking, packet info on, a large receive buffer, bound to the wildcard address."""
+    sock.setblocking(False)
+    # No SO_REUSEADDR: with it, any local user could bind the same port on a specific
+    # address and receive the unicast heartbeats (or challenges) instead of us. SO_REUSEPORT,
+    # which the per-interface sockets need to share the port with the wildcard one, lets only
+    # sockets of the same user (root) share it, and the kernel groups them per interface, so
+    # each datagram still reaches exactly one of them (a broadcast: one per interface).
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:  # as root, past net.core.rmem_max; else as much of it as the limit allows
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    if family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        if broadcast:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.bind(("0.0.0.0", port))
+    else:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        sock.bind(("::", port))
 
 
 def install_signals(

@@ -115,6 +115,8 @@ class Failoverd:
         self.assignments = assignments
         self.events = daemon.EventLog(log)
         self.udp = self._endpoint(cfg, assignments)
+        self._bind_networks(networks)
+        self._flush_soon = False  # a flush is queued for the end of this batch of datagrams
         self.core = Monitor(
             _monitor_config(cfg, key, networks), rng=os.urandom, now=loop.time(), holding=holding
         )
@@ -156,9 +158,14 @@ class Failoverd:
     def _endpoint(
         cls, cfg: config.Config, assignments: list[netif.Assignment]
     ) -> daemon.UdpEndpoint:
-        udp = daemon.UdpEndpoint(cfg.port, broadcast=True)
+        udp = daemon.UdpEndpoint(cfg.port, broadcast=True, per_device=True)
         udp.redirects = cls._endpoint_redirects(assignments)
         return udp
+
+    def _bind_networks(self, networks: tuple[str, ...]) -> None:
+        """A receive queue of its own for each watched network (see daemon.UdpEndpoint)."""
+        for problem in self.udp.bind_devices(networks):
+            self.events("socket-per-network-failed", logging.WARNING, error=problem)
 
     @staticmethod
     def _endpoint_redirects(assignments: list[netif.Assignment]) -> dict[str, tuple[Any, ...]]:
@@ -269,6 +276,7 @@ class Failoverd:
         An episode summary not yet due is not sent (docs/scripts.md)."""
         self.notices_timer.arm(None)
         self._watch(False)
+        await self.executor.flush_mail()
         await self.outbox.stop(MAIL_STOP_GRACE)
         self.udp.close()
 
@@ -283,6 +291,15 @@ class Failoverd:
 
     def _on_datagram(self, dg: daemon.Datagram) -> None:
         self.core.receive_datagram(dg.data, dg.addr, dg.ifname, self.loop.time())
+        # One flush for the whole batch the socket reader is draining: under a flood of
+        # junk, per-datagram flushes (timer re-arms, bookkeeping) would cost more than the
+        # datagrams themselves.
+        if not self._flush_soon:
+            self._flush_soon = True
+            self.loop.call_soon(self._batch_done)
+
+    def _batch_done(self) -> None:
+        self._flush_soon = False
         self._flush()
 
     def _on_stop(self) -> None:
@@ -329,6 +346,7 @@ class Failoverd:
             self.udp.start(self.loop, self._on_datagram)
         else:
             self.udp.redirects = self._endpoint_redirects(assignments)
+        self._bind_networks(networks)
         removed = [a for a in self.assignments if a not in assignments]
         added = [a for a in assignments if a not in self.assignments]
         if self.core.holding:

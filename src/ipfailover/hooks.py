@@ -8,8 +8,10 @@ contract we give them (``docs/scripts.md``):
   it (``PreAcq10.StopDIP``); each phase runs in ``ls`` order, a bytewise sort of the names;
 * it runs as an argument list, never through a shell string, with stdin ``/dev/null``, the script
   folder as working directory, a clean documented environment, and stdout and stderr captured;
-* it runs in its own session (process group); on timeout the whole group is killed with SIGKILL,
-  grandchildren included (a child that calls ``setsid`` itself escapes, as from any supervisor);
+* it runs in its own session (process group) and, where the host has cgroup v2, in its own
+  cgroup (:mod:`ipfailover.cgroups`); on timeout everything it started is killed with SIGKILL,
+  grandchildren included, and with a cgroup even a child that called ``setsid`` (without one,
+  such a child escapes, as from any supervisor that only has process groups);
 * as root, and with ``FAILOVER_SCRIPT_STRICT`` on, a script or folder that others could change is
   refused, in the manner of sshd's StrictModes.
 
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import config
+from . import cgroups, config
 
 #: The PATH scripts and the notify program get (their environment is otherwise clean).
 SCRIPT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -482,24 +484,61 @@ async def run_program(
     """Run ``argv`` with a timeout; capture stdout and stderr together through one pipe.
 
     The program gets its own session, so on timeout ``killpg(SIGKILL)`` reaches everything it
-    started that stayed in its process group. Its output pipe is ours, not asyncio's: once the
-    program has exited we wait at most EOF_GRACE for the pipe to close and then stop reading,
-    so a background child that inherited the pipe (``daemon &``) cannot hold the transition up.
+    started that stayed in its process group; and its own cgroup where the host has one, so a
+    timeout kills even what left the group with ``setsid`` (:mod:`ipfailover.cgroups`). What a
+    program that exited normally left running keeps running. Its output pipe is ours, not
+    asyncio's: once the program has exited we wait at most EOF_GRACE for the pipe to close and
+    then stop reading, so a background child that inherited the pipe (``daemon &``) cannot hold
+    the transition up.
     """
+    group = cgroups.ScriptGroup.create()
+    ended = False
+    try:
+        res = await _run_in(
+            group,
+            argv,
+            env=env,
+            cwd=cwd,
+            timeout=timeout,
+            stdin=stdin,
+            executable=executable,
+            pass_fds=pass_fds,
+        )
+        ended = res.error is None and not res.timed_out
+        return res
+    finally:
+        if group is not None:  # after a timeout or a cancel, whatever is left is killed
+            await asyncio.shield(group.close(kill=not ended))
+
+
+async def _run_in(
+    group: cgroups.ScriptGroup | None,
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | str,
+    timeout: float,
+    stdin: bytes | None,
+    executable: str | None,
+    pass_fds: Sequence[int],
+) -> ProgramResult:
     loop = asyncio.get_running_loop()
     started = loop.time()
     read_fd, write_fd = os.pipe()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-            cwd=cwd,
-            env=dict(env),
-            start_new_session=True,
-            executable=executable,  # run this (e.g. /proc/self/fd/N); argv[0] stays argv's
-            pass_fds=tuple(pass_fds),
+        proc = await cgroups.spawn_inside(
+            group,
+            lambda: asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                cwd=cwd,
+                env=dict(env),
+                start_new_session=True,
+                executable=executable,  # run this (e.g. /proc/self/fd/N); argv[0] stays argv's
+                pass_fds=tuple(pass_fds),
+            ),
         )
     except OSError as e:
         os.close(read_fd)
@@ -514,11 +553,11 @@ async def run_program(
         await asyncio.wait_for(_feed_and_wait(proc, stdin), timeout)
     except TimeoutError:
         timed_out = True
-        _kill_group(proc.pid)
+        _kill_group(proc.pid, group)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), KILL_WAIT)
     except asyncio.CancelledError:
-        _kill_group(proc.pid)  # the daemon is going away: take the program with it
+        _kill_group(proc.pid, group)  # the daemon is going away: take the program with it
         transport.close()
         raise
     with contextlib.suppress(TimeoutError):
@@ -542,7 +581,10 @@ async def _feed_and_wait(proc: asyncio.subprocess.Process, stdin: bytes | None) 
     await proc.wait()
 
 
-def _kill_group(pgid: int) -> None:
-    """SIGKILL the process group we created for a program (its pid is the group id)."""
+def _kill_group(pgid: int, group: cgroups.ScriptGroup | None = None) -> None:
+    """SIGKILL the process group we created for a program (its pid is the group id), and
+    everything in its cgroup if it has one."""
+    if group is not None:
+        group.kill()
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)

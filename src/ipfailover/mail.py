@@ -13,7 +13,14 @@ Apple's failoverd called ``NotifyFailover {up|down} ip...``, which mailed
   backoff (1 s doubling to 5 min); the schedule is kept in the item's file, so it survives
   restarts. Each delivery holds an flock on the item, so two processes never send it twice.
   A spool the task cannot list, read or write (EACCES, ENOSPC, EIO) is logged and retried with
-  the same backoff; the task itself never stops before the daemon does.
+  the same backoff; the task itself never stops before the daemon does;
+* mail goes out **in order**: while the server is unreachable, the oldest waiting message
+  holds the others back, so when the server returns they leave oldest first. A new notice
+  retries the oldest at once. Only a message the server itself refused (a 5xx answer to its
+  recipients or data) stops holding the others back, and a notice whose spool write takes
+  longer than WRITE_PATIENCE (a hung disk) stops holding back those after it;
+* a notice the spool cannot take (a full disk, say) is **kept in memory** and delivered from
+  there, in its place in the order, and written to the spool at stop if it can be by then.
 
 SMTP runs stdlib ``smtplib`` in a daemon thread with a socket timeout, and the spool's file
 operations run in daemon threads too: a hung server or disk can delay nothing but the mail, and
@@ -28,6 +35,7 @@ import email.policy
 import email.utils
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -57,8 +65,20 @@ RESCAN = 60.0  # the outbox looks at the spool at least this often (items other 
 SPOOL_VERSION = 1
 
 
+MEMORY_MAX = 1000  # notices kept in memory while the spool cannot take them; then the oldest go
+WRITE_PATIENCE = 5.0  # seconds a slow spool write of a new notice holds later ones back
+
+
 class DeliveryError(Exception):
-    """One delivery attempt failed; the message says why (it goes to the log and the spool)."""
+    """One delivery attempt failed; the message says why (it goes to the log and the spool).
+
+    ``refused``: the server answered and refused this message (a 5xx to its recipients or its
+    data), so the next message need not wait for it.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -541,7 +561,12 @@ class SmtpDelivery:
         try:
             refused = await in_daemon_thread(lambda: self._send(item, credentials))
         except (smtplib.SMTPException, OSError, ssl.SSLError) as e:
-            raise DeliveryError(f"{self.host}:{self.port}: {_smtp_error(e)}") from None
+            rejected = isinstance(e, smtplib.SMTPRecipientsRefused) or (
+                isinstance(e, smtplib.SMTPDataError) and 500 <= e.smtp_code < 600
+            )
+            raise DeliveryError(
+                f"{self.host}:{self.port}: {_smtp_error(e)}", refused=rejected
+            ) from None
         if refused:
             log.warning(
                 daemon.format_event(
@@ -674,6 +699,13 @@ class Outbox:
     _sent: set[str] = field(init=False, default_factory=set)  # delivered, but the file stayed
     _faults: int = field(init=False, default=0)  # passes in a row that could not list the spool
     _pass_faulted: bool = field(init=False, default=False)
+    _memory: dict[str, SpoolItem] = field(init=False, default_factory=dict)
+    # ^ notices the spool could not take, by id: delivered from here, in their place in the order
+    _refused: set[str] = field(init=False, default_factory=set)  # the server refused them (5xx)
+    _probe: bool = field(init=False, default=False)  # a new notice: retry the oldest at once
+    _writing: dict[str, float] = field(init=False, default_factory=dict)
+    # ^ id -> clock time its spool write began: later notices wait for it (WRITE_PATIENCE)
+    _last_id: str = field(init=False, default="")  # ids grow with each notice: that is the order
 
     def __post_init__(self) -> None:
         self.spool = Spool(self.settings.spool_dir)
@@ -689,15 +721,52 @@ class Outbox:
         return self._count
 
     async def submit(self, notice: Notice) -> SpoolItem:
-        """Queue ``notice`` for delivery: an atomic spool write, then wake the delivery task."""
+        """Queue ``notice`` for delivery: an atomic spool write, then wake the delivery task.
+
+        If the spool cannot take it (ENOSPC, EACCES, EIO) it is kept in memory and delivered
+        from there (``mail-spool-error`` says so). The write goes on if the caller is cancelled
+        (a transition waits a bounded time for it), and then settles in the background: the
+        notice ends up on disk or in memory, never in neither, nor in both.
+        """
         now = self.clock()
-        item = make_item(notice, self.settings, self.node, self.spool.new_id(now), now)
-        await self._off_loop(lambda: self.spool.write(item))
-        self.events("mail-queued", id=item.id, mail_event=notice.event, subject=notice.subject)
+        item_id = self.spool.new_id(now)
+        while item_id <= self._last_id:  # the clock stepped back, or two in one tick
+            now = max(now, int(self._last_id[:20]) / 1e9) + 1e-6
+            item_id = self.spool.new_id(now)
+        self._last_id = item_id
+        item = make_item(notice, self.settings, self.node, item_id, now)
+        await asyncio.shield(asyncio.get_running_loop().create_task(self._queue(item)))
+        return item
+
+    async def _queue(self, item: SpoolItem) -> None:
+        self._writing[item.id] = self.clock()
+        try:
+            await self._off_loop(lambda: self.spool.write(item))
+        except OSError as e:
+            self._keep(item, e)
+        finally:
+            self._writing.pop(item.id, None)
+        self.events("mail-queued", id=item.id, mail_event=item.event, subject=item.subject)
         self._count += 1
         self._note_pending()
+        self._probe = True
         self._wake.set()
-        return item
+
+    def _keep(self, item: SpoolItem, error: OSError) -> None:
+        """Keep in memory an item the spool could not take (bounded: the oldest go first)."""
+        self._memory[item.id] = item
+        self.events(
+            "mail-spool-error",
+            logging.ERROR,
+            id=item.id,
+            subject=item.subject,
+            error=_describe(error),
+            kept="in memory",
+        )
+        while len(self._memory) > MEMORY_MAX:
+            lost = self._memory.pop(min(self._memory))
+            self._count = max(0, self._count - 1)
+            self.events("mail-lost", logging.ERROR, id=lost.id, subject=lost.subject)
 
     def start(self) -> None:
         self._note_pending()
@@ -719,7 +788,20 @@ class Outbox:
                     await self._task
             except Exception as e:  # the task died; _run should make this impossible
                 self._fault(e)
+        await self.spool_memory(grace)
         self._note_pending(force=True)
+
+    async def spool_memory(self, grace: float) -> None:
+        """At stop: write what is kept in memory to the spool, if it can take it now."""
+        for name, item in sorted(self._memory.items()):
+            try:
+                await asyncio.wait_for(
+                    self._off_loop(functools.partial(self.spool.write, item)), grace
+                )
+            except (OSError, TimeoutError) as e:
+                self.events("mail-lost", logging.ERROR, id=name, subject=item.subject, error=e)
+                continue
+            del self._memory[name]
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -752,11 +834,20 @@ class Outbox:
         back with the backoff and the pass goes on. Never raises an Exception.
         """
         self._pass_faulted = False
-        recovered = False
-        for name in await self._listing():
-            result = await self._one(name, recovered)
-            if result is False:
-                break
+        recovered, probe, self._probe = False, self._probe, False
+        listed = await self._listing()
+        for name in sorted({*listed, *self._memory, *self._writing}):
+            if name in self._writing:  # not on disk yet: later ones wait, unless it hangs
+                if self.clock() - self._writing[name] < WRITE_PATIENCE:
+                    break
+                continue
+            if name in self._memory:
+                result = await self._attempt(self._memory[name], recovered or probe)
+            else:
+                result = await self._one(name, recovered or probe)
+            if result is False or result is WAIT:
+                break  # the server is down, or the oldest is not due: the rest wait for it
+            probe = probe and result is None
             recovered = recovered or result is True
         next_due = await self._survey()
         self._faults = self._faults + 1 if self._pass_faulted else 0
@@ -771,9 +862,10 @@ class Outbox:
             self._fault(e)
             return []
 
-    async def _one(self, name: str, recovered: bool) -> bool | None:
-        """Deliver item ``name`` if it is due: True sent, False failed (end the pass), None not
-        tried (not due, held back, gone, or another process has it)."""
+    async def _one(self, name: str, recovered: bool) -> bool | _Wait | None:
+        """Deliver item ``name`` if it is due: True sent, False failed (end the pass), WAIT not
+        due (the later ones wait for it), None not tried (held back after a spool fault, gone,
+        or another process has it)."""
         if name in self._sent:
             await self._discard(name)  # sent earlier; only the file's removal failed
             return None
@@ -786,21 +878,27 @@ class Outbox:
                 return None
             fd, item = claim
             try:
-                if not recovered and item.next_attempt > self.clock():
-                    return None
-                return await self._attempt(item)
+                return await self._attempt(item, recovered)
             finally:
                 os.close(fd)
         except Exception as e:  # EACCES or EIO on this item, or a bug: hold it back, go on
             self._hold(name, e)
             return None
 
-    async def _attempt(self, item: SpoolItem) -> bool:
+    async def _attempt(self, item: SpoolItem, recovered: bool) -> bool | _Wait | None:
+        if not recovered and item.next_attempt > self.clock():
+            # not due: it holds the later ones back, unless the server refused it (5xx)
+            return None if item.id in self._refused else WAIT
         try:
             await self.delivery.deliver(item)
         except Exception as e:  # DeliveryError, or anything else the delivery threw
+            refused = isinstance(e, DeliveryError) and e.refused
+            if refused:
+                self._refused.add(item.id)
+            else:
+                self._refused.discard(item.id)
             await self._defer(item, str(e) if isinstance(e, DeliveryError) else _describe(e))
-            return False
+            return None if refused else False
         self.events(
             "mail-sent",
             id=item.id,
@@ -810,7 +908,11 @@ class Outbox:
             recipients=" ".join(item.recipients),
         )
         self._holds.pop(item.id, None)
-        await self._discard(item.id)
+        self._refused.discard(item.id)
+        if self._memory.pop(item.id, None) is not None:
+            self._count = max(0, self._count - 1)
+        else:
+            await self._discard(item.id)
         return True
 
     async def _defer(self, item: SpoolItem, error: str) -> None:
@@ -828,6 +930,9 @@ class Outbox:
         later = replace(
             item, attempts=attempts, next_attempt=self.clock() + delay, last_error=error
         )
+        if item.id in self._memory:
+            self._memory[item.id] = later
+            return
         try:
             await self._off_loop(lambda: self.spool.write(later))
         except OSError as e:  # ENOSPC, EIO: the file keeps its old schedule; hold it back here
@@ -870,9 +975,11 @@ class Outbox:
             self._pass_faulted = True
             self._fault(e)
             return None
-        self._count = len(names)
+        self._count = len(names) + len(self._memory.keys() - names)
         self._holds = {n: h for n, h in self._holds.items() if n in names}
-        return next_due
+        self._refused &= names | self._memory.keys()
+        kept = [i.next_attempt for i in self._memory.values()]
+        return min([*kept, *([] if next_due is None else [next_due])], default=None)
 
     def _hold(self, name: str, error: Exception) -> None:
         """Keep item ``name`` back after a spool fault, with the backoff of a failed delivery."""
@@ -895,6 +1002,13 @@ class Outbox:
         if force or self._count != self._reported:
             self._reported = self._count
             self.events("mail-pending", count=self._count, spool=self.spool.path)
+
+
+class _Wait:
+    """The oldest waiting message is not due yet: the later ones wait for it."""
+
+
+WAIT = _Wait()
 
 
 def _describe(error: BaseException) -> str:

@@ -224,6 +224,7 @@ async def _carry_out(
     await executor.drain()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(outbox.deliver_due(), MAIL_WAIT)
+    await outbox.spool_memory(MAIL_WAIT)  # what a full spool could not take at first
     _report(rec, outbox)
     return EXIT_OK if rec.outcome is transition.Outcome.DONE else EXIT_NOT_DONE
 

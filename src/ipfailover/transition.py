@@ -200,6 +200,7 @@ class Executor:
         self.spool_timeout = spool_timeout
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._mailing: set[asyncio.Task[None]] = set()  # mail being spooled after a transition
         self._last_release_problem: tuple[str, str] | None = None
 
     # Public -------------------------------------------------------------------------------------
@@ -232,9 +233,15 @@ class Executor:
             return await self._finish(rec, situation)
 
     async def drain(self) -> None:
-        """Wait for the background announcements (a one-shot command must not cut them short)."""
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        """Wait for the background announcements and mail spooling (a one-shot command must not
+        cut them short)."""
+        while self._background or self._mailing:
+            await asyncio.gather(*self._background, *self._mailing, return_exceptions=True)
+
+    async def flush_mail(self) -> None:
+        """Wait until the transitions' mail is spooled (each waits at most ``spool_timeout``)."""
+        while self._mailing:
+            await asyncio.gather(*self._mailing, return_exceptions=True)
 
     # Steps ----------------------------------------------------------------------------------------
 
@@ -415,6 +422,16 @@ class Executor:
         else:
             self._last_release_problem = None
         notice = transition_notice(rec, situation, time.time())
+        # Spooled in the background: a slow or full disk never holds the transition's end (nor
+        # the next transition) up. Tasks start in the order they are created, so the outbox
+        # numbers the notices in the order of the transitions.
+        task = asyncio.get_running_loop().create_task(self._spool(notice))
+        self._mailing.add(task)
+        task.add_done_callback(self._mailing.discard)
+        await asyncio.sleep(0)  # its first step now: the notice is numbered and its write begun
+
+    async def _spool(self, notice: mail.Notice) -> None:
+        assert self.notifier is not None
         try:
             await asyncio.wait_for(self.notifier.submit(notice), self.spool_timeout)
         except (OSError, TimeoutError) as e:  # a full, read-only or hung spool: say so, go on

@@ -1,0 +1,622 @@
+"""Fuzzing both sans-I/O cores (issue 8, case 11): random and mutated datagrams, with the key.
+
+A real heartbeat sender (the primary) and a real monitor (the secondary) run as a pair over two
+perfect in-memory networks, on simulated time, and the primary dies and comes back (with a new
+boot) on a fixed cycle, so the monitor passes through standby, takeover, hold-down and
+hand-back. Between their own exchanges, each core is fed fuzz inputs:
+
+* random bytes (some behind a valid magic and version, to get past the first checks);
+* captured datagrams with bit flips, truncated, or extended;
+* captured datagrams with one field changed and **re-signed with the key**: type, flags, name,
+  boot id, sequence number, interval, echoes (count and content), nonce, echoed boot and
+  sequence, body length; and exact replays.
+
+Around every input the harness takes a snapshot of the core and checks:
+
+* nothing escapes ``receive_datagram`` (any exception is a failure);
+* an input that is not authentic changes nothing at all (every attribute except counters and
+  the event and output queues), and produces exactly one ``Dropped`` event;
+* an authentic input that is not *fresh* changes nothing a fresh heartbeat relies on: for the
+  monitor its state, the detector, the pinned peer name and boot, the verified addresses, the
+  hold-down and retry times; for the sender its boot, sequence number, listeners, release ids
+  and pending announcement. Anyone with the key can make a fresh datagram, so fresh means, for
+  the monitor: a HEARTBEAT or LEAVING, not from our own name, echoing a nonce the monitor
+  issued and still keeps, and not an exact repeat of one it was given while it still keeps
+  that boot's replay window (older boots' windows are evicted: issue 7); for the sender: a
+  CHALLENGE or RELEASED, not from its own name, echoing its boot id and a sequence number
+  within its echo horizon, and not a challenge sequence number it already has for that
+  listener boot (nor a release id it already has);
+* memory stays bounded: the replay windows, candidates, out-of-turn challenges, nonces and
+  listeners never exceed their documented caps.
+
+:func:`run` returns a :class:`Report`; ``tests/unit/test_fuzz.py`` runs 10^5 inputs and
+``bench/fuzz.py`` 10^6.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import pickle
+import random
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from . import auth, monitor, sender, wire
+from .monitor import Acquire, Monitor, MonitorConfig, Release
+from .sender import Sender, SenderConfig
+
+KEY = bytes(range(32))
+NETS = ("pub", "priv")
+PRIMARY = {"pub": ("203.0.113.10", 40000), "priv": ("198.51.100.10", 40000)}
+SECONDARY = {"pub": ("203.0.113.20", 1694), "priv": ("198.51.100.20", 1694)}
+BCAST = {"pub": ("203.0.113.255", 1694), "priv": ("198.51.100.255", 1694)}
+SPOOFED = (("203.0.113.66", 1694), ("198.51.100.66", 4000), ("192.0.2.1", 1))
+INTERVAL = 1.0
+DEADTIME = 3.0
+FAILBACK = 3.0
+STEP = INTERVAL / 4
+ALIVE_STEPS, DEAD_STEPS = 80, 24  # the primary's cycle: 20 s alive, 6 s dead
+_HEADER = struct.Struct("!4sBBBB8sQI")
+POOL = 64  # captured datagrams kept per direction for mutation
+
+
+class FuzzFailure(AssertionError):
+    """An invariant broke; the message names the input (hex), the core and what changed."""
+
+
+@dataclass
+class Report:
+    seed: int
+    inputs: Counter[str] = field(default_factory=Counter)  # per core and kind
+    outcomes: Counter[str] = field(default_factory=Counter)  # dropped reasons, accepted...
+    states: Counter[str] = field(default_factory=Counter)  # monitor state at each input
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.inputs.values())
+
+
+def freeze(obj: Any, depth: int = 0) -> Any:
+    """A comparable, plain-data copy of ``obj`` (objects by their attributes, in order)."""
+    if depth > 8:
+        return "..."
+    if obj is None or isinstance(obj, bool | int | float | str | bytes | enum.Enum):
+        return obj
+    if isinstance(obj, dict):
+        return tuple((freeze(k, depth + 1), freeze(v, depth + 1)) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return tuple(freeze(v, depth + 1) for v in obj)
+    if isinstance(obj, set | frozenset):
+        return tuple(sorted(repr(freeze(v, depth + 1)) for v in obj))
+    if callable(obj) and not is_dataclass(obj):
+        return "<callable>"
+    if is_dataclass(obj):
+        attrs = tuple((f.name, freeze(getattr(obj, f.name), depth + 1)) for f in fields(obj))
+        return (type(obj).__name__, *attrs)
+    if hasattr(obj, "__dict__"):
+        attrs = tuple((k, freeze(v, depth + 1)) for k, v in sorted(vars(obj).items()))
+        return (type(obj).__name__, *attrs)
+    if hasattr(obj, "__iter__"):  # deque and the like
+        return tuple(freeze(v, depth + 1) for v in obj)
+    return repr(obj)
+
+
+_VOLATILE = {"counters", "_events", "_out", "_now", "_rng", "cfg"}
+MONITOR_CORE = (
+    "state",
+    "since",
+    "detector",
+    "peer_name",
+    "peer_boot",
+    "peer_seq",
+    "peer_interval",
+    "_holddown_until",
+    "_retry_at",
+    "_left_boots",
+    "_warned_boots",
+    "_stop_pending",
+)
+SENDER_CORE = (
+    "boot_id",
+    "seq",
+    "stopped",
+    "_next_beat",
+    "_listeners",
+    "_release_ids",
+    "_pending_announce",
+)
+
+
+def _whole(core: object) -> bytes:
+    """Every attribute but the volatile ones, pickled in one go (fast; see :func:`_changed`)."""
+    return pickle.dumps({k: v for k, v in vars(core).items() if k not in _VOLATILE}, 4)
+
+
+def _changed(before: bytes, core: object) -> list[str]:
+    """The attributes of ``core`` that differ from the pickle ``before``. Pickles that differ
+    are compared again by value, attribute by attribute (equal values may pickle differently)."""
+    if _whole(core) == before:
+        return []
+    old: dict[str, Any] = pickle.loads(before)
+    new = {k: v for k, v in vars(core).items() if k not in _VOLATILE}
+    return sorted(k for k in old.keys() | new.keys() if freeze(old.get(k)) != freeze(new.get(k)))
+
+
+def _monitor_core(m: Monitor) -> dict[str, Any]:
+    snap = {k: freeze(getattr(m, k)) for k in MONITOR_CORE}
+    snap["verified"] = freeze({n: p.verified for n, p in m._peers.items()})
+    return snap
+
+
+def _sender_core(s: Sender) -> dict[str, Any]:
+    return {k: freeze(getattr(s, k)) for k in SENDER_CORE}
+
+
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+# --- raw datagrams -------------------------------------------------------------------------------
+
+
+@dataclass
+class Raw:
+    """A datagram's fields, any of which may be invalid; :meth:`pack` signs it with the key."""
+
+    magic: bytes
+    version: int
+    mtype: int
+    flags: int
+    name: bytes
+    name_len: int
+    boot: bytes
+    seq: int
+    interval_us: int
+    body: bytes
+
+    @classmethod
+    def parse(cls, data: bytes) -> Raw:
+        magic, version, mtype, flags, name_len, boot, seq, iv = _HEADER.unpack_from(data)
+        pos = _HEADER.size + name_len
+        name = data[_HEADER.size : pos]
+        body = data[pos : -auth.TAG_SIZE]
+        return cls(magic, version, mtype, flags, name, name_len, boot, seq, iv, body)
+
+    def pack(self, key: bytes = KEY) -> bytes:
+        head = _HEADER.pack(
+            self.magic,
+            self.version & 0xFF,
+            self.mtype & 0xFF,
+            self.flags & 0xFF,
+            self.name_len & 0xFF,
+            self.boot,
+            self.seq % 2**64,
+            self.interval_us % 2**32,
+        )
+        data = head + self.name + self.body
+        return data + auth.sign(key, data)
+
+
+class Mutator:
+    """Makes fuzz inputs from a pool of captured datagrams."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.boots: list[bytes] = []  # boot ids seen, for plausible boot changes
+        self.nonces: list[bytes] = []  # nonces and echoes seen on the wire
+
+    def note(self, data: bytes) -> None:
+        try:
+            msg = wire.decode(data, KEY)
+        except wire.RemoteProtocolError:
+            return
+        for value, bag in ((msg.boot_id, self.boots), (msg.nonce, self.nonces)):
+            if value and value not in bag:
+                bag.append(value)
+                del bag[:-16]
+        for e in msg.echoes:
+            if e not in self.nonces:
+                self.nonces.append(e)
+                del self.nonces[:-16]
+
+    def random_bytes(self) -> bytes:
+        r = self.rng
+        n = r.choice((0, 1, 4, 27, 60, r.randrange(0, 80), r.randrange(80, 600)))
+        data = r.randbytes(n)
+        if r.random() < 0.5 and n >= 6:
+            data = wire.MAGIC + bytes([wire.VERSION]) + data[5:]
+        return data
+
+    def bit_flip(self, data: bytes) -> bytes:
+        b = bytearray(data)
+        for _ in range(self.rng.choice((1, 1, 2, 3, 8))):
+            i = self.rng.randrange(len(b) * 8)
+            b[i // 8] ^= 1 << (i % 8)
+        return bytes(b)
+
+    def truncate(self, data: bytes) -> bytes:
+        return data[: self.rng.randrange(len(data))]
+
+    def extend(self, data: bytes) -> bytes:
+        return data + self.rng.randbytes(self.rng.choice((1, 8, 32, self.rng.randrange(1, 500))))
+
+    def resign(self, data: bytes) -> bytes:
+        """One field changed (or none: an exact re-signed replay), signed with the key."""
+        r = self.rng
+        raw = Raw.parse(data)
+        which = r.choice(
+            (
+                "replay",
+                "type",
+                "flags",
+                "name",
+                "boot",
+                "seq",
+                "seq",
+                "interval",
+                "echoes",
+                "nonce",
+                "echo_boot",
+                "echo_seq",
+                "body",
+                "version",
+            )
+        )
+        if which == "type":
+            raw.mtype = r.choice((0, 1, 2, 3, 4, 5, r.randrange(256)))
+        elif which == "flags":
+            raw.flags = r.choice((1, 2, 0x80, 0xFF, r.randrange(256)))
+        elif which == "name":
+            raw.name = r.choice(
+                (
+                    b"primary",
+                    b"secondary",
+                    b"intruder",
+                    b"",
+                    b"a b",
+                    b"\x00\x01",
+                    b"\xff\xfe",
+                    b"x" * 64,
+                    b"x" * 65,
+                    r.randbytes(r.randrange(1, 70)),
+                )
+            )
+            raw.name_len = len(raw.name) if r.random() < 0.8 else r.randrange(256)
+        elif which == "boot":
+            raw.boot = r.choice(self.boots) if self.boots and r.random() < 0.5 else r.randbytes(8)
+        elif which == "seq":
+            raw.seq = r.choice(
+                (
+                    raw.seq,
+                    raw.seq + 1,
+                    raw.seq - 1,
+                    raw.seq + r.randrange(1, 300),
+                    raw.seq - r.randrange(1, 300),
+                    raw.seq + 2**40,
+                    0,
+                    2**64 - 1,
+                    r.randrange(2**64),
+                )
+            )
+        elif which == "interval":
+            raw.interval_us = r.choice((0, 1, 2**32 - 1, r.randrange(2**32)))
+        elif which == "echoes":
+            count = r.choice((0, 1, 3, 16, 17, 255))
+            pool = self.nonces or [b"\0" * 8]
+            echoes = b"".join(
+                r.choice(pool) if r.random() < 0.5 else r.randbytes(8)
+                for _ in range(min(count, 20))
+            )
+            raw.body = bytes([count]) + echoes
+        elif which in ("nonce", "echo_boot", "echo_seq") and len(raw.body) == 24:
+            nonce, echo_boot, echo_seq = raw.body[:8], raw.body[8:16], raw.body[16:]
+            if which == "nonce":
+                nonce = (
+                    r.choice(self.nonces) if self.nonces and r.random() < 0.5 else r.randbytes(8)
+                )
+            elif which == "echo_boot":
+                echo_boot = r.choice(self.boots) if self.boots else r.randbytes(8)
+            else:
+                (value,) = struct.unpack("!Q", echo_seq)
+                value = r.choice((value + 1, value - 1, value + 1000, 0, r.randrange(2**64)))
+                echo_seq = struct.pack("!Q", value % 2**64)
+            raw.body = nonce + echo_boot + echo_seq
+        elif which == "body":
+            raw.body = r.choice(
+                (b"", raw.body[:-1], raw.body + b"\0", r.randbytes(r.randrange(40)))
+            )
+        elif which == "version":
+            raw.version = r.choice((0, 2, 255))
+        return raw.pack()
+
+
+# --- the harness ---------------------------------------------------------------------------------
+
+
+class Harness:
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.report = Report(seed)
+        self.now = 0.0
+        self.step = 0
+        self.alive = True
+        self.mutator = Mutator(self.rng)
+        self.to_monitor: list[tuple[bytes, str]] = []  # captured (datagram, network)
+        self.to_sender: list[bytes] = []
+        # every authentic datagram the monitor was given lately (its hash -> when)
+        self.fed_monitor: dict[int, float] = {}
+        self.sender = self._new_sender()
+        self.monitor = Monitor(
+            MonitorConfig(
+                node="secondary",
+                key=KEY,
+                period=INTERVAL,
+                deadtime=DEADTIME,
+                failback_delay=FAILBACK,
+                networks=NETS,
+            ),
+            rng=self.rng.randbytes,
+            now=0.0,
+        )
+
+    def _new_sender(self) -> Sender:
+        cfg = SenderConfig(
+            node="primary", key=KEY, interval=INTERVAL, targets=tuple(BCAST.values())
+        )
+        return Sender(cfg, rng=self.rng.randbytes, now=self.now)
+
+    # The pair's own exchange -----------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One step of simulated time: timers, the pair's datagrams, the primary's cycle."""
+        self.step += 1
+        self.now = self.step * STEP
+        phase = self.step % (ALIVE_STEPS + DEAD_STEPS)
+        if phase == ALIVE_STEPS:
+            self.alive = False  # the primary dies
+        elif phase == 0 and not self.alive:
+            self.alive = True  # and comes back, a new boot
+            self.sender = self._new_sender()
+        if self.alive:
+            self.sender.handle_timer(self.now)
+            self._flush_sender()
+        self.monitor.handle_timer(self.now)
+        self._flush_monitor()
+        if self.step % 40 == 0:  # older captures echo no live nonce: never fresh anyway
+            horizon = self.now - DEADTIME - 2 * INTERVAL
+            self.fed_monitor = {h: t for h, t in self.fed_monitor.items() if t > horizon}
+
+    def _flush_sender(self) -> None:
+        for data, dest in self.sender.datagrams_to_send():
+            net = "pub" if dest[0].startswith("203.") else "priv"
+            self._capture_for_monitor(data, net)
+            self._note_fed(data)
+            self.monitor.receive_datagram(data, PRIMARY[net], net, self.now)
+        while self.sender.next_event() is not None:
+            pass
+        self._flush_monitor()
+
+    def _flush_monitor(self) -> None:
+        out = self.monitor.datagrams_to_send()
+        while (ev := self.monitor.next_event()) is not None:
+            if isinstance(ev, Acquire):
+                self.monitor.acquire_done(self.now, ok=True)
+            elif isinstance(ev, Release):
+                self.monitor.release_done(self.now, ok=True)
+        out += self.monitor.datagrams_to_send()
+        for data, dest in out:
+            self.to_sender.append(data)
+            del self.to_sender[:-POOL]
+            self.mutator.note(data)
+            if self.alive:
+                net = "pub" if dest[0].startswith("203.") else "priv"
+                self.sender.receive_datagram(data, SECONDARY[net], self.now)
+        if self.alive and out:
+            self._flush_sender()
+
+    def _capture_for_monitor(self, data: bytes, net: str) -> None:
+        self.to_monitor.append((data, net))
+        del self.to_monitor[:-POOL]
+        self.mutator.note(data)
+
+    def _note_fed(self, data: bytes) -> None:
+        self.fed_monitor[hash(data)] = self.now
+
+    # Fuzz inputs ---------------------------------------------------------------------------
+
+    def _mutate(self, data: bytes) -> tuple[str, bytes]:
+        r = self.rng.random()
+        if r < 0.15:
+            return "random", self.mutator.random_bytes()
+        if r < 0.35:
+            return "bitflip", self.mutator.bit_flip(data)
+        if r < 0.45:
+            return "truncate", self.mutator.truncate(data)
+        if r < 0.55:
+            return "extend", self.mutator.extend(data)
+        return "resign", self.mutator.resign(data)
+
+    def _addr(self, real: wire.Addr) -> wire.Addr:
+        return real if self.rng.random() < 0.7 else self.rng.choice(SPOOFED)
+
+    def fuzz_monitor(self) -> None:
+        if not self.to_monitor:
+            return
+        m, now = self.monitor, self.now
+        base, net = self.rng.choice(self.to_monitor)
+        kind, data = self._mutate(base)
+        addr = self._addr(PRIMARY[net])
+        if self.rng.random() < 0.1:
+            net = self.rng.choice(NETS)
+        self.report.inputs[f"monitor.{kind}"] += 1
+        self.report.states[m.state.value] += 1
+        m.handle_timer(now)
+        self._flush_monitor()
+        msg = _decode(data)
+        fresh = msg is not None and self._fresh_for_monitor(msg, data)
+        whole = _whole(m) if msg is None else None
+        core = None if msg is None or fresh else _monitor_core(m)
+        rejected = sum(v for k, v in m.counters.items() if k.startswith("rejected."))
+        try:
+            m.receive_datagram(data, addr, net, now)
+        except Exception as e:
+            raise self._fail("monitor", data, f"{type(e).__name__}: {e}") from e
+        events = _drain(m)
+        dropped = [e for e in events if isinstance(e, wire.Dropped)]
+        now_rejected = sum(v for k, v in m.counters.items() if k.startswith("rejected."))
+        if len(dropped) != now_rejected - rejected or len(dropped) > 1:
+            raise self._fail("monitor", data, f"drops not counted once: {events}")
+        outcome = dropped[0].reason.value if dropped else "accepted"
+        self.report.outcomes[f"monitor.{outcome}"] += 1
+        if msg is None:
+            if not dropped:
+                raise self._fail("monitor", data, "an unauthentic datagram was not dropped")
+            assert whole is not None
+            changed = _changed(whole, m)
+            if changed:
+                raise self._fail("monitor", data, f"unauthentic input changed {changed}")
+        else:
+            self._note_fed(data)
+            if core is not None:
+                changed = _diff(core, _monitor_core(m))
+                if changed:
+                    raise self._fail("monitor", data, f"a non-fresh input changed {changed}")
+        for ev in events:
+            if isinstance(ev, Acquire):
+                m.acquire_done(now, ok=True)
+            elif isinstance(ev, Release):
+                m.release_done(now, ok=True)
+        _drain(m)
+        m.datagrams_to_send()  # challenges to spoofed sources go nowhere
+        self._check_monitor_bounds()
+
+    def _fresh_for_monitor(self, msg: wire.Message, data: bytes) -> bool:
+        """Anyone with the key can make a fresh heartbeat; only an exact repeat of one given
+        while the monitor still keeps that boot's replay window is not fresh."""
+        m = self.monitor
+        replay = hash(data) in self.fed_monitor and (msg.sender, msg.boot_id) in m._windows
+        return (
+            msg.type in (wire.MsgType.HEARTBEAT, wire.MsgType.LEAVING)
+            and msg.sender != m.cfg.node
+            and any(e in m._nonces for e in msg.echoes)
+            and not replay
+        )
+
+    def fuzz_sender(self) -> None:
+        if not self.to_sender or not self.alive:
+            return
+        s, now = self.sender, self.now
+        base = self.rng.choice(self.to_sender)
+        kind, data = self._mutate(base)
+        addr = self._addr(self.rng.choice(tuple(SECONDARY.values())))
+        self.report.inputs[f"sender.{kind}"] += 1
+        msg = _decode(data)
+        fresh = msg is not None and self._fresh_for_sender(msg)
+        whole = _whole(s) if msg is None else None
+        core = None if msg is None or fresh else _sender_core(s)
+        rejected = sum(v for k, v in s.counters.items() if k.startswith("rejected."))
+        try:
+            s.receive_datagram(data, addr, now)
+        except Exception as e:
+            raise self._fail("sender", data, f"{type(e).__name__}: {e}") from e
+        events = _drain(s)
+        dropped = [e for e in events if isinstance(e, wire.Dropped)]
+        now_rejected = sum(v for k, v in s.counters.items() if k.startswith("rejected."))
+        if len(dropped) != now_rejected - rejected or len(dropped) > 1:
+            raise self._fail("sender", data, f"drops not counted once: {events}")
+        outcome = dropped[0].reason.value if dropped else "accepted"
+        self.report.outcomes[f"sender.{outcome}"] += 1
+        if msg is None:
+            if not dropped:
+                raise self._fail("sender", data, "an unauthentic datagram was not dropped")
+            assert whole is not None
+            changed = _changed(whole, s)
+            if changed:
+                raise self._fail("sender", data, f"unauthentic input changed {changed}")
+        elif core is not None:
+            changed = _diff(core, _sender_core(s))
+            if changed:
+                raise self._fail("sender", data, f"a non-fresh input changed {changed}")
+        s.datagrams_to_send()  # the immediate beat to a new listener: not delivered
+        if len(s._listeners) > sender.MAX_LISTENERS or len(s._release_ids) > 17:
+            raise self._fail("sender", data, "listener or release-id tables grew past their caps")
+
+    def _fresh_for_sender(self, msg: wire.Message) -> bool:
+        s = self.sender
+        if msg.type not in (wire.MsgType.CHALLENGE, wire.MsgType.RELEASED):
+            return False
+        # our boot, and a sequence number we sent within the echo horizon (computed here, not
+        # by asking the sender, so that a sender that stops checking is caught)
+        horizon = len(s.cfg.targets) * math.ceil(sender.ECHO_HORIZON / s.cfg.interval) + 16
+        recent = msg.echo_boot == s.boot_id and 0 <= s.seq - msg.echo_seq <= horizon
+        if msg.sender == s.cfg.node or not recent:
+            return False
+        if msg.type is wire.MsgType.RELEASED:
+            return msg.nonce not in s._release_ids
+        entry = s._listeners.get((msg.sender, msg.boot_id))
+        return entry is None or msg.seq > entry.seq
+
+    def _check_monitor_bounds(self) -> None:
+        m = self.monitor
+        bounded = {
+            "replay windows": (len(m._windows), monitor.MAX_BOOTS),
+            "out-of-turn challenges": (len(m._immediate), 4 * monitor.MAX_CANDIDATES),
+            "networks": (len(m._peers), len(NETS)),
+            "nonces": (len(m._nonces), int((DEADTIME + INTERVAL) / INTERVAL) + 2),
+        }
+        for p in m._peers.values():
+            bounded["candidates"] = (len(p.candidates), monitor.MAX_CANDIDATES)
+            bounded["seen"] = (len(p.seen), len(SPOOFED) + 2)
+        over = {k: v for k, v in bounded.items() if v[0] > v[1]}
+        if over:
+            raise FuzzFailure(f"monitor tables past their caps: {over}")
+
+    def _fail(self, core: str, data: bytes, what: str) -> FuzzFailure:
+        return FuzzFailure(
+            f"seed {self.report.seed}, t={self.now:g}, {core} in "
+            f"{self.monitor.state.value}: {what}; input {data.hex()}"
+        )
+
+
+def _decode(data: bytes) -> wire.Message | None:
+    try:
+        return wire.decode(data, KEY)
+    except wire.RemoteProtocolError:
+        return None
+
+
+def _drain(core: Monitor | Sender) -> list[Any]:
+    out = []
+    while (ev := core.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+def run(inputs: int, seed: int = 1, progress: Callable[[Report], None] | None = None) -> Report:
+    """Feed ``inputs`` fuzz datagrams in all, about half to each core (all to the monitor while
+    the primary is dead); raise :class:`FuzzFailure` at the first broken invariant."""
+    h = Harness(seed)
+    began = time.perf_counter()
+    per_step = 8
+    done = 0
+    while done < inputs:
+        h.tick()
+        for _ in range(per_step):
+            if done >= inputs:
+                break
+            if done % 2 == 0 or not h.alive:
+                h.fuzz_monitor()  # a dead primary's sender gets nothing
+            else:
+                h.fuzz_sender()
+            done += 1
+        if progress is not None and h.step % 5000 == 0:
+            h.report.seconds = time.perf_counter() - began
+            progress(h.report)
+    h.report.seconds = time.perf_counter() - began
+    return h.report
