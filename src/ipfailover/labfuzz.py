@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from . import auth, monitor, sender, wire
-from .monitor import Acquire, Monitor, MonitorConfig, Release
+from .monitor import Acquire, Monitor, MonitorConfig, Probe, Release
 from .sender import Sender, SenderConfig
 
 KEY = bytes(range(32))
@@ -405,7 +405,9 @@ class Harness:
     def _flush_monitor(self) -> None:
         out = self.monitor.datagrams_to_send()
         while (ev := self.monitor.next_event()) is not None:
-            if isinstance(ev, Acquire):
+            if isinstance(ev, Probe):  # the primary's host is down: nothing answers
+                self.monitor.probe_done(self.now, ev.id, {})
+            elif isinstance(ev, Acquire):
                 self.monitor.acquire_done(self.now, ok=True)
             elif isinstance(ev, Release):
                 self.monitor.release_done(self.now, ok=True)
@@ -488,7 +490,9 @@ class Harness:
                 if changed:
                     raise self._fail("monitor", data, f"a non-fresh input changed {changed}")
         for ev in events:
-            if isinstance(ev, Acquire):
+            if isinstance(ev, Probe):
+                m.probe_done(now, ev.id, {})
+            elif isinstance(ev, Acquire):
                 m.acquire_done(now, ok=True)
             elif isinstance(ev, Release):
                 m.release_done(now, ok=True)
