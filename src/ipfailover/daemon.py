@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import auth, config, sdnotify, wire
+from . import __version__, auth, config, sdnotify, wire
 
 EXIT_CONFIG = 2
 log = logging.getLogger("ipfailover.daemon")
@@ -143,12 +143,19 @@ SIGNALS_EPILOG = """signals:
 
 exit status:
   0  stopped on a signal
-  2  a configuration, key or interface problem, reported before touching the network
+  1  an unexpected error (a bug: the traceback is in the log; please report it)
+  2  a configuration, key, interface or run-directory problem, reported in one line before
+     touching the network (the units do not restart it: fix, then start again)
 """
 
 
 def base_parser(
-    prog: str, description: str, *, stop: str = "release what it holds", hup: str = ""
+    prog: str,
+    description: str,
+    *,
+    stop: str = "release what it holds",
+    hup: str = "",
+    verbose: str = "log every heartbeat decision (DEBUG lines)",
 ) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -157,7 +164,8 @@ def base_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config.add_path_argument(p)
-    p.add_argument("--verbose", action="store_true", help="log every heartbeat decision")
+    p.add_argument("--verbose", action="store_true", help=verbose)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
@@ -208,6 +216,28 @@ def load_key(cfg: config.Config) -> bytes:
             return auth.parse_key_text(f.read())
         except (auth.KeyError_, UnicodeDecodeError) as e:
             raise StartupError(f"{where}: key file {path}: {e}") from None
+
+
+def run_dir_error(cfg: config.Config, e: OSError) -> StartupError:
+    """FAILOVER_RUN_DIR (or a file in it) could not be created: one line naming it and the fix."""
+    where = f"{cfg.path}:{cfg.line_of('FAILOVER_RUN_DIR') or 0}: FAILOVER_RUN_DIR"
+    what = e.filename or cfg.run_dir
+    if isinstance(e, PermissionError):
+        fix = (
+            f"run as root (uid {os.geteuid()} may not write there), or set FAILOVER_RUN_DIR "
+            "to a directory this user owns"
+        )
+    else:
+        fix = "set FAILOVER_RUN_DIR to a directory (every parent must be a directory)"
+    return StartupError(f"{where}: cannot create {what}: {e.strerror}; {fix}")
+
+
+async def start_control(cfg: config.Config, server: Any) -> None:
+    """Start a daemon's control socket (a ``control.ControlServer``) in FAILOVER_RUN_DIR."""
+    try:
+        await server.start()
+    except OSError as e:
+        raise run_dir_error(cfg, e) from None
 
 
 def node_name(cfg: config.Config) -> str:

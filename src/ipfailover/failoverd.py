@@ -514,14 +514,15 @@ async def amain(argv: list[str] | None) -> int:
         for ifname in sorted({*networks, *(a.ifname for a in assignments)}):
             netif.accept_local(ifname)
     except netif.NetifError as e:
-        raise daemon.StartupError(f"{cfg.path}: {e}") from None
+        hint = "; failoverd must run as root (CAP_NET_ADMIN)" if os.geteuid() != 0 else ""
+        raise daemon.StartupError(f"{cfg.path}: {e}{hint}") from None
     lock = take_lock(cfg, assignments)
     present = [a for a in assignments if await netif.present(a)]
     loop = asyncio.get_running_loop()
     fd = Failoverd(cfg, key, loop, assignments, networks, holding=bool(present))
     fd.lock = lock
     # Everything that can still fail comes before the first address change.
-    await fd.control.start()
+    await daemon.start_control(cfg, fd.control)
     daemon.start_metrics(cfg, "FAILOVER_METRICS", loop, fd.snapshot)
     if present:
         # Restarted while holding (even after SIGKILL): adopt, no release-and-reacquire blip.
@@ -550,7 +551,7 @@ def take_lock(cfg: config.Config, assignments: list[netif.Assignment]) -> transi
             "`ipfailover process` run, manages these addresses"
         ) from None
     except OSError as e:
-        raise daemon.StartupError(f"{where}: cannot create {cfg.run_dir}: {e.strerror}") from None
+        raise daemon.run_dir_error(cfg, e) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -196,13 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
         __doc__.splitlines()[0],
         stop="send LEAVING, so the secondary takes over at once",
         hup=";\n                   then re-announce this node's addresses (Apple's tickle)",
+        verbose="log every datagram sent (DEBUG lines)",
     )
 
 
 async def amain(argv: list[str] | None) -> int:
     cfg, key = daemon.start_up(build_parser(), argv, "heartbeatd")
     hb = Heartbeatd(cfg, key, asyncio.get_running_loop())
-    await hb.control.start()
+    await daemon.start_control(cfg, hb.control)
     daemon.start_metrics(cfg, "FAILOVER_HEARTBEAT_METRICS", hb.loop, hb.snapshot)
     hb.start()
     links = asyncio.create_task(hb.watch_links())
