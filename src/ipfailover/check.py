@@ -42,7 +42,7 @@ def roles_of(cfg: config.Config) -> list[config.Role]:
 
 
 def _where(cfg: config.Config, variable: str) -> str:
-    return f"{cfg.path}:{cfg.line_of(variable) or 0}: {variable}"
+    return cfg.where(variable)
 
 
 async def pair_problems(cfg: config.Config) -> list[Problem]:
@@ -169,6 +169,7 @@ async def problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem
         daemon.load_key(cfg)
     except daemon.StartupError as e:
         out.append(Problem(str(e), True))
+    out += [Problem(str(w), False) for w in cfg.warnings]
     out += run_dir_problems(cfg)
     out += metrics_problems(cfg, roles)
     if "failoverd" in roles:

@@ -120,7 +120,7 @@ def start_metrics(
     listen = cfg.metrics if variable == "FAILOVER_METRICS" else cfg.heartbeat_metrics
     if listen is None:
         return
-    where = f"{cfg.path}:{cfg.line_of(variable) or 0}: {variable}"
+    where = cfg.where(variable)
     try:
         from . import metrics
     except ImportError:
@@ -178,6 +178,8 @@ def load_role_config(path: str, role: config.Role) -> config.Config:
     problems = config.role_problems(cfg, role)
     if problems:
         raise StartupError("\n".join(str(p) for p in problems))
+    for warning in cfg.warnings:
+        log.warning(format_event("config-warning", problem=str(warning)))
     return cfg
 
 
@@ -195,7 +197,7 @@ def start_up(
 def load_key(cfg: config.Config) -> bytes:
     """Read FAILOVER_KEY_FILE; it must be a regular file that others cannot read or write."""
     path = cfg.key_file
-    where = f"{cfg.path}:{cfg.line_of('FAILOVER_KEY_FILE') or 0}: FAILOVER_KEY_FILE"
+    where = cfg.where("FAILOVER_KEY_FILE")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as e:
@@ -220,7 +222,7 @@ def load_key(cfg: config.Config) -> bytes:
 
 def run_dir_error(cfg: config.Config, e: OSError) -> StartupError:
     """FAILOVER_RUN_DIR (or a file in it) could not be created: one line naming it and the fix."""
-    where = f"{cfg.path}:{cfg.line_of('FAILOVER_RUN_DIR') or 0}: FAILOVER_RUN_DIR"
+    where = cfg.where("FAILOVER_RUN_DIR")
     what = e.filename or cfg.run_dir
     if isinstance(e, PermissionError):
         fix = (

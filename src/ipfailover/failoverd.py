@@ -542,7 +542,7 @@ async def amain(argv: list[str] | None) -> int:
 
 def take_lock(cfg: config.Config, assignments: list[netif.Assignment]) -> transition.ManagerLock:
     """Claim our addresses in FAILOVER_RUN_DIR (``ipfailover process`` keeps off them)."""
-    where = f"{cfg.path}:{cfg.line_of('FAILOVER_RUN_DIR') or 0}: FAILOVER_RUN_DIR"
+    where = cfg.where("FAILOVER_RUN_DIR")
     try:
         return transition.ManagerLock.take(cfg.run_dir, assignments)
     except transition.LockHeld as e:
