@@ -201,6 +201,12 @@ def load_key(cfg: config.Config) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as e:
+        if e.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            raise StartupError(
+                f"{where}: key file {path} is a symbolic link, which is not followed (whoever "
+                f"can change the link could swap the key); set FAILOVER_KEY_FILE to the file "
+                f"itself: {os.path.realpath(path)}"
+            ) from None
         hint = (
             " (create one with: ipfailover keygen PATH)" if isinstance(e, FileNotFoundError) else ""
         )
