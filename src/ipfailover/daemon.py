@@ -367,6 +367,7 @@ class UdpEndpoint:
             self.socks[family] = sock
         self._names: dict[int, str] = {}
         self.send_errors = 0
+        self.last_send_error = ""  # strerror of the latest failed send
         # destination IP -> where to send instead, as a socket address without the port;
         # see netif.unicast_substitute
         self.redirects: dict[str, tuple[Any, ...]] = {}
@@ -418,8 +419,9 @@ class UdpEndpoint:
         try:
             sock.sendto(data, dest)
             return True
-        except OSError:
+        except OSError as e:
             self.send_errors += 1  # link down, no route: the peer will notice the silence
+            self.last_send_error = e.strerror or str(e)
             return False
 
 

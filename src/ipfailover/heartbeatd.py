@@ -20,6 +20,7 @@ from .sender import Announce, AnnounceDeferred, Sender, SenderConfig
 from .wire import Dropped
 
 log = logging.getLogger("ipfailover.heartbeatd")
+SEND_FAILURE_EVERY = 10.0  # seconds between send-failed lines for one target
 
 
 async def announced_addresses(cfg: config.Config) -> list[netif.Assignment]:
@@ -54,6 +55,7 @@ class Heartbeatd:
         self.control = control.ControlServer(cfg.run_dir, "heartbeatd", self.snapshot)
         self.service = daemon.Service(loop, healthy=lambda: self.timer.served())
         self._tasks: set[asyncio.Task[None]] = set()
+        self._send_failures: dict[str, tuple[float | None, int]] = {}  # target -> (logged, since)
 
     def snapshot(self) -> dict[str, Any]:
         """The status this daemon reports (docs/status.md)."""
@@ -153,6 +155,8 @@ class Heartbeatd:
             verbose = log.isEnabledFor(logging.DEBUG)
             for data, addr in self.core.datagrams_to_send():
                 sent = self.udp.sendto(data, addr)
+                if not sent:
+                    self._send_failed(addr)
                 if verbose:
                     self.events(
                         "sent",
@@ -172,6 +176,24 @@ class Heartbeatd:
                     self.events.dropped(ev, self.loop.time())
         finally:
             self.timer.arm(self.core.get_timer())  # whatever happened, keep beating
+
+    def _send_failed(self, addr: tuple[str, int]) -> None:
+        """Log a failed send at WARNING: the first at once, then one line per target every
+        SEND_FAILURE_EVERY seconds with how many failed since (the counter keeps them all)."""
+        now = self.loop.time()
+        target = f"{addr[0]}:{addr[1]}"
+        last, hidden = self._send_failures.get(target, (None, 0))
+        if last is not None and now - last < SEND_FAILURE_EVERY:
+            self._send_failures[target] = (last, hidden + 1)
+            return
+        self._send_failures[target] = (now, 0)
+        self.events(
+            "send-failed",
+            logging.WARNING,
+            to=target,
+            error=self.udp.last_send_error or None,
+            suppressed=hidden or None,
+        )
 
     async def _announce(self, ev: Announce) -> None:
         try:

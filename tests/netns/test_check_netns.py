@@ -88,3 +88,22 @@ def test_two_networks_and_a_foreign_peer_are_clean(tmp_path: Path, key: Path) ->
     )
     assert (code, report["problems"], report["ok"]) == (0, [], True)
     assert report["roles"] == ["heartbeatd", "failoverd"]
+
+
+def test_heartbeatd_logs_send_failures_at_warning_rate_limited(tmp_path: Path, key: Path) -> None:
+    """No route to the target: every send fails; the log says so once, not 20 times."""
+    cfg = tmp_path / "hostconfig"
+    cfg.write_text(
+        'FAILOVER_BCAST_IPS="203.0.113.255"\nFAILOVER_INTERVAL=0.1\n'
+        f'FAILOVER_KEY_FILE="{key}"\nFAILOVER_RUN_DIR="{tmp_path}/run"\n'
+    )
+    heartbeatd = Path(sys.executable).parent / "heartbeatd"
+    command = f"ip link set lo up; exec timeout -s INT 2 {heartbeatd} --config {cfg}"
+    res = subprocess.run(
+        ["unshare", "--net", "sh", "-c", command], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 124, res.stderr  # timeout's status: it stopped heartbeatd
+    failed = [x for x in res.stderr.splitlines() if "event=send-failed" in x]
+    assert len(failed) == 1, res.stderr
+    assert " WARNING event=send-failed to=203.0.113.255:1694 " in failed[0]
+    assert 'error="Network is unreachable"' in failed[0]
