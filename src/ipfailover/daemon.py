@@ -226,6 +226,21 @@ def load_key(cfg: config.Config) -> bytes:
             raise StartupError(f"{where}: key file {path}: {e}") from None
 
 
+CAP_NET_ADMIN = 12  # linux/capability.h
+
+
+def has_capability(bit: int) -> bool:
+    """Whether this process's effective capability set holds ``bit`` (/proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
+
+
 def run_dir_error(cfg: config.Config, e: OSError) -> StartupError:
     """FAILOVER_RUN_DIR (or a file in it) could not be created: one line naming it and the fix."""
     where = cfg.where("FAILOVER_RUN_DIR")

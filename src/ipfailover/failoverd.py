@@ -508,6 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def amain(argv: list[str] | None) -> int:
     cfg, key = daemon.start_up(build_parser(), argv, "failoverd")
+    if not daemon.has_capability(daemon.CAP_NET_ADMIN):
+        raise daemon.StartupError(
+            f"failoverd: uid {os.geteuid()} lacks CAP_NET_ADMIN, which adding and deleting "
+            "addresses needs: run it as root (the systemd unit does)"
+        )
     assignments = await resolve_pairs(cfg)
     networks = await watched_networks(cfg)
     try:
