@@ -97,6 +97,7 @@ class Failoverd:
         self._failed_takeovers = 0
         self.timer = daemon.Timer(loop, self._on_timer)
         self.stopped = asyncio.Event()
+        self._last_sender: str | None = None  # the sender of the latest verified heartbeat
         self.history: collections.deque[transition.TransitionRecord] = collections.deque(
             maxlen=HISTORY
         )
@@ -343,11 +344,15 @@ class Failoverd:
         elif isinstance(ev, NetworkEvent):
             name = "peer-verified" if ev.kind == "verified" else ev.kind
             level = logging.WARNING if ev.kind == "anomaly" else logging.INFO
-            self.events(name, level, network=ev.network, peer=self.core.peer_name)
+            # Until FAILOVER_PEER_IP's network pins the peer's name, the heartbeat that verified
+            # this network names it (the Heard event just before this one).
+            peer = self.core.peer_name or self._last_sender
+            self.events(name, level, network=ev.network, peer=peer)
             if ev.kind in ("anomaly", "recovered"):
                 notice = mail.network_notice(ev.kind, ev.network, self._situation(), time.time())
                 self._spawn(self._notify(notice))
         elif isinstance(ev, Heard):
+            self._last_sender = ev.sender
             if log.isEnabledFor(logging.DEBUG):
                 self.events(
                     "heartbeat",
