@@ -200,8 +200,15 @@ def target_problems(cfg: config.Config) -> list[Problem]:
     """FAILOVER_BCAST_IPS: each target must lead off this host, to where a failoverd can be."""
     where = _where(cfg, "FAILOVER_BCAST_IPS")
     out: list[Problem] = []
+    taken = {p.address for p in cfg.peer_ip_pairs}
     for target in cfg.bcast_ips:
-        if target.is_loopback:
+        if target in taken:
+            why = (
+                "is also in FAILOVER_PEER_IP_PAIRS: while this host holds it, heartbeats to it "
+                "never leave this host, and the peer's failoverd reports an anomaly on that "
+                "network (docs/configuration.md, FAILOVER_BCAST_IPS)"
+            )
+        elif target.is_loopback:
             why = "is a loopback address: the heartbeats never leave this host"
         elif target.is_multicast:
             why = (

@@ -79,6 +79,18 @@ def test_own_peer_ip_own_pair_and_one_network(tmp_path: Path, key: Path) -> None
     assert "failoverd watches one network only (d0)" in out[2] and "split brain" in out[2]
 
 
+def test_peering_with_the_peers_public_address_as_target(tmp_path: Path, key: Path) -> None:
+    code, report = check_in_netns(
+        tmp_path,
+        'FAILOVER_PEER_IP="192.0.2.1"\nFAILOVER_PEER_IP_PAIRS="d0:198.51.100.10"\n'
+        f'FAILOVER_NETWORKS="d0 d1"\nFAILOVER_BCAST_IPS="198.51.100.10 192.0.2.255"\n'
+        f'FAILOVER_KEY_FILE="{key}"\n',
+    )
+    out = texts(report)
+    assert code == 1 and len(out) == 1, out
+    assert "198.51.100.10 is also in FAILOVER_PEER_IP_PAIRS" in out[0]
+
+
 def test_two_networks_and_a_foreign_peer_are_clean(tmp_path: Path, key: Path) -> None:
     code, report = check_in_netns(
         tmp_path,
