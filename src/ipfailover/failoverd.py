@@ -56,9 +56,8 @@ async def watched_networks(cfg: config.Config) -> tuple[str, ...]:
     if cfg.networks:
         missing = await netif.missing_interfaces(cfg.networks)
         if missing:
-            line = cfg.line_of("FAILOVER_NETWORKS") or 0
             raise daemon.StartupError(
-                f"{cfg.path}:{line}: FAILOVER_NETWORKS: no such interface: {', '.join(missing)}"
+                f"{cfg.where('FAILOVER_NETWORKS')}: no such interface: {', '.join(missing)}"
             )
         return cfg.networks
     names = {p.interface for p in cfg.peer_ip_pairs}
