@@ -80,7 +80,9 @@ def _body(parser: argparse.ArgumentParser, level: int) -> list[str]:
         lines += [f"{heading} Options", "", *_action_items(parser, optionals), ""]
     if commands:
         lines += [f"{heading} Commands", "", *commands, ""]
-    if parser.epilog:
+    if parser.epilog and "\n" in parser.epilog:  # laid out by hand (signals, exit status)
+        lines += [f"{heading} Notes", "", "```text", parser.epilog.rstrip("\n"), "```", ""]
+    elif parser.epilog:
         lines += [f"{heading} Notes", "", _md(parser.epilog), ""]
     return lines
 
