@@ -200,13 +200,19 @@ def target_problems(cfg: config.Config) -> list[Problem]:
     """FAILOVER_BCAST_IPS: each target must lead off this host, to where a failoverd can be."""
     where = _where(cfg, "FAILOVER_BCAST_IPS")
     out: list[Problem] = []
-    taken = {p.address for p in cfg.peer_ip_pairs}
+    # A pair added as a host route (/31, /32, /127, /128) has no link-wide address that
+    # heartbeatd could send to instead while this host holds it (heartbeatd.watch_held_targets).
+    taken = {
+        p.address
+        for p in cfg.peer_ip_pairs
+        if p.prefixlen is not None and p.prefixlen >= p.address.max_prefixlen - 1
+    }
     for target in cfg.bcast_ips:
         if target in taken:
             why = (
-                "is also in FAILOVER_PEER_IP_PAIRS: while this host holds it, heartbeats to it "
-                "never leave this host, and the peer's failoverd reports an anomaly on that "
-                "network (docs/configuration.md, FAILOVER_BCAST_IPS)"
+                "is also in FAILOVER_PEER_IP_PAIRS as a host address: while this host holds it, "
+                "heartbeats to it never leave this host (there is no subnet broadcast to send to "
+                "instead), and the returning peer's failoverd reports an anomaly on that network"
             )
         elif target.is_loopback:
             why = "is a loopback address: the heartbeats never leave this host"

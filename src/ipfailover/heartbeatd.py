@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -105,6 +107,40 @@ class Heartbeatd:
                 self.events("link-watch-error", logging.WARNING, error=repr(e))
                 await asyncio.sleep(1.0)
 
+    async def watch_held_targets(self) -> None:
+        """Peering with unicast targets: while this host holds a target's address (its own
+        failoverd took the peer's address over), a datagram to it would be delivered here and
+        never leave the host, and the returning peer would hear nothing on that network. Send
+        it to the link instead, as failoverd does for its challenges (netif.unicast_substitute:
+        the subnet's broadcast, or all-nodes). Looked up every interval (at most every second)
+        while a target is a unicast address, every second otherwise."""
+        while not self.stopped.is_set():
+            every = 1.0
+            try:
+                targets = set(self.cfg.bcast_ips)
+                held = await netif.addresses_on_subnets_of(targets)
+                redirects: dict[str, tuple[Any, ...]] = {}
+                for a in held:
+                    sub = netif.unicast_substitute(a) if a.address in targets else None
+                    if sub is not None:
+                        redirects[str(a.address)] = sub
+                old = self.udp.redirects
+                for target in sorted(redirects.keys() - old.keys()):
+                    self.events("target-held", target=target, via=redirects[target][0])
+                for target in sorted(old.keys() - redirects.keys()):
+                    self.events("target-released", target=target)
+                self.udp.redirects = redirects
+                broadcasts = {
+                    ipaddress.ip_network((a.address, a.prefixlen), strict=False).broadcast_address
+                    for a in held
+                }
+                if any(t.version == 6 or t not in broadcasts for t in targets):
+                    every = min(1.0, self.cfg.interval)
+            except Exception as e:  # logged; the targets are sent to as configured meanwhile
+                self.events("target-watch-error", logging.WARNING, error=repr(e))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopped.wait(), every)
+
     def _on_timer(self) -> None:
         self.core.handle_timer(self.loop.time())
         self._flush()
@@ -132,6 +168,7 @@ class Heartbeatd:
             self.events("reload-failed", logging.ERROR, errors=str(e).replace("\n", "; "))
             return
         if new is not None:
+            new.redirects = self.udp.redirects
             self.udp.close()
             self.udp = new
             self.udp.start(self.loop, self._on_datagram)
@@ -229,9 +266,11 @@ async def amain(argv: list[str] | None) -> int:
     daemon.start_metrics(cfg, "FAILOVER_HEARTBEAT_METRICS", hb.loop, hb.snapshot)
     hb.start()
     links = asyncio.create_task(hb.watch_links())
+    held = asyncio.create_task(hb.watch_held_targets())
     hb.service.ready(f"sending every {cfg.interval:g} s")
     await hb.stopped.wait()
     links.cancel()
+    held.cancel()
     await asyncio.sleep(0)  # let the LEAVING datagrams go out
     await hb.control.close()
     hb.udp.close()
