@@ -114,6 +114,7 @@ class Heartbeatd:
         it to the link instead, as failoverd does for its challenges (netif.unicast_substitute:
         the subnet's broadcast, or all-nodes). Looked up every interval (at most every second)
         while a target is a unicast address, every second otherwise."""
+        failed = ""  # the last error logged, so that a lasting one is logged once
         while not self.stopped.is_set():
             every = 1.0
             try:
@@ -136,8 +137,12 @@ class Heartbeatd:
                 }
                 if any(t.version == 6 or t not in broadcasts for t in targets):
                     every = min(1.0, self.cfg.interval)
-            except Exception as e:  # logged; the targets are sent to as configured meanwhile
-                self.events("target-watch-error", logging.WARNING, error=repr(e))
+            except Exception as e:  # logged once; the targets are sent to as configured meanwhile
+                if repr(e) != failed:
+                    self.events("target-watch-error", logging.WARNING, error=repr(e))
+                failed = repr(e)
+            else:
+                failed = ""
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopped.wait(), every)
 
