@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
+import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import config, daemon, hooks, mail, netif
 
@@ -42,7 +46,7 @@ def roles_of(cfg: config.Config) -> list[config.Role]:
 
 
 def _where(cfg: config.Config, variable: str) -> str:
-    return f"{cfg.path}:{cfg.line_of(variable) or 0}: {variable}"
+    return cfg.where(variable)
 
 
 async def pair_problems(cfg: config.Config) -> list[Problem]:
@@ -64,7 +68,17 @@ async def pair_problems(cfg: config.Config) -> list[Problem]:
             if a.address.version == pair.address.version and a.address != pair.address
         ]
         on_link = [n for n in nets if pair.address in n]
-        if pair.prefixlen is None and not on_link:
+        if any(a.address == pair.address for a in own):
+            out.append(
+                Problem(
+                    f"{where}: {pair}: {pair.address} is on {pair.interface} now. Fine if this "
+                    "failoverd holds it after a takeover; but if it is this host's own address, "
+                    "failoverd will delete it when it hands back: the pairs name the primary's "
+                    "address, not the secondary's",
+                    False,
+                )
+            )
+        elif pair.prefixlen is None and not on_link:
             host = 32 if pair.address.version == 4 else 128
             out.append(
                 Problem(
@@ -160,6 +174,102 @@ def run_dir_problems(cfg: config.Config) -> list[Problem]:
     return [Problem(f"{where}: {what}{existing} is not writable by uid {os.geteuid()}", True)]
 
 
+def route_to(address: config.IPAddress, port: int) -> tuple[str | None, str | None]:
+    """(the source address the kernel would use to reach ``address``, or None; the error).
+
+    A connected UDP socket is the kernel's own route lookup; nothing is sent."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.connect((str(address), port))
+            return str(sock.getsockname()[0]).split("%")[0], None
+    except OSError as e:
+        return None, e.strerror or str(e)
+
+
+def own_address(address: config.IPAddress) -> bool:
+    """Whether ``address`` is one of this host's own (the kernel routes it to itself)."""
+    if address.is_loopback:
+        return True
+    source, _ = route_to(address, 9)
+    return source is not None and ipaddress.ip_address(source) == address
+
+
+def target_problems(cfg: config.Config) -> list[Problem]:
+    """FAILOVER_BCAST_IPS: each target must lead off this host, to where a failoverd can be."""
+    where = _where(cfg, "FAILOVER_BCAST_IPS")
+    out: list[Problem] = []
+    # A pair added as a host route (/31, /32, /127, /128) has no link-wide address that
+    # heartbeatd could send to instead while this host holds it (heartbeatd.watch_held_targets).
+    taken = {
+        p.address
+        for p in cfg.peer_ip_pairs
+        if p.prefixlen is not None and p.prefixlen >= p.address.max_prefixlen - 1
+    }
+    for target in cfg.bcast_ips:
+        if target in taken:
+            why = (
+                "is also in FAILOVER_PEER_IP_PAIRS as a host address: while this host holds it, "
+                "heartbeats to it never leave this host (there is no subnet broadcast to send to "
+                "instead), and the returning peer's failoverd reports an anomaly on that network"
+            )
+        elif target.is_loopback:
+            why = "is a loopback address: the heartbeats never leave this host"
+        elif target.is_multicast:
+            why = (
+                "is a multicast group: heartbeatd joins none and picks no interface for it, so "
+                "the heartbeats follow the routing table, on one network at most"
+            )
+        else:
+            source, error = route_to(target, cfg.port)
+            if error is not None:
+                why = f"cannot be reached from this host ({error}): no route to it"
+            elif source is not None and ipaddress.ip_address(source) == target:
+                why = "is this host's own address: the heartbeats never leave this host"
+            else:
+                continue
+        out.append(
+            Problem(
+                f"{where}: {target} {why}; give the broadcast address of each network the "
+                "secondary is on, or the secondary's address there",
+                False,
+            )
+        )
+    return out
+
+
+async def network_problems(cfg: config.Config) -> list[Problem]:
+    """failoverd: FAILOVER_PEER_IP is not ours, and two networks are watched (Apple's rule:
+    one network that fails alone must not look like a dead primary)."""
+    out: list[Problem] = []
+    if cfg.peer_ip is not None and own_address(cfg.peer_ip):
+        out.append(
+            Problem(
+                f"{_where(cfg, 'FAILOVER_PEER_IP')}: {cfg.peer_ip} is this host's own address; "
+                "it must be the primary's (the address its heartbeats come from)",
+                False,
+            )
+        )
+    from . import daemon, failoverd  # failoverd imports this module
+
+    with contextlib.suppress(daemon.StartupError):  # a missing interface is reported elsewhere
+        networks = await failoverd.watched_networks(cfg)
+        if len(networks) < 2:
+            what = f"one network only ({networks[0]})" if networks else "no network"
+            var = "FAILOVER_NETWORKS" if cfg.networks else "FAILOVER_PEER_IP_PAIRS"
+            out.append(
+                Problem(
+                    f"{_where(cfg, var)}: failoverd watches {what}: if that network fails "
+                    "while the primary is alive, the secondary takes over too (split brain). "
+                    "Connect both machines by a second network, have heartbeatd send on both, "
+                    "and list both interfaces in FAILOVER_NETWORKS",
+                    False,
+                )
+            )
+    return out
+
+
 async def problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem]:
     """Everything wrong with ``cfg`` for ``roles``, errors first."""
     out = [Problem(str(e), True) for role in roles for e in config.role_problems(cfg, role)]
@@ -169,14 +279,18 @@ async def problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem
         daemon.load_key(cfg)
     except daemon.StartupError as e:
         out.append(Problem(str(e), True))
+    out += [Problem(str(w), False) for w in cfg.warnings]
     out += run_dir_problems(cfg)
     role: config.Role = "failoverd" if "failoverd" in roles else "heartbeatd"
     out += [Problem(text, True) for text in daemon.private_dir_problems(cfg, role)]
     out += metrics_problems(cfg, roles)
+    if "heartbeatd" in roles:
+        out += target_problems(cfg)
     if "failoverd" in roles:
         if problem := mail.notify_program_problem(cfg):
             out.append(Problem(problem, True))
         out += await pair_problems(cfg)
+        out += await network_problems(cfg)
         out += script_problems(cfg)
     return sorted(out, key=lambda p: not p.fatal)
 
@@ -189,27 +303,51 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         action="append",
         help="check for this daemon (repeatable; default: every role the file configures)",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"config", "roles", "ok", "problems": [{"severity", "text"}]} instead',
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 if nothing is wrong, 1 if there are only warnings, 2 if a daemon would refuse."""
+    roles: list[config.Role] = args.role or []
     try:
         cfg = config.load_config(args.config)
     except config.ConfigErrors as errs:
-        for e in errs.errors:
-            print(f"error: {e}")
-        return 2
-    roles: list[config.Role] = args.role or roles_of(cfg)
-    if not roles:
-        print(
-            f"error: {cfg.path}: configures no daemon: set FAILOVER_BCAST_IPS (heartbeatd) "
-            "or FAILOVER_PEER_IP and FAILOVER_PEER_IP_PAIRS (failoverd)"
-        )
-        return 2
-    found = asyncio.run(problems(cfg, roles))
+        found = [Problem(str(e), True) for e in errs.errors]
+    else:
+        roles = roles or roles_of(cfg)
+        if not roles:
+            found = [
+                Problem(
+                    f"{cfg.path}: configures no daemon: set FAILOVER_BCAST_IPS (heartbeatd) "
+                    "or FAILOVER_PEER_IP and FAILOVER_PEER_IP_PAIRS (failoverd)",
+                    True,
+                )
+            ]
+        else:
+            found = asyncio.run(problems(cfg, roles))
+    code = 2 if any(p.fatal for p in found) else 1 if found else 0
+    if getattr(args, "json", False):
+        print(json.dumps(as_json(args.config, roles, found, code), indent=2))
+        return code
     for p in found:
         print(p)
     if not found:
-        print(f"ok: {cfg.path} is valid for {' and '.join(roles)}")
-        return 0
-    return 2 if any(p.fatal for p in found) else 1
+        print(f"ok: {args.config} is valid for {' and '.join(roles)}")
+    return code
+
+
+def as_json(path: str, roles: list[config.Role], found: list[Problem], code: int) -> dict[str, Any]:
+    """``check --json``: the same findings for a program (docs/operations.md)."""
+    return {
+        "config": path,
+        "roles": roles,
+        "ok": code == 0,
+        "exit_status": code,
+        "problems": [
+            {"severity": "error" if p.fatal else "warning", "text": p.text} for p in found
+        ],
+    }

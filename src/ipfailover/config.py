@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import difflib
 import ipaddress
+import os
 import re
-import shlex
+import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal, TypeAlias, TypeVar
 
@@ -164,6 +165,9 @@ class Config:
     metrics: str | None = None  # FAILOVER_METRICS: failoverd's metrics host:port; None = off
     heartbeat_metrics: str | None = None  # FAILOVER_HEARTBEAT_METRICS: heartbeatd's; None = off
     lines: Mapping[str, int] = field(default_factory=dict, compare=False)
+    #: Lines that are probably mistakes but change nothing (a lower-case ``failover_`` name,
+    #: a variable assigned twice): the daemons log them and ``ipfailover check`` warns.
+    warnings: tuple[ConfigError, ...] = field(default=(), compare=False)
 
     @property
     def effective_deadtime(self) -> float:
@@ -174,6 +178,12 @@ class Config:
         """Line where ``variable`` was last assigned, or None if the file never sets it."""
         return self.lines.get(variable)
 
+    def where(self, variable: str) -> str:
+        """``path:line: VARIABLE`` to start a message with, or ``path: VARIABLE`` (its default)
+        when the file does not set it."""
+        line = self.line_of(variable)
+        return f"{self.path}:{line}: {variable}" if line else f"{self.path}: {variable}"
+
 
 _DEFAULTS = Config(path="")
 
@@ -183,12 +193,14 @@ _DEFAULTS = Config(path="")
 
 def parse_config(text: str, path: str = "<string>") -> Config:
     """Parse configuration text; raise :class:`ConfigErrors` listing every problem found."""
-    assignments, errors = _scan(text, path)
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark (Windows editors) is no text
+    warnings: list[ConfigError] = []
+    assignments, errors = _scan(text, path, warnings)
     reader = _Reader(path, assignments, errors)
     config = _build(reader)
     if reader.errors:
         raise ConfigErrors(sorted(reader.errors, key=lambda error: error.line))
-    return config
+    return replace(config, warnings=tuple(warnings))
 
 
 DEFAULT_PATH = "/etc/hostconfig"  # Apple's
@@ -202,19 +214,54 @@ def add_path_argument(
     p.add_argument("--config", default=DEFAULT_PATH, metavar="PATH", help=help)
 
 
+MAX_SIZE = 1 << 20  # bytes; /etc/hostconfig is a few kB, and /dev/zero would never end
+
+
 def load_config(path: str) -> Config:
     """Read and parse the file at ``path``; an unreadable file is one ConfigError (line 0).
 
-    Bytes that are not UTF-8 are tolerated on lines we ignore (the file is
+    Only a regular file of at most :data:`MAX_SIZE` bytes is read: a FIFO would hang and a
+    device never end. Bytes that are not UTF-8 are tolerated on lines we ignore (the file is
     shared) and reported on ``FAILOVER_*`` lines.
     """
+
+    def refuse(message: str) -> ConfigErrors:
+        return ConfigErrors([ConfigError(path, 0, "", message)])
+
     try:
-        with open(path, "rb") as stream:
-            data = stream.read()
+        # O_NONBLOCK: opening a FIFO with no writer would block before we could look at it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ConfigErrors([ConfigError(path, 0, "", f"cannot read: {reason}")]) from exc
+        hint = ""
+        if isinstance(exc, FileNotFoundError):
+            hint = "; give the file with --config PATH" if path == DEFAULT_PATH else ""
+        elif isinstance(exc, PermissionError):
+            hint = "; run as root, or make it readable"
+        raise refuse(f"cannot read: {reason}{hint}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise refuse("cannot read: Is a directory")
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise refuse(f"is {kind}, not a regular file; give the configuration file")
+    with os.fdopen(fd, "rb") as stream:
+        try:
+            data = stream.read(MAX_SIZE + 1)
+        except OSError as exc:
+            raise refuse(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_SIZE:
+        raise refuse(f"is larger than {MAX_SIZE // 1024} KiB; is this the right file?")
     return parse_config(data.decode("utf-8", "surrogateescape"), path)
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 _ROLE_NEEDS: dict[Role, tuple[str, ...]] = {
@@ -296,11 +343,15 @@ _EXPORT = re.compile(r"export[ \t]+")
 _ASSIGNMENT = re.compile(r"(FAILOVER_[A-Za-z0-9_]*)=(.*)", re.DOTALL)
 _EXPORT_ONLY = re.compile(r"(FAILOVER_[A-Za-z0-9_]*)[ \t\r]*(?:#.*)?", re.DOTALL)
 _NOT_NAME_CHAR = re.compile(r"[^A-Za-z0-9_]")
+_OTHER_CASE = re.compile(r"(?i)failover_[A-Za-z0-9_]*=")  # failover_bcast_ips=...
 _SHLEX_SPACE = " \t\r\n"
 
 
-def _scan(text: str, path: str) -> tuple[dict[str, _Assignment], list[ConfigError]]:
-    """Collect the last assignment of each known FAILOVER_* name, and line-level errors."""
+def _scan(
+    text: str, path: str, warnings: list[ConfigError]
+) -> tuple[dict[str, _Assignment], list[ConfigError]]:
+    """Collect the last assignment of each known FAILOVER_* name, and line-level errors;
+    append to ``warnings`` the lines that are probably mistakes but change nothing."""
     assignments: dict[str, _Assignment] = {}
     errors: list[ConfigError] = []
     for number, line in enumerate(text.split("\n"), start=1):
@@ -309,6 +360,14 @@ def _scan(text: str, path: str) -> tuple[dict[str, _Assignment], list[ConfigErro
         if export:
             body = body[export.end() :]
         if not body.startswith("FAILOVER_"):
+            if _OTHER_CASE.match(body):
+                name = _NOT_NAME_CHAR.split(body, maxsplit=1)[0]
+                upper = name.upper()
+                hint = f"write {upper}" if upper in VARIABLES else "names are upper case"
+                message = (
+                    f"ignored: shell names are case-sensitive and only FAILOVER_* is read; {hint}"
+                )
+                warnings.append(ConfigError(path, number, name, message))
             continue  # not ours: a shared file, ignore whatever it is
         try:
             name, value = _parse_line(body, exported=export is not None)
@@ -318,6 +377,10 @@ def _scan(text: str, path: str) -> tuple[dict[str, _Assignment], list[ConfigErro
         if name not in VARIABLES:
             errors.append(ConfigError(path, number, name, _unknown_message(name)))
         elif value is not None:
+            if name in assignments:
+                earlier = assignments[name].line
+                message = f"assigned again; this value replaces the one on line {earlier}"
+                warnings.append(ConfigError(path, number, name, message))
             assignments[name] = _Assignment(number, value)
     return assignments, errors
 
@@ -354,21 +417,115 @@ def _shell_word(raw: str) -> str:
             "'#' inside an unquoted value; the shell keeps it but this parser would start a "
             "comment there, so quote the value"
         )
+    operator = _unquoted_operator(raw)
+    if operator in ("$", "`"):
+        raise ValueError(_EXPANSION)
+    if operator:
+        raise ValueError(
+            f"unquoted {operator!r}: the shell ends the assignment there; write one assignment "
+            "per line, with no commands after it (quote a value that contains it)"
+        )
     try:
-        words = shlex.split(raw, comments=True)
+        words = _split_words(raw)
     except ValueError:
         raise ValueError(
             "unterminated quote or trailing backslash; the value must be on one line"
         ) from None
     if not words:
         return ""
+    if any("$" in word or "`" in word for word in words):
+        raise ValueError(_EXPANSION)
     if raw[:1] in (" ", "\t"):
         raise ValueError("space after '='; write NAME=value or NAME=\"value\"")
     if len(words) > 1:
         raise ValueError('unquoted space in the value; quote the whole value: NAME="a b"')
-    if "$" in words[0] or "`" in words[0]:
-        raise ValueError("'$' and '`' are not allowed: the shell would expand them and we do not")
     return words[0]
+
+
+def _split_words(raw: str) -> list[str]:
+    """``shlex.split(raw, comments=True)`` in linear time (shlex builds each token by string
+    concatenation, which took minutes on a 600 kB value): words split on unquoted whitespace,
+    '...' literal, "..." with backslash escaping only '"' and '\\', an unquoted backslash
+    escaping the next character, and an unquoted '#' starting a comment. ValueError on an
+    unterminated quote or a trailing backslash."""
+    words: list[str] = []
+    word: list[str] = []
+    in_word = False  # a word has started (perhaps an empty quoted one)
+    i, n = 0, len(raw)
+    while i < n:
+        char = raw[i]
+        if char in _SHLEX_SPACE:
+            if in_word:
+                words.append("".join(word))
+                word, in_word = [], False
+            i += 1
+        elif char == "#":
+            break
+        elif char == "'":
+            end = raw.find("'", i + 1)
+            if end < 0:
+                raise ValueError("no closing quotation")
+            word.append(raw[i + 1 : end])
+            in_word, i = True, end + 1
+        elif char == '"':
+            i += 1
+            while True:
+                if i >= n:
+                    raise ValueError("no closing quotation")
+                char = raw[i]
+                if char == '"':
+                    break
+                if char == "\\" and i + 1 < n and raw[i + 1] in '"\\':
+                    word.append(raw[i + 1])
+                    i += 2
+                else:
+                    word.append(char)
+                    i += 1
+            in_word, i = True, i + 1
+        elif char == "\\":
+            if i + 1 >= n:
+                raise ValueError("no escaped character")
+            word.append(raw[i + 1])
+            in_word, i = True, i + 2
+        else:
+            word.append(char)
+            in_word, i = True, i + 1
+    if in_word:
+        words.append("".join(word))
+    return words
+
+
+_EXPANSION = (
+    "'$' and '`' are not allowed: the shell would expand them and we do not; "
+    "write the value itself, not a variable or a command"
+)
+
+
+def _unquoted_operator(raw: str) -> str | None:
+    """The first shell operator character (``;``, ``&``, ``|``, ``<``, ``>``, ``(``, ``)``)
+    outside quotes, or expansion character (``$``, backtick) outside single quotes, before any
+    comment; or None."""
+    quote = ""
+    previous = " "
+    chars = iter(raw)
+    for char in chars:
+        if quote:
+            if char == quote:
+                quote = ""
+            elif char == "\\" and quote == '"':
+                next(chars, "")
+            elif char in "$`" and quote == '"':
+                return char
+        elif char in "\"'":
+            quote = char
+        elif char == "\\":
+            next(chars, "")
+        elif char == "#" and previous in _SHLEX_SPACE:
+            return None
+        elif char in ";&|<>()$`":
+            return char
+        previous = char
+    return None
 
 
 def _hash_glued_to_word(raw: str) -> bool:
@@ -572,6 +729,7 @@ def _node_name(text: str) -> str:
 def _split_list(text: str, what: str, parse: Callable[[str], T]) -> tuple[T, ...]:
     """Parse each whitespace-separated token; report every bad token and every repeat."""
     items: list[T] = []
+    seen: set[T] = set()  # a set: 40k targets took two minutes with ``item in items``
     problems: list[str] = []
     for token in text.split():
         try:
@@ -579,8 +737,9 @@ def _split_list(text: str, what: str, parse: Callable[[str], T]) -> tuple[T, ...
         except ValueError as exc:
             problems.append(str(exc))
             continue
-        if item in items:
+        if item in seen:
             problems.append(f"{token!r} is listed twice")
+        seen.add(item)
         items.append(item)
     if problems:
         raise ValueError("; ".join(problems))
@@ -657,6 +816,10 @@ def _smtp_server(text: str) -> str:
 
 
 def _metrics(text: str) -> str:
+    if text.isdigit():
+        raise ValueError(
+            f"{text!r} is a port alone; expected host:port, e.g. 127.0.0.1:{text} or [::1]:{text}"
+        )
     return _join_host_port(*split_host_port(text, None))
 
 

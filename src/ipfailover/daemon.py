@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import auth, config, control, sdnotify, wire
+from . import __version__, auth, config, control, sdnotify, wire
 
 EXIT_CONFIG = 2
 log = logging.getLogger("ipfailover.daemon")
@@ -121,7 +121,7 @@ def start_metrics(
     listen = cfg.metrics if variable == "FAILOVER_METRICS" else cfg.heartbeat_metrics
     if listen is None:
         return
-    where = f"{cfg.path}:{cfg.line_of(variable) or 0}: {variable}"
+    where = cfg.where(variable)
     try:
         from . import metrics
     except ImportError:
@@ -144,12 +144,19 @@ SIGNALS_EPILOG = """signals:
 
 exit status:
   0  stopped on a signal
-  2  a configuration, key or interface problem, reported before touching the network
+  1  an unexpected error (a bug: the traceback is in the log; please report it)
+  2  a configuration, key, interface or run-directory problem, reported in one line before
+     touching the network (the units do not restart it: fix, then start again)
 """
 
 
 def base_parser(
-    prog: str, description: str, *, stop: str = "release what it holds", hup: str = ""
+    prog: str,
+    description: str,
+    *,
+    stop: str = "release what it holds",
+    hup: str = "",
+    verbose: str = "log every heartbeat decision (DEBUG lines)",
 ) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -158,7 +165,8 @@ def base_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config.add_path_argument(p)
-    p.add_argument("--verbose", action="store_true", help="log every heartbeat decision")
+    p.add_argument("--verbose", action="store_true", help=verbose)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
@@ -171,6 +179,8 @@ def load_role_config(path: str, role: config.Role) -> config.Config:
     problems = config.role_problems(cfg, role)
     if problems:
         raise StartupError("\n".join(str(p) for p in problems))
+    for warning in cfg.warnings:
+        log.warning(format_event("config-warning", problem=str(warning)))
     return cfg
 
 
@@ -206,7 +216,7 @@ def load_key(cfg: config.Config) -> bytes:
     """Read FAILOVER_KEY_FILE: a regular file owned by root (or the daemon's user) with no
     group or other permission bits at all (0600 or 0400), not reached through a symbolic link."""
     path = cfg.key_file
-    where = f"{cfg.path}:{cfg.line_of('FAILOVER_KEY_FILE') or 0}: FAILOVER_KEY_FILE"
+    where = cfg.where("FAILOVER_KEY_FILE")
     try:
         # O_NONBLOCK: a FIFO must not hang start-up (it is then refused as not a regular file)
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -253,9 +263,47 @@ def _key_open_error(path: str, e: OSError) -> str:
     if e.errno == errno.ELOOP:
         return (
             f"key file {path} is a symbolic link, which is refused (whoever can change the link "
-            "chooses the key); point FAILOVER_KEY_FILE at the file itself"
+            "chooses the key); point FAILOVER_KEY_FILE at the file itself: "
+            f"{os.path.realpath(path)}"
         )
     return f"cannot open key file {path}: {e.strerror}"
+
+
+CAP_NET_ADMIN = 12  # linux/capability.h
+
+
+def has_capability(bit: int) -> bool:
+    """Whether this process's effective capability set holds ``bit`` (/proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
+
+
+def run_dir_error(cfg: config.Config, e: OSError) -> StartupError:
+    """FAILOVER_RUN_DIR (or a file in it) could not be created: one line naming it and the fix."""
+    where = cfg.where("FAILOVER_RUN_DIR")
+    what = e.filename or cfg.run_dir
+    if isinstance(e, PermissionError):
+        fix = (
+            f"run as root (uid {os.geteuid()} may not write there), or set FAILOVER_RUN_DIR "
+            "to a directory this user owns"
+        )
+    else:
+        fix = "set FAILOVER_RUN_DIR to a directory (every parent must be a directory)"
+    return StartupError(f"{where}: cannot create {what}: {e.strerror}; {fix}")
+
+
+async def start_control(cfg: config.Config, server: Any) -> None:
+    """Start a daemon's control socket (a ``control.ControlServer``) in FAILOVER_RUN_DIR."""
+    try:
+        await server.start()
+    except OSError as e:
+        raise run_dir_error(cfg, e) from None
 
 
 def node_name(cfg: config.Config) -> str:
@@ -398,6 +446,7 @@ class UdpEndpoint:
         self.port = port
         self._names: dict[int, str] = {}
         self.send_errors = 0
+        self.last_send_error = ""  # strerror of the latest failed send
         # destination IP -> where to send instead, as a socket address without the port;
         # see netif.unicast_substitute
         self.redirects: dict[str, tuple[Any, ...]] = {}
@@ -492,8 +541,9 @@ class UdpEndpoint:
         try:
             sock.sendto(data, dest)
             return True
-        except OSError:
+        except OSError as e:
             self.send_errors += 1  # link down, no route: the peer will notice the silence
+            self.last_send_error = e.strerror or str(e)
             return False
 
 

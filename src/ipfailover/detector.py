@@ -46,9 +46,18 @@ class Detector:
         self.networks: dict[str, NetworkView] = {n: NetworkView(n) for n in networks}
         self._any_alive_before = True  # start-up counts as "was alive": the grace covers it
         self._quiet_until = now
+        # (since, interval): the peer's announced interval from each change on, for loss()
+        self._intervals: deque[tuple[float, float]] = deque()
 
-    def heard(self, network: str, evidence: float, now: float) -> None:
-        """A verified heartbeat on ``network`` (learned if new) proved life at ``evidence``."""
+    def heard(
+        self, network: str, evidence: float, now: float, interval: float | None = None
+    ) -> None:
+        """A verified heartbeat on ``network`` (learned if new) proved life at ``evidence``;
+        ``interval`` is the one it announces, which loss() counts against from now on."""
+        if interval is not None and (not self._intervals or self._intervals[-1][1] != interval):
+            self._intervals.append((now, interval))
+            while len(self._intervals) > 1 and self._intervals[1][0] <= now - LOSS_WINDOW:
+                self._intervals.popleft()
         view = self.networks.setdefault(network, NetworkView(network))
         view.heartbeats += 1
         view.arrivals.append(now)
@@ -58,15 +67,29 @@ class Detector:
             view.last_heard = evidence
 
     def loss(self, network: str, interval: float, now: float) -> float | None:
-        """The fraction of the peer's heartbeats (sent every ``interval``) that did not arrive on
-        ``network`` over the last minute, or since start-up if that is shorter; None before a
-        whole interval has passed."""
+        """The fraction of the peer's heartbeats that did not arrive on ``network`` over the last
+        minute, or since start-up if that is shorter; None before a whole interval has passed.
+
+        Each stretch of time counts against the interval the peer announced then (heard()'s
+        ``interval``), so a change of interval does not show as loss; ``interval`` is used for
+        the time before any was announced."""
         span = min(LOSS_WINDOW, now - self.started)
         if span < interval:
             return None
         arrivals = self.networks[network].arrivals
         received = sum(1 for t in arrivals if t > now - span)
-        return max(0.0, 1.0 - received / (span / interval))
+        return max(0.0, 1.0 - received / self._expected(now - span, now, interval))
+
+    def _expected(self, start: float, end: float, interval: float) -> float:
+        """How many heartbeats the announced intervals promise between ``start`` and ``end``."""
+        changes = [(start, interval), *((t, i) for t, i in self._intervals if t > start)]
+        in_force = [i for t, i in self._intervals if t <= start]
+        if in_force:
+            changes[0] = (start, in_force[-1])
+        total = 0.0
+        for (since, every), (until, _) in zip(changes, [*changes[1:], (end, 0.0)], strict=True):
+            total += max(0.0, min(until, end) - since) / every
+        return total
 
     def forget(self) -> None:
         """The primary said it is leaving: nothing heard so far counts any more."""

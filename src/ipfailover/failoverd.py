@@ -85,9 +85,8 @@ async def watched_networks(cfg: config.Config) -> tuple[str, ...]:
     if cfg.networks:
         missing = await netif.missing_interfaces(cfg.networks)
         if missing:
-            line = cfg.line_of("FAILOVER_NETWORKS") or 0
             raise daemon.StartupError(
-                f"{cfg.path}:{line}: FAILOVER_NETWORKS: no such interface: {', '.join(missing)}"
+                f"{cfg.where('FAILOVER_NETWORKS')}: no such interface: {', '.join(missing)}"
             )
         return cfg.networks
     names = {p.interface for p in cfg.peer_ip_pairs}
@@ -129,6 +128,7 @@ class Failoverd:
         self._failed_takeovers = 0
         self.timer = daemon.Timer(loop, self._on_timer)
         self.stopped = asyncio.Event()
+        self._last_sender: str | None = None  # the sender of the latest verified heartbeat
         self.history: collections.deque[transition.TransitionRecord] = collections.deque(
             maxlen=HISTORY
         )
@@ -429,10 +429,14 @@ class Failoverd:
         elif isinstance(ev, NetworkEvent):
             name = "peer-verified" if ev.kind == "verified" else ev.kind
             level = logging.WARNING if ev.kind == "anomaly" else logging.INFO
-            self.events(name, level, network=ev.network, peer=self.core.peer_name)
+            # Until FAILOVER_PEER_IP's network pins the peer's name, the heartbeat that verified
+            # this network names it (the Heard event just before this one).
+            peer = self.core.peer_name or self._last_sender
+            self.events(name, level, network=ev.network, peer=peer)
             if ev.kind in ("anomaly", "recovered"):
                 self._network_mail(self.notices.event(ev.kind, ev.network, now))
         elif isinstance(ev, Heard):
+            self._last_sender = ev.sender
             if log.isEnabledFor(logging.DEBUG):
                 self.events(
                     "heartbeat",
@@ -778,6 +782,11 @@ async def amain(argv: list[str] | None) -> int:
     cfg, key = daemon.start_up(build_parser(), argv, "failoverd")
     if problem := mail.notify_program_problem(cfg):
         raise daemon.StartupError(problem)
+    if not daemon.has_capability(daemon.CAP_NET_ADMIN):
+        raise daemon.StartupError(
+            f"failoverd: uid {os.geteuid()} lacks CAP_NET_ADMIN, which adding and deleting "
+            "addresses needs: run it as root (the systemd unit does)"
+        )
     assignments = await resolve_pairs(cfg)
     networks = await watched_networks(cfg)
     lock = take_lock(cfg, assignments)
@@ -807,7 +816,7 @@ async def _run(
     fd.lock = lock
     fd.accept_local = accept_local
     # Everything that can still fail comes before the first address change.
-    await fd.control.start()
+    await daemon.start_control(cfg, fd.control)
     daemon.start_metrics(cfg, "FAILOVER_METRICS", loop, fd.snapshot)
     if present:
         # Restarted while holding (even after SIGKILL): adopt, no release-and-reacquire blip.
@@ -826,7 +835,7 @@ async def _run(
 
 def take_lock(cfg: config.Config, assignments: list[netif.Assignment]) -> transition.ManagerLock:
     """Claim our addresses in FAILOVER_RUN_DIR (``ipfailover process`` keeps off them)."""
-    where = f"{cfg.path}:{cfg.line_of('FAILOVER_RUN_DIR') or 0}: FAILOVER_RUN_DIR"
+    where = cfg.where("FAILOVER_RUN_DIR")
     try:
         return transition.ManagerLock.take(cfg.run_dir, assignments)
     except transition.LockHeld as e:
@@ -837,7 +846,7 @@ def take_lock(cfg: config.Config, assignments: list[netif.Assignment]) -> transi
     except control.UnsafeDirectory as e:
         raise daemon.StartupError(f"{where}: {e}") from None
     except OSError as e:
-        raise daemon.StartupError(f"{where}: cannot create {cfg.run_dir}: {e.strerror}") from None
+        raise daemon.run_dir_error(cfg, e) from None
 
 
 def main(argv: list[str] | None = None) -> int:

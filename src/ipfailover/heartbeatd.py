@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -20,6 +22,7 @@ from .sender import Announce, AnnounceDeferred, Sender, SenderConfig
 from .wire import Dropped
 
 log = logging.getLogger("ipfailover.heartbeatd")
+SEND_FAILURE_EVERY = 10.0  # seconds between send-failed lines for one target
 
 
 async def announced_addresses(cfg: config.Config) -> list[netif.Assignment]:
@@ -54,6 +57,7 @@ class Heartbeatd:
         self.control = control.ControlServer(cfg.run_dir, "heartbeatd", self.snapshot)
         self.service = daemon.Service(loop, healthy=lambda: self.timer.served())
         self._tasks: set[asyncio.Task[None]] = set()
+        self._send_failures: dict[str, tuple[float | None, int]] = {}  # target -> (logged, since)
 
     def snapshot(self) -> dict[str, Any]:
         """The status this daemon reports (docs/status.md)."""
@@ -103,6 +107,45 @@ class Heartbeatd:
                 self.events("link-watch-error", logging.WARNING, error=repr(e))
                 await asyncio.sleep(1.0)
 
+    async def watch_held_targets(self) -> None:
+        """Peering with unicast targets: while this host holds a target's address (its own
+        failoverd took the peer's address over), a datagram to it would be delivered here and
+        never leave the host, and the returning peer would hear nothing on that network. Send
+        it to the link instead, as failoverd does for its challenges (netif.unicast_substitute:
+        the subnet's broadcast, or all-nodes). Looked up every interval (at most every second)
+        while a target is a unicast address, every second otherwise."""
+        failed = ""  # the last error logged, so that a lasting one is logged once
+        while not self.stopped.is_set():
+            every = 1.0
+            try:
+                targets = set(self.cfg.bcast_ips)
+                held = await netif.addresses_on_subnets_of(targets)
+                redirects: dict[str, tuple[Any, ...]] = {}
+                for a in held:
+                    sub = netif.unicast_substitute(a) if a.address in targets else None
+                    if sub is not None:
+                        redirects[str(a.address)] = sub
+                old = self.udp.redirects
+                for target in sorted(redirects.keys() - old.keys()):
+                    self.events("target-held", target=target, via=redirects[target][0])
+                for target in sorted(old.keys() - redirects.keys()):
+                    self.events("target-released", target=target)
+                self.udp.redirects = redirects
+                broadcasts = {
+                    ipaddress.ip_network((a.address, a.prefixlen), strict=False).broadcast_address
+                    for a in held
+                }
+                if any(t.version == 6 or t not in broadcasts for t in targets):
+                    every = min(1.0, self.cfg.interval)
+            except Exception as e:  # logged once; the targets are sent to as configured meanwhile
+                if repr(e) != failed:
+                    self.events("target-watch-error", logging.WARNING, error=repr(e))
+                failed = repr(e)
+            else:
+                failed = ""
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopped.wait(), every)
+
     def _on_timer(self) -> None:
         self.core.handle_timer(self.loop.time())
         self._flush()
@@ -130,6 +173,7 @@ class Heartbeatd:
             self.events("reload-failed", logging.ERROR, errors=str(e).replace("\n", "; "))
             return
         if new is not None:
+            new.redirects = self.udp.redirects
             self.udp.close()
             self.udp = new
             self.udp.start(self.loop, self._on_datagram)
@@ -153,6 +197,8 @@ class Heartbeatd:
             verbose = log.isEnabledFor(logging.DEBUG)
             for data, addr in self.core.datagrams_to_send():
                 sent = self.udp.sendto(data, addr)
+                if not sent:
+                    self._send_failed(addr)
                 if verbose:
                     self.events(
                         "sent",
@@ -172,6 +218,24 @@ class Heartbeatd:
                     self.events.dropped(ev, self.loop.time())
         finally:
             self.timer.arm(self.core.get_timer())  # whatever happened, keep beating
+
+    def _send_failed(self, addr: tuple[str, int]) -> None:
+        """Log a failed send at WARNING: the first at once, then one line per target every
+        SEND_FAILURE_EVERY seconds with how many failed since (the counter keeps them all)."""
+        now = self.loop.time()
+        target = f"{addr[0]}:{addr[1]}"
+        last, hidden = self._send_failures.get(target, (None, 0))
+        if last is not None and now - last < SEND_FAILURE_EVERY:
+            self._send_failures[target] = (last, hidden + 1)
+            return
+        self._send_failures[target] = (now, 0)
+        self.events(
+            "send-failed",
+            logging.WARNING,
+            to=target,
+            error=self.udp.last_send_error or None,
+            suppressed=hidden or None,
+        )
 
     async def _announce(self, ev: Announce) -> None:
         try:
@@ -196,19 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
         __doc__.splitlines()[0],
         stop="send LEAVING, so the secondary takes over at once",
         hup=";\n                   then re-announce this node's addresses (Apple's tickle)",
+        verbose="log every datagram sent (DEBUG lines)",
     )
 
 
 async def amain(argv: list[str] | None) -> int:
     cfg, key = daemon.start_up(build_parser(), argv, "heartbeatd")
     hb = Heartbeatd(cfg, key, asyncio.get_running_loop())
-    await hb.control.start()
+    await daemon.start_control(cfg, hb.control)
     daemon.start_metrics(cfg, "FAILOVER_HEARTBEAT_METRICS", hb.loop, hb.snapshot)
     hb.start()
     links = asyncio.create_task(hb.watch_links())
+    held = asyncio.create_task(hb.watch_held_targets())
     hb.service.ready(f"sending every {cfg.interval:g} s")
     await hb.stopped.wait()
     links.cancel()
+    held.cancel()
     await asyncio.sleep(0)  # let the LEAVING datagrams go out
     await hb.control.close()
     hb.udp.close()

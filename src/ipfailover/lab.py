@@ -49,6 +49,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Self
 
+from ipfailover import labmail, labreport
 from ipfailover.labprobe import PROBE_PORT, Probe
 
 HEARTBEAT_PORT = 1694
@@ -869,6 +870,7 @@ class Scenario:
             FAILOVER_FAILBACK_DELAY=args.failback_delay,
         )
         lab.start_responders()
+        start_mail_sink(lab)
         self.heartbeatd = lab.start_daemon(Node.PRIMARY, "heartbeatd", self.primary_config)
         self.failoverd = lab.start_daemon(Node.SECONDARY, "failoverd", secondary_config)
         start = time.monotonic()
@@ -983,6 +985,17 @@ class Scenario:
                 (t - origin, "client", text) for t, text in answer_changes(self.client.between(0))
             ]
         return sorted(entries, key=lambda e: e[0])
+
+
+def start_mail_sink(lab: Lab) -> LabProcess | None:
+    """The secondary's local SMTP sink (ipfailover.labmail), so failoverd's mails are delivered
+    and show in the timeline; None, with a mark saying so, without aiosmtpd."""
+    if not labmail.available():
+        lab.mark("no SMTP sink (aiosmtpd is not installed): failoverd's mails stay spooled")
+        return None
+    proc = lab.spawn(Node.SECONDARY, [sys.executable, "-m", "ipfailover.labmail"], "smtp-sink")
+    proc.wait_event(labmail.READY, timeout=10.0)
+    return proc
 
 
 def _from_event(text: str) -> str:
@@ -1130,6 +1143,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a machine-readable result")
     p.add_argument("--keep-logs", metavar="DIR", help="copy each run's logs and configs here")
     p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        type=Path,
+        help="draw who answered each probe over time, with the phases marked (needs matplotlib: "
+        "pip install 'ipfailover[plot]')",
+    )
+    p.add_argument(
         "--fixed-phase",
         action="store_true",
         help="start each phase right away, not after a random part of an interval (then every "
@@ -1146,6 +1166,8 @@ def _preflight(args: argparse.Namespace) -> str | None:
         return f"missing tools: {', '.join(missing)}"
     if args.runs < 1 or args.interval <= 0:
         return "--runs must be >= 1 and --interval > 0"
+    if getattr(args, "plot", None) is not None and not labreport.available():
+        return "--plot needs matplotlib: pip install 'ipfailover[plot]' (or python3-matplotlib)"
     return None
 
 
@@ -1183,6 +1205,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(_json_result(args, runs, summary), indent=2))
     else:
         print_summary(summary, sys.stdout)
+    if getattr(args, "plot", None) is not None:
+        labreport.plot(runs, args.plot)
+        print(f"ipfailover lab: wrote {args.plot}", file=sys.stderr)
+    if not args.json:
+        labreport.print_next_steps(sys.stdout)
     return 0 if all(r.ok for r in runs) else 1
 
 

@@ -80,7 +80,9 @@ def _body(parser: argparse.ArgumentParser, level: int) -> list[str]:
         lines += [f"{heading} Options", "", *_action_items(parser, optionals), ""]
     if commands:
         lines += [f"{heading} Commands", "", *commands, ""]
-    if parser.epilog:
+    if parser.epilog and "\n" in parser.epilog:  # laid out by hand (signals, exit status)
+        lines += [f"{heading} Notes", "", "```text", parser.epilog.rstrip("\n"), "```", ""]
+    elif parser.epilog:
         lines += [f"{heading} Notes", "", _md(parser.epilog), ""]
     return lines
 
@@ -152,6 +154,100 @@ def _md(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
+# roff ------------------------------------------------------------------------------------------
+# The installed man pages (``man heartbeatd``): the same parsers, the same helpers, rendered as
+# man(7) roff. They are built, not committed: the Debian package runs ``--roff`` at build time.
+
+
+def roff_pages(date: str = "") -> dict[str, str]:
+    """File name (``heartbeatd.8``) -> roff text, for every program."""
+    every = parsers()
+    return {
+        f"{name}.{SECTION}": render_roff(parser, [n for n in every if n != name], date)
+        for name, parser in every.items()
+    }
+
+
+def render_roff(parser: argparse.ArgumentParser, related: list[str], date: str = "") -> str:
+    """One program's man(7) page: NAME, SYNOPSIS, DESCRIPTION, OPTIONS, COMMANDS, each
+    subcommand, NOTES (signals, exit status), SEE ALSO."""
+    from . import __version__
+
+    summary = (parser.description or parser.prog).split(".")[0].split(": ", 1)[-1]
+    lines = [
+        f'.TH {parser.prog.upper()} {SECTION} "{date}" "ipfailover {__version__}" '
+        '"System Administration"',
+        ".SH NAME",
+        f"{_roff(parser.prog)} \\- {_roff(summary)}",
+    ]
+    lines += _roff_body(parser, ".SH")
+    for path, sub, summary in _subcommands(parser):
+        lines += [f".SH {_roff(path.upper())}"]
+        if summary:
+            lines += [".PP", _roff(summary)]
+        lines += _roff_body(sub, ".SS")
+    lines += [".SH SEE ALSO"]
+    lines += [
+        f".BR {n} ({SECTION}){',' if i < len(related) - 1 else ''}" for i, n in enumerate(related)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _roff_body(parser: argparse.ArgumentParser, heading: str) -> list[str]:
+    sub = heading == ".SS"
+    lines = [
+        f"{heading} SYNOPSIS" if not sub else f"{heading} Synopsis",
+        ".nf",
+        _roff(_usage(parser)),
+        ".fi",
+    ]
+    if parser.description:
+        lines += [f"{heading} {'Description' if sub else 'DESCRIPTION'}", _roff(parser.description)]
+    fmt = _formatter(parser)
+    for title, actions in (
+        ("Arguments", [a for a in _documented(parser) if not a.option_strings]),
+        ("Options", [a for a in _documented(parser) if a.option_strings]),
+    ):
+        if actions:
+            lines += [f"{heading} {title if sub else title.upper()}"]
+            for action in actions:
+                lines += [".TP", f"\\fB{_roff(fmt._format_action_invocation(action))}\\fR"]
+                lines += [_roff(fmt._expand_help(action)) if action.help else ""]
+    selector = _selector(parser)
+    if selector is not None:
+        lines += [f"{heading} {'Commands' if sub else 'COMMANDS'}"]
+        for choice in selector._choices_actions:
+            lines += [".TP", f"\\fB{_roff(choice.dest)}\\fR", _roff(choice.help or "")]
+    if parser.epilog:
+        lines += [
+            f"{heading} {'Notes' if sub else 'NOTES'}",
+            ".nf",
+            _roff(parser.epilog.rstrip()),
+            ".fi",
+        ]
+    return lines
+
+
+def _roff(text: str) -> str:
+    """Plain text made safe for roff: backslashes and hyphens escaped, no line starting with a
+    control character."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\n".join(
+        "\\&" + line if line.startswith((".", "'")) else line for line in text.split("\n")
+    )
+
+
+def write_roff(out_dir: Path, date: str = "") -> list[Path]:
+    """Write every roff page into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in roff_pages(date).items():
+        path = out_dir / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
 def write_pages(out_dir: Path) -> list[Path]:
     """Write every page into ``out_dir`` and remove pages of programs that no longer exist."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,8 +266,11 @@ def write_pages(out_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ipfailover.manpage", description=__doc__)
     p.add_argument("out_dir", type=Path, help="directory to write the pages to (docs/man)")
+    p.add_argument("--roff", action="store_true", help="write man(7) pages (heartbeatd.8, ...)")
+    p.add_argument("--date", default="", help="the date for the pages' header (with --roff)")
     args = p.parse_args(argv)
-    for path in write_pages(args.out_dir):
+    write = write_roff(args.out_dir, args.date) if args.roff else write_pages(args.out_dir)
+    for path in write:
         print(f"wrote {path}")
     return 0
 

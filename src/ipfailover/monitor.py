@@ -588,7 +588,7 @@ class Monitor:
         self._pin_peer(msg.sender, addr)
         self._note_peer_boot(msg, now)
         was_alive = network in self.detector.networks and self._counts_as_alive(network, now)
-        self.detector.heard(network, evidence, now)
+        self.detector.heard(network, evidence, now, msg.interval)
         self._events.append(
             Heard(
                 network=network,

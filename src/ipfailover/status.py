@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from typing import Any
 
 from . import config, control
 
+EXIT_CONFIG = 2  # --config names a file with errors: which run dir to ask is unknown
 EXIT_NOT_RUNNING = 3  # as systemctl status says for a unit that is not running
 EXIT_PRIVILEGE = 4  # the LSB's "user had insufficient privilege"
 
@@ -37,10 +40,19 @@ def collect(run_dir: str) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     run_dir = args.run_dir
     if run_dir is None:
-        try:
-            run_dir = config.load_config(args.config).run_dir
-        except config.ConfigErrors:
-            run_dir = config.Config(path=args.config).run_dir
+        if args.config == config.DEFAULT_PATH and not os.path.lexists(args.config):
+            run_dir = config.Config(path=args.config).run_dir  # no /etc/hostconfig: the default
+        else:
+            try:
+                run_dir = config.load_config(args.config).run_dir
+            except config.ConfigErrors as errs:
+                print(
+                    f"ipfailover status: {errs.errors[0]}\n"
+                    f"ipfailover status: cannot tell FAILOVER_RUN_DIR from {args.config}; fix it "
+                    f"(ipfailover check --config {args.config}) or pass --run-dir DIR",
+                    file=sys.stderr,
+                )
+                return EXIT_CONFIG
     try:
         daemons = collect(run_dir)
     except PermissionError as e:

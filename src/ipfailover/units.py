@@ -206,13 +206,13 @@ def configure_install_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_install(args: argparse.Namespace) -> int:
-    """``ipfailover install-units``: 0 on success, 1 with one line on a problem."""
+    """``ipfailover install-units``: 0 on success, 2 with one line on a problem."""
     bin_dir: Path = args.bin_dir or default_bin_dir()
     try:
         written = install_units(bin_dir, args.dest, dry_run=args.dry_run)
     except (InstallError, OSError) as e:
         print(f"ipfailover install-units: {e}", file=sys.stderr)
-        return 1
+        return 2
     if protected_home(bin_dir):
         print(
             f"warning: {bin_dir} is hidden from the units by ProtectHome=yes; install into "

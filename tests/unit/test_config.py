@@ -152,6 +152,12 @@ def test_bare_export_keeps_the_value() -> None:
     assert cfg.line_of("FAILOVER_PORT") == 1
 
 
+DOLLAR = (
+    "'$' and '`' are not allowed: the shell would expand them and we do not; "
+    "write the value itself, not a variable or a command"
+)
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -179,11 +185,11 @@ def test_bare_export_keeps_the_value() -> None:
         ),
         (
             'FAILOVER_KEY_FILE="$HOME/key"',
-            "'$' and '`' are not allowed: the shell would expand them and we do not",
+            DOLLAR,
         ),
         (
             "FAILOVER_NODE_NAME=`hostname`",
-            "'$' and '`' are not allowed: the shell would expand them and we do not",
+            DOLLAR,
         ),
     ],
 )

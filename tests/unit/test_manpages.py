@@ -69,3 +69,42 @@ def test_write_pages_removes_pages_of_programs_that_are_gone(tmp_path: Path) -> 
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted([p.name for p in written] + ["README.md"])
     assert (tmp_path / "heartbeatd.8.md").read_text() == manpage.pages()["heartbeatd.8.md"]
+
+
+def every_parser() -> list[argparse.ArgumentParser]:
+    out = []
+    for parser in manpage.parsers().values():
+        out.append(parser)
+        out += [sub for _, sub, _ in manpage._subcommands(parser)]
+    return out
+
+
+def test_every_help_lists_the_exit_status() -> None:
+    for parser in every_parser():
+        assert "exit status:" in parser.format_help(), f"{parser.prog} --help has no exit status"
+        assert "``" not in parser.format_help(), f"{parser.prog} --help shows RST quotes"
+
+
+def test_roff_pages_render_without_warnings(tmp_path: Path) -> None:
+    """The installed pages (`man heartbeatd`): man(1) renders them cleanly, every option in."""
+    import os
+    import subprocess
+
+    written = manpage.write_roff(tmp_path, "2026-01-01")
+    assert sorted(p.name for p in written) == ["failoverd.8", "heartbeatd.8", "ipfailover.8"]
+    env = {**os.environ, "MANWIDTH": "100", "LC_ALL": "C.UTF-8", "MANPAGER": "cat"}
+    for path in written:
+        res = subprocess.run(
+            ["man", "--warnings", "-l", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        text = res.stdout.replace("\u2010", "-").replace("\u2212", "-")
+        parser = manpage.parsers()[path.name.removesuffix(".8")]
+        for sub in [parser, *(s for _, s, _ in manpage._subcommands(parser))]:
+            for option in options_of(sub):
+                assert option in text, f"{option} missing from {path.name}"
+        assert "exit status:" in text

@@ -80,7 +80,7 @@ def test_keygen_refuses_to_overwrite(tmp_path: Path) -> None:
     key = tmp_path / "key"
     assert cli.main(["keygen", str(key)]) == 0
     before = key.read_text()
-    assert cli.main(["keygen", str(key)]) == 1
+    assert cli.main(["keygen", str(key)]) == 2
     assert key.read_text() == before
     assert cli.main(["keygen", "--force", str(key)]) == 0
     assert key.read_text() != before

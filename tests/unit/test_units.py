@@ -227,7 +227,7 @@ def test_install_refuses_a_bin_dir_without_the_programs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = install_args("--dest", str(tmp_path), "--bin-dir", str(tmp_path))
-    assert units.run_install(args) == 1
+    assert units.run_install(args) == 2
     err = capsys.readouterr().err
     assert "no executable heartbeatd, failoverd, ipfailover" in err
     assert list(tmp_path.iterdir()) == []
@@ -236,7 +236,7 @@ def test_install_refuses_a_bin_dir_without_the_programs(
 def test_install_refuses_a_missing_destination(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert units.run_install(install_args("--dest", str(tmp_path / "nope"))) == 1
+    assert units.run_install(install_args("--dest", str(tmp_path / "nope"))) == 2
     assert "not a directory" in capsys.readouterr().err
 
 
