@@ -69,6 +69,7 @@ def world() -> Iterator[World]:
         (w / "a-file").write_text("")
         (w / "nobody-run").mkdir()
         os.chown(w / "nobody-run", 65534, 65534)
+        (w / "nobody-run").chmod(0o700)  # the daemons refuse a run dir open to others
         os.mkfifo(w / "fifo")
         big = w / "big"
         big.write_bytes(b'FAILOVER_BCAST_IPS="192.0.2.255"\n' + b"#" * (1 << 20))
