@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ipfailover.lab import Lab, LabProcess, Network, Node
+from ipfailover.lab import Lab, LabProcess, LogLine, Network, Node
 
 FAST = {"FAILOVER_INTERVAL": 0.2, "FAILOVER_DEADTIME": 0.8, "FAILOVER_FAILBACK_DELAY": 0.5}
 SMTP_PORT = 2525
@@ -98,17 +98,30 @@ def test_smtp_down_and_a_full_spool_lose_no_mail_and_keep_its_order(
         since = cables(lab, up=True)
         fo.wait_event("release-done", TIMEOUT, since=since)
         expected.append("release")
+    # The transitions' mails; a returning cable may also draw a conflict mail (the primary's
+    # kernel claims its IPv6 address while we hold it: docs/safety.md), which is not counted.
+    def transition_mail(e: LogLine) -> bool:
+        return any(
+            q.fields.get("id") == e.fields.get("id")
+            and q.fields.get("mail-event") in ("takeover", "release")
+            for q in fo.events("mail-queued")
+        )
+
     deadline = time.monotonic() + TIMEOUT
-    while len(fo.events("mail-spool-error")) < 4 and time.monotonic() < deadline:
+    while (
+        len([e for e in fo.events("mail-spool-error") if transition_mail(e)]) < 4
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
-    kept = fo.events("mail-spool-error")
+    kept = [e for e in fo.events("mail-spool-error") if transition_mail(e)]
     assert len(kept) == 4 and all("kept=" in e.text for e in kept), fo.tail()
     assert len(fo.events("mail-deferred")) >= 1  # SMTP was down
     # each transition ended before its mail found the spool full
     order = [
         e.fields["event"]
         for e in fo.lines
-        if e.event in ("acquire-done", "release-done", "mail-spool-error")
+        if e.event in ("acquire-done", "release-done")
+        or (e.event == "mail-spool-error" and transition_mail(e))
     ]
     done_at = [i for i, e in enumerate(order) if e != "mail-spool-error"]
     full_at = [i for i, e in enumerate(order) if e == "mail-spool-error"]
@@ -121,10 +134,13 @@ def test_smtp_down_and_a_full_spool_lose_no_mail_and_keep_its_order(
     fo.wait_event("acquire-done", TIMEOUT, since=since)
     expected.append("takeover")
     deadline = time.monotonic() + TIMEOUT
-    while len(mails(smtpd)) < len(expected) and time.monotonic() < deadline:
+    def transition_mails() -> list[tuple[str, str]]:
+        return [(mid, event) for mid, event in mails(smtpd) if event in ("takeover", "release")]
+
+    while len(transition_mails()) < len(expected) and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1.0)  # time enough for a duplicate to show
-    got = mails(smtpd)
+    got = transition_mails()
     assert [event for _, event in got] == expected, (got, fo.tail())
     assert len({mid for mid, _ in got}) == len(got), "a mail was delivered twice"
     assert fo.poll() is None
