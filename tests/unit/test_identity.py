@@ -1,0 +1,96 @@
+"""Own datagrams are recognised by boot id, never by name alone (issue 7 section 1)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from sim import BCAST, KEY, SECONDARY, Sim
+
+from ipfailover import auth, wire
+from ipfailover.monitor import Monitor, MonitorConfig, State
+from ipfailover.sender import Sender, SenderConfig
+
+
+def cloned(sim: Sim) -> Sim:
+    """Both machines carry the primary's name (a cloned host name, no FAILOVER_NODE_NAME)."""
+    sim.mcfg = MonitorConfig(**{**sim.mcfg.__dict__, "node": "primary"})
+    return sim
+
+
+def test_clones_still_work_as_a_pair_and_say_so() -> None:
+    sim = cloned(Sim(seed=4, start_secondary_at=0.3))
+    sim.run_until(60)
+    assert sim.rec.acquires == [], f"took a live primary over at {sim.rec.acquires[0][0]:.2f} s"
+    m = sim.monitor
+    assert m is not None and m.state is State.STANDBY
+    assert m.collision is not None and m.collision.name == "primary"
+    assert m.collision.boot == sim.sender.boot_id
+    assert m.counters["name-collision"] > 50
+    assert sim.sender.collision is not None and sim.sender.collision.boot == m.boot_id
+    sim.kill_primary()
+    sim.run_until(70)
+    (t, _), *_ = sim.rec.acquires
+    assert 60 < t < 64
+
+
+def test_a_collision_is_one_event_per_episode(monkeypatch: pytest.MonkeyPatch) -> None:
+    got: list[auth.NameCollision] = []
+    original = Monitor.next_event
+
+    def spy(self: Monitor) -> object:
+        ev = original(self)
+        if isinstance(ev, auth.NameCollision):
+            got.append(ev)
+        return ev
+
+    monkeypatch.setattr(Monitor, "next_event", spy)
+    sim = cloned(Sim(seed=5))
+    sim.run_until(30)
+    assert len(got) == 1 and got[0].name == "primary"
+    assert sim.monitor is not None and sim.monitor.collision is not None
+    assert sim.monitor.collision.episodes == 1 and sim.monitor.collision.count > 50
+
+
+def test_own_host_daemons_are_ignored_by_boot_id() -> None:
+    """Peering: this host's heartbeatd loops back to its failoverd, and its failoverd's
+    challenges reach its heartbeatd. Known boot ids: ignored, as before, and no collision."""
+    sim = cloned(Sim(seed=6, start_secondary_at=0.5))
+    sim.secondary_boots = frozenset({sim.sender.boot_id})
+    sim.run_until(0.5)
+    assert sim.monitor is not None
+    sim.primary_boots = frozenset({sim.monitor.boot_id})
+    sim.run_until(20)
+    m = sim.monitor
+    assert m.counters["own"] > 10 and m.counters["name-collision"] == 0
+    assert m.collision is None and sim.sender.collision is None
+    assert sim.sender.listeners == []  # its own failoverd's challenges were not taken
+    # nothing verified the "primary", which is ourselves: the takeover follows the dead time
+    assert [round(t - 0.5) for t, _ in sim.rec.acquires] == [3]
+
+
+def test_own_name_with_unknown_boot_is_held_until_the_shell_answers() -> None:
+    rand = random.Random(1)
+    cfg = SenderConfig(node="a", key=KEY, interval=1.0, targets=tuple(BCAST.values()))
+    sender = Sender(cfg, rng=rand.randbytes, now=0.0)
+    sender.handle_timer(0.0)
+    sender.datagrams_to_send()
+    challenge = wire.Message(
+        type=wire.MsgType.CHALLENGE,
+        sender="a",
+        boot_id=b"F" * 8,
+        seq=1,
+        interval=1.0,
+        nonce=b"n" * 8,
+        echo_boot=sender.boot_id,
+        echo_seq=sender.seq,
+    )
+    sender.receive_datagram(wire.encode(challenge, KEY), SECONDARY["pub"], 0.1)
+    assert sender.wants_local_boots and sender.listeners == []
+    sender.set_local_boots(frozenset({b"F" * 8}), 0.1)  # ours after all: this host's failoverd
+    assert sender.listeners == [] and sender.counters["own"] == 1
+    other = wire.Message(**{**challenge.__dict__, "boot_id": b"G" * 8})
+    sender.receive_datagram(wire.encode(other, KEY), SECONDARY["pub"], 0.2)
+    sender.set_local_boots(frozenset({b"F" * 8}), 0.2)  # not ours: a clone's failoverd
+    assert sender.listeners == ["a"] and sender.counters["name-collision"] == 1
+    assert any(isinstance(e, auth.NameCollision) for e in iter(sender.next_event, None))
