@@ -181,6 +181,7 @@ def start_up(
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_role_config(args.config, role)
+    node_name(cfg)  # a host name that cannot be our name on the wire stops us here
     return cfg, load_key(cfg)
 
 
@@ -211,7 +212,19 @@ def load_key(cfg: config.Config) -> bytes:
 
 
 def node_name(cfg: config.Config) -> str:
-    return cfg.node_name or socket.gethostname()[:64] or "localhost"
+    """FAILOVER_NODE_NAME, else the host name; StartupError if the host name cannot go on the
+    wire (we refuse rather than rewrite it: a rewritten name could match another host's)."""
+    if cfg.node_name:
+        return cfg.node_name
+    host = socket.gethostname()[: wire.MAX_NAME] or "localhost"
+    problem = config.node_name_problem(host)
+    if problem is not None:
+        where = f"{cfg.path}:{cfg.line_of('FAILOVER_NODE_NAME') or 0}: FAILOVER_NODE_NAME"
+        raise StartupError(
+            f"{where}: unset, and the host name {problem}; set FAILOVER_NODE_NAME to a name "
+            f"of {wire.NAME_CHARS}"
+        )
+    return host
 
 
 def run(main: Coroutine[object, object, int]) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import socket
+from pathlib import Path
 
 import pytest
 from sim import BCAST, KEY, SECONDARY, Sim
@@ -94,3 +96,28 @@ def test_own_name_with_unknown_boot_is_held_until_the_shell_answers() -> None:
     sender.set_local_boots(frozenset({b"F" * 8}), 0.2)  # not ours: a clone's failoverd
     assert sender.listeners == ["a"] and sender.counters["name-collision"] == 1
     assert any(isinstance(e, auth.NameCollision) for e in iter(sender.next_event, None))
+
+
+# Names on the wire -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["web server", "caf\u00e9", "a;b", "x$(id)"])
+def test_a_host_name_that_cannot_be_a_node_name_stops_start_up(
+    host: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from ipfailover import config, daemon
+
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    cfg = config.Config(path=str(tmp_path / "ipfailover.conf"))
+    with pytest.raises(daemon.StartupError) as caught:
+        daemon.node_name(cfg)
+    text = str(caught.value)
+    assert text.startswith(f"{cfg.path}:0: FAILOVER_NODE_NAME: unset, and the host name")
+    assert "set FAILOVER_NODE_NAME" in text
+
+
+def test_a_plain_host_name_is_the_default_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipfailover import config, daemon
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "db-1.example.org")
+    assert daemon.node_name(config.Config(path="/x")) == "db-1.example.org"
