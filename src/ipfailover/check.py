@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, daemon, hooks, netif
+from . import config, control, daemon, hooks, netif
 
 DECLINED = "and a refused Test declines every takeover: failover is off until this is fixed"
 
@@ -160,6 +160,32 @@ def run_dir_problems(cfg: config.Config) -> list[Problem]:
     return [Problem(f"{where}: {what}{existing} is not writable by uid {os.geteuid()}", True)]
 
 
+def identity_problems(cfg: config.Config) -> list[Problem]:
+    """The node name: the host name must be usable if FAILOVER_NODE_NAME is unset; and a running
+    daemon (asked over its control socket) must not be hearing another machine use our name."""
+    try:
+        daemon.node_name(cfg)
+    except daemon.StartupError as e:
+        return [Problem(str(e), True)]
+    out = []
+    for role in control.ROLES:
+        try:
+            status = control.query(control.socket_path(cfg.run_dir, role), timeout=2.0)
+        except (OSError, ValueError):
+            continue  # not running here, or not ours to ask
+        c = status.get("name_collision")
+        if c and c.get("active"):
+            out.append(
+                Problem(
+                    f"{_where(cfg, 'FAILOVER_NODE_NAME')}: the running {role} hears another "
+                    f"machine use its node name {c['name']!r} (from {c['source']}): give each "
+                    "machine its own FAILOVER_NODE_NAME",
+                    False,
+                )
+            )
+    return out
+
+
 async def problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem]:
     """Everything wrong with ``cfg`` for ``roles``, errors first."""
     out = [Problem(str(e), True) for role in roles for e in config.role_problems(cfg, role)]
@@ -170,6 +196,7 @@ async def problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem
     except daemon.StartupError as e:
         out.append(Problem(str(e), True))
     out += run_dir_problems(cfg)
+    out += identity_problems(cfg)
     out += metrics_problems(cfg, roles)
     if "failoverd" in roles:
         out += await pair_problems(cfg)

@@ -20,9 +20,9 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from . import auth, config, sdnotify, wire
+from . import auth, config, control, sdnotify, wire
 
 EXIT_CONFIG = 2
 log = logging.getLogger("ipfailover.daemon")
@@ -102,6 +102,60 @@ class WallClock:
 
     def __call__(self, t: float | None) -> float | None:
         return None if t is None else t + self.offset
+
+
+# Identity ----------------------------------------------------------------------------------------
+
+COLLISION_FIX = (
+    "another machine sends under this node name (a cloned host name?): give each machine its "
+    "own FAILOVER_NODE_NAME"
+)
+
+
+class HasIdentity(Protocol):
+    @property
+    def wants_local_boots(self) -> bool: ...
+
+    def set_local_boots(self, boots: frozenset[bytes], now: float) -> None: ...
+
+
+def answer_local_boots(core: HasIdentity, run_dir: str, now: float) -> None:
+    """A datagram with our name and an unknown boot id came in: tell the core which boot ids
+    are this host's (its own, and the other daemon's on a peering host). The core rate-limits
+    how often it asks."""
+    if core.wants_local_boots:
+        core.set_local_boots(control.read_boots(run_dir), now)
+
+
+def log_collision(events: EventLog, ev: auth.NameCollision) -> None:
+    events(
+        "node-name-collision",
+        logging.ERROR,
+        name=ev.name,
+        source=f"{ev.addr[0]}:{ev.addr[1]}",
+        boot=ev.boot.hex(),
+        network=ev.network or None,
+        fix=COLLISION_FIX,
+    )
+
+
+def collision_status(
+    c: auth.Collision | None, wall: WallClock, now: float
+) -> dict[str, Any] | None:
+    """The ``name_collision`` object of the status (docs/status.md)."""
+    if c is None:
+        return None
+    return {
+        "name": c.name,
+        "source": f"{c.addr[0]}:{c.addr[1]}",
+        "boot": c.boot.hex(),
+        "network": c.network or None,
+        "first": wall(c.first),
+        "last": wall(c.last),
+        "datagrams": c.count,
+        "episodes": c.episodes,
+        "active": now - c.last <= auth.COLLISION_QUIET,
+    }
 
 
 def rejected_counts(counters: Mapping[str, int]) -> dict[str, int]:

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
-from . import __version__, check, config, control, daemon, hooks, mail, netif, transition
+from . import __version__, auth, check, config, control, daemon, hooks, mail, netif, transition
 from .monitor import (
     Acquire,
     Heard,
@@ -182,6 +182,7 @@ class Failoverd:
             "last_takeover_seconds": takeovers[-1].duration if takeovers else None,
             "mail": {"pending": self.outbox.pending()},
             "rejected": daemon.rejected_counts(core.counters),
+            "name_collision": daemon.collision_status(core.collision, wall, now),
             "counts": {
                 "transitions": self._transition_counts(),
                 "script_runs": self.counts["script-runs"],
@@ -191,6 +192,8 @@ class Failoverd:
 
     def start(self) -> None:
         self.outbox.start()
+        # before we send anything: this host's heartbeatd must know our datagrams for ours
+        control.write_boot(self.cfg.run_dir, "failoverd", self.core.boot_id)
         self.udp.start(self.loop, self._on_datagram)
         daemon.install_signals(self.loop, stop=self._on_stop, reload=self._on_hup)
         self.events(
@@ -210,6 +213,7 @@ class Failoverd:
         """After the core stopped: let mail under way go out (briefly), close the sockets."""
         await self.outbox.stop(MAIL_STOP_GRACE)
         self.udp.close()
+        control.remove_boot(self.cfg.run_dir, "failoverd", self.core.boot_id)
 
     def _addresses(self) -> str:
         return " ".join(str(a) for a in self.assignments)
@@ -222,6 +226,7 @@ class Failoverd:
 
     def _on_datagram(self, dg: daemon.Datagram) -> None:
         self.core.receive_datagram(dg.data, dg.addr, dg.ifname, self.loop.time())
+        daemon.answer_local_boots(self.core, self.cfg.run_dir, self.loop.time())
         self._flush()
 
     def _on_stop(self) -> None:
@@ -361,6 +366,10 @@ class Failoverd:
                 )
         elif isinstance(ev, PeerWarning):
             self.events("warning", logging.WARNING, text=ev.text)
+        elif isinstance(ev, auth.NameCollision):
+            daemon.log_collision(self.events, ev)
+            notice = mail.collision_notice(ev, self._situation(), time.time())
+            self._spawn(self._notify(notice))
         elif isinstance(ev, Dropped):
             self.events.dropped(ev, now)
 

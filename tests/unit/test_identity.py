@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
+import stat
+import time
 from pathlib import Path
 
 import pytest
 from sim import BCAST, KEY, SECONDARY, Sim
 
-from ipfailover import auth, wire
+from ipfailover import auth, control, wire
 from ipfailover.monitor import Monitor, MonitorConfig, State
 from ipfailover.sender import Sender, SenderConfig
 
@@ -121,3 +124,89 @@ def test_a_plain_host_name_is_the_default_node_name(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(socket, "gethostname", lambda: "db-1.example.org")
     assert daemon.node_name(config.Config(path="/x")) == "db-1.example.org"
+
+
+# The shells: boot files, status, metrics, check -------------------------------------------------
+
+COLLIDING = {
+    "name": "primary",
+    "source": "203.0.113.10:40000",
+    "boot": "0102030405060708",
+    "network": None,
+    "first": time.time() - 30,
+    "last": time.time() - 1,
+    "datagrams": 57,
+    "episodes": 1,
+    "active": True,
+}
+
+
+def test_boot_files_name_this_hosts_daemons(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    control.write_boot(run, "heartbeatd", b"H" * 8)
+    control.write_boot(run, "failoverd", b"F" * 8)
+    assert control.read_boots(run) == {b"H" * 8, b"F" * 8}
+    assert stat.S_IMODE((run / "failoverd.boot").stat().st_mode) == 0o600
+    control.remove_boot(run, "failoverd", b"X" * 8)  # not ours: left alone
+    assert control.read_boots(run) == {b"H" * 8, b"F" * 8}
+    control.remove_boot(run, "failoverd", b"F" * 8)
+    (run / "heartbeatd.boot").write_text("not hex\n")
+    assert control.read_boots(run) == frozenset()
+
+
+def test_status_and_metrics_show_a_collision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_metrics import scrape
+    from test_status import FAILOVERD, serve_and_run
+
+    snap = {**FAILOVERD, "name_collision": COLLIDING}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(FAILOVERD, "name_collision", COLLIDING)
+        code, out = serve_and_run(tmp_path, ["status"], capsys)
+    assert code == 0
+    head, line, *_ = out.splitlines()
+    assert head.startswith("failoverd on secondary")
+    assert line.startswith("  NODE NAME COLLISION: another machine sends as 'primary' from ")
+    assert "give each machine its own FAILOVER_NODE_NAME" in line
+    text = scrape(snap)
+    assert "ipfailover_name_collision 1.0" in text
+    assert "ipfailover_name_collision_datagrams_total 57.0" in text
+
+
+def test_check_asks_the_running_daemon_about_a_collision(tmp_path: Path) -> None:
+    from ipfailover import check, config
+
+    cfg = config.Config(path=str(tmp_path / "hostconfig"), run_dir=str(tmp_path), node_name="a")
+
+    async def main() -> list[check.Problem]:
+        snap = {"role": "heartbeatd", "name_collision": COLLIDING}
+        server = control.ControlServer(str(tmp_path), "heartbeatd", lambda: snap)
+        await server.start()
+        try:
+            return await asyncio.to_thread(check.identity_problems, cfg)
+        finally:
+            await server.close()
+
+    (problem,) = asyncio.run(main())
+    assert not problem.fatal
+    assert str(problem) == (
+        f"warning: {cfg.path}:0: FAILOVER_NODE_NAME: the running heartbeatd hears another machine "
+        "use its node name 'primary' (from 203.0.113.10:40000): give each machine its own "
+        "FAILOVER_NODE_NAME"
+    )
+    assert check.identity_problems(cfg) == []  # nothing running
+
+
+def test_the_collision_mail_says_what_to_do() -> None:
+    from ipfailover import mail
+
+    ev = auth.NameCollision(
+        name="db", boot=b"\x01" * 8, addr=("203.0.113.10", 40000), network="eth0", at=1.0
+    )
+    s = mail.Situation(node="db", host="db", peer="db", addresses=("eth0:203.0.113.10/24",))
+    notice = mail.collision_notice(ev, s, time.time())
+    assert notice.event == "name-collision" and notice.ips == ("203.0.113.10",)
+    assert notice.subject == "[ipfailover] db: another machine uses this node name (203.0.113.10)"
+    assert "from 203.0.113.10 port 40000 on eth0 (boot id 0101010101010101)" in notice.body
+    assert "FAILOVER_NODE_NAME" in notice.body
