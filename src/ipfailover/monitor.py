@@ -96,7 +96,7 @@ MAX_HELD = 8  # datagrams held while the shell looks up this host's boot ids
 CHALLENGE_RATE = 16  # challenges to unverified sources per period, overall (a token bucket)
 CHALLENGE_BURST = 32
 PER_SOURCE = 4  # out-of-turn challenges to one source address per period
-BACKOFF_MAX = 5  # an unanswering boot is challenged at most every 2**5 periods
+BACKOFF_MAX = 3  # an unanswering boot is still challenged every 2**3 periods
 
 
 class LocalProtocolError(RuntimeError):
