@@ -90,7 +90,7 @@ BUSY = frozenset({State.ACQUIRING, State.RELEASING, State.STOPPING})
 RELEASED_COPIES = 3  # RELEASED is sent this many times, one challenge period apart
 MAX_SOURCES = 16  # unverified (address, boot) pairs remembered per network
 MAX_BOOTS = 8  # anti-replay windows kept for unverified boots (the verified boot's is pinned)
-MAX_SUSPECTS = 64  # boots that left challenges unanswered, remembered after their entry goes
+MAX_BOOT_STATES = 256  # boot ids whose challenge schedule is remembered (least recently heard go)
 MAX_RETIRED = 16  # boots the primary had before its current one (or that said LEAVING)
 MAX_HELD = 8  # datagrams held while the shell looks up this host's boot ids
 CHALLENGE_RATE = 16  # challenges to unverified sources per period, overall (a token bucket)
@@ -188,9 +188,18 @@ class _Source:
 
     seq: int  # the highest sequence number seen: echoed in our challenges, never rolled back
     heard: float  # when the last one arrived
-    challenged: float | None = None  # when we last challenged it
-    unanswered: float | None = None  # since when our challenges to it went unanswered
+    challenged: float | None = None  # when we last sent a challenge here
     immediate: float | None = None  # when we last challenged it out of turn
+
+
+@dataclass
+class _Boot:
+    """The challenge schedule of one boot id of the primary (a nonce reaches every network: the
+    primary echoes it in every heartbeat, so one challenge on any network is enough)."""
+
+    heard: float
+    challenged: float | None = None  # when we last challenged it (on any network)
+    unanswered: float | None = None  # since when our challenges to it went unanswered
 
     def strikes(self, now: float, period: float) -> int:
         """Periods its challenges went unanswered, less the first two (a round trip)."""
@@ -216,7 +225,7 @@ class _PeerNet:
     """
 
     verified: Addr | None = None
-    sources: OrderedDict[tuple[Addr, bytes], _Source] = field(default_factory=OrderedDict)
+    sources: dict[tuple[Addr, bytes], _Source] = field(default_factory=dict)
 
 
 class Monitor:
@@ -253,7 +262,7 @@ class Monitor:
         self._warned_boots: OrderedDict[bytes, None] = OrderedDict()
         self._left_boots: OrderedDict[bytes, None] = OrderedDict()
         self._retired: OrderedDict[bytes, None] = OrderedDict()  # the primary's earlier boots
-        self._suspects: OrderedDict[bytes, float] = OrderedDict()  # boot -> unanswered since
+        self._boots: OrderedDict[bytes, _Boot] = OrderedDict()  # challenge schedules
         self._bucket = auth.TokenBucket(
             CHALLENGE_RATE / cfg.period, CHALLENGE_BURST, now
         )  # challenges to sources not (yet) verified
@@ -298,7 +307,7 @@ class Monitor:
         return {
             "sources": sum(len(p.sources) for p in self._peers.values()),
             "windows": len(self._windows) + (self._peer_window is not None),
-            "suspects": len(self._suspects),
+            "boots": len(self._boots),
             "retired": len(self._retired) + len(self._left_boots),
             "nonces": len(self._nonces),
             "held": len(self._held),
@@ -431,8 +440,7 @@ class Monitor:
             # entry, and the budget for challenging unverified sources.
             self._challenge_now(peer, addr, msg.boot_id, source, now)
             raise wire.RemoteProtocolError(wire.Reason.STALE, "echoes no fresh challenge of ours")
-        source.unanswered = None
-        self._suspects.pop(msg.boot_id, None)
+        self._boot(msg.boot_id, now).unanswered = None
         peer.verified = addr
         if msg.sender == self.cfg.node:
             self._collided(msg, addr, network, now)
@@ -500,34 +508,45 @@ class Monitor:
             return None
         return (peer.verified, self.peer_boot)
 
+    def _boot(self, boot: bytes, now: float) -> _Boot:
+        """The schedule of ``boot``, made if new; the least recently heard go first, never the
+        verified primary's."""
+        state = self._boots.get(boot)
+        if state is None:
+            state = self._boots[boot] = _Boot(heard=now)
+            if len(self._boots) > MAX_BOOT_STATES:
+                victim = next(b for b in self._boots if b != self.peer_boot)
+                del self._boots[victim]
+        else:
+            state.heard = max(state.heard, now)
+        self._boots.move_to_end(boot)
+        return state
+
     def _source(self, peer: _PeerNet, addr: Addr, msg: wire.Message, now: float) -> _Source:
-        """The entry of (``addr``, its boot id), made if new; the table stays bounded, and an
-        eviction never takes the verified primary's entry: it takes the entry that has left
-        challenges unanswered longest, else the one heard least recently."""
+        """The entry of (``addr``, its boot id), made if new. The table stays bounded, and an
+        eviction never takes the verified primary's entry: it takes an entry of the boot that has
+        left challenges unanswered longest, else one already challenged, else the one heard
+        least recently (its boot's schedule survives it)."""
+        self._boot(msg.boot_id, now)
         key = (addr, msg.boot_id)
         source = peer.sources.get(key)
         if source is not None:
             source.seq = max(source.seq, msg.seq)  # a replay must not roll it back
             source.heard = max(source.heard, now)
             return source
-        source = peer.sources[key] = _Source(
-            seq=msg.seq, heard=now, unanswered=self._suspects.get(msg.boot_id)
-        )
+        source = peer.sources[key] = _Source(seq=msg.seq, heard=now)
         if len(peer.sources) > MAX_SOURCES:
             pinned = self._pinned(peer)
-            victim = max(
-                (k for k in peer.sources if k not in (pinned, key)),
-                key=lambda k: (
-                    peer.sources[k].strikes(now, self.cfg.period),
-                    -peer.sources[k].heard,
-                ),
-            )
-            gone = peer.sources.pop(victim)
-            if gone.unanswered is not None:
-                self._suspects[victim[1]] = gone.unanswered
-                self._suspects.move_to_end(victim[1])
-                if len(self._suspects) > MAX_SUSPECTS:
-                    self._suspects.popitem(last=False)
+            period = self.cfg.period
+
+            def badness(k: tuple[Addr, bytes]) -> tuple[int, bool, float]:
+                state = self._boots.get(k[1])
+                strikes = 0 if state is None else state.strikes(now, period)
+                tried = state is not None and state.challenged is not None
+                return (strikes, tried, -peer.sources[k].heard)
+
+            victim = max((k for k in peer.sources if k not in (pinned, key)), key=badness)
+            del peer.sources[victim]
         return source
 
     def _challenge_now(
@@ -535,13 +554,21 @@ class Monitor:
     ) -> None:
         """The primary at ``addr`` lacks a fresh nonce of ours (it just started, or a link just
         came back): send one at once rather than at the next round. At most once a period for
-        each (address, boot), when it is due; at most PER_SOURCE a period to one address; and
-        within the overall budget for sources not yet verified."""
+        each (address, boot); for any but the verified primary, only for a boot never challenged
+        (a new primary process), at most PER_SOURCE a period to one address, and within the
+        overall budget."""
         period = self.cfg.period
         if source.immediate is not None and now - source.immediate < period:
             return
-        if not source.due(now, period):
+        state = self._boot(boot, now)
+        if (addr, boot) == self._pinned(peer):
+            # the verified primary lost our nonce (a link came back): as before, at once
+            source.immediate = now
+            self._send_challenge(self._current_nonce(now), addr, boot, source, now)
+            state.unanswered = None
             return
+        if state.challenged is not None:
+            return  # seen before: the round challenges it again when due, the best first
         recent = sum(
             1
             for (a, _), s in peer.sources.items()
@@ -557,8 +584,10 @@ class Monitor:
         self, nonce: bytes, addr: Addr, boot: bytes, source: _Source, now: float
     ) -> None:
         source.challenged = now
-        if source.unanswered is None:
-            source.unanswered = now  # until a heartbeat of this boot echoes a fresh nonce
+        state = self._boot(boot, now)
+        state.challenged = now
+        if state.unanswered is None:
+            state.unanswered = now  # until a heartbeat of this boot echoes a fresh nonce
         self._out.append((self._encode_challenge(nonce, (boot, source.seq)), addr))
 
     def _collided(self, msg: wire.Message, addr: Addr, network: str, now: float) -> None:
@@ -581,6 +610,7 @@ class Monitor:
                 for peer in self._peers.values():
                     for key in [k for k in peer.sources if k[1] == self.peer_boot]:
                         del peer.sources[key]
+                self._boots.pop(self.peer_boot, None)
             window = self._windows.pop((msg.sender, msg.boot_id), None)
             self._peer_window = (msg.boot_id, window or auth.ReplayWindow())
             if window is None:
@@ -610,21 +640,34 @@ class Monitor:
         return nonce
 
     def _challenge(self, now: float) -> None:
-        """The round: the verified primary on each network, always; then every other source
-        that is due, those that answered best and were heard last first, within the budget."""
+        """The round: the verified primary on each network, always. Then each other boot that is
+        due, on one of its sources (the one challenged least recently, so a network that loses
+        them does not keep them all), within the budget: boots never challenged first, then
+        those that answered best, the ones heard last first."""
         nonce = self._issue_nonce(now)
         period = self.cfg.period
-        others: list[tuple[tuple[int, float], _PeerNet, tuple[Addr, bytes]]] = []
+        pick: dict[bytes, tuple[float, float, _PeerNet, tuple[Addr, bytes]]] = {}
         for peer in self._peers.values():
             pinned = self._pinned(peer)
             for key, source in peer.sources.items():
                 if key == pinned:
                     self._send_challenge(nonce, key[0], key[1], source, now)
-                    source.unanswered = None  # verified: judged by the detector, not here
-                elif source.due(now, period):
-                    others.append(((source.strikes(now, period), -source.heard), peer, key))
-        others.sort(key=lambda x: x[0])
-        for _, peer, key in others:
+                    if key[1] in self._boots:  # verified: the detector judges it
+                        self._boots[key[1]].unanswered = None
+                    continue
+                if key[1] == self.peer_boot:
+                    continue  # its pinned source is challenged already
+                rank = (source.challenged or -1.0, -source.heard)
+                if key[1] not in pick or rank < pick[key[1]][:2]:
+                    pick[key[1]] = (*rank, peer, key)
+        due = []
+        for boot, (_, _, peer, key) in pick.items():
+            state = self._boots.get(boot)
+            if state is not None and state.due(now, period):
+                order = (state.challenged is not None, state.strikes(now, period), -state.heard)
+                due.append((order, peer, key))
+        due.sort(key=lambda x: x[0])
+        for _, peer, key in due:
             if not self._bucket.take(now):
                 self.counters["challenges-withheld"] += 1
                 break
