@@ -33,6 +33,21 @@ def test_no_false_takeover_of_a_live_primary(seed: int) -> None:
     assert sim.monitor is not None and sim.monitor.state is State.STANDBY
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_no_false_takeover_with_many_old_boots_at_a_high_rate(seed: int) -> None:
+    """Beyond the issue's 9: 40 old boots, 100 replays a second on each network."""
+    start = phase(seed)
+    sim = InjectedSim(seed=seed, boots=40, background=0.01, start_secondary_at=start)
+    sim.run_until(20)
+    assert sim.rec.acquires == [], f"false takeover at {sim.rec.acquires[0][0]:.2f} s"
+    holding = InjectedSim(
+        seed=seed, boots=40, background=0.01, holding=True, start_secondary_at=start
+    )
+    holding.run_until(20)
+    assert holding.rec.releases, "never handed back"
+    assert holding.rec.releases[0][0] - start <= FAILBACK + 2 * INTERVAL + 0.05
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_failback_after_a_failoverd_restart(seed: int) -> None:
     """failoverd restarted while holding (it adopts the addresses): the primary is alive, so it
