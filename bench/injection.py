@@ -18,6 +18,7 @@ import random
 import statistics
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
@@ -72,7 +73,7 @@ def heartbeatd_restart(seed: int) -> float | None:
     return releases[0] - back if releases else None
 
 
-def flood(n: int) -> tuple[int, int, float]:
+def flood(n: int) -> tuple[int, int, float, float]:
     captures = [c for boot in old_boots(9, 1200, seed=7) for c in boot]
     cfg = MonitorConfig(
         node="secondary", key=KEY, period=1.0, deadtime=3.0, failback_delay=3.0, networks=NETS
@@ -80,6 +81,8 @@ def flood(n: int) -> tuple[int, int, float]:
     m = Monitor(cfg, rng=random.Random(1).randbytes, now=0.0)
     sources = distinct_sources()
     sent = peak = 0
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
     t0 = time.perf_counter()
     for i in range(n):
         now = i / 1000
@@ -92,7 +95,10 @@ def flood(n: int) -> tuple[int, int, float]:
             pass
         if i % 50_000 == 0:
             peak = max(peak, sizes(m))
-    return max(peak, sizes(m)), sent, time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    held = tracemalloc.get_traced_memory()[0] - base  # what the flood left allocated
+    tracemalloc.stop()
+    return max(peak, sizes(m)), sent, secs, held / 1e6
 
 
 def summary(values: list[float | None]) -> str:
@@ -120,10 +126,10 @@ def main() -> int:
     print(f"failback after failoverd restart: {summary([failoverd_restart(s) for s in seeds])}")
     print(f"failback after heartbeatd restart: {summary([heartbeatd_restart(s) for s in seeds])}")
     if args.flood:
-        peak, sent, secs = flood(args.flood)
+        peak, sent, secs, mb = flood(args.flood)
         print(
             f"{args.flood} replays from distinct sources: peak {peak} container elements, "
-            f"{sent} replies, {secs:.0f} s CPU"
+            f"{mb:.1f} MB still allocated after it (tracemalloc), {sent} replies, {secs:.0f} s"
         )
     return 0
 
