@@ -117,13 +117,11 @@ def test_a_host_name_that_cannot_be_a_node_name_stops_start_up(
     text = str(caught.value)
     assert text.startswith(f"{cfg.path}:0: FAILOVER_NODE_NAME: unset, and the host name")
     assert "set FAILOVER_NODE_NAME" in text
-
-
-def test_a_plain_host_name_is_the_default_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipfailover import config, daemon
-
+    # a plain host name is still the default, and FAILOVER_NODE_NAME overrides a bad one
     monkeypatch.setattr(socket, "gethostname", lambda: "db-1.example.org")
-    assert daemon.node_name(config.Config(path="/x")) == "db-1.example.org"
+    assert daemon.node_name(cfg) == "db-1.example.org"
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    assert daemon.node_name(config.Config(path=cfg.path, node_name="db-1")) == "db-1"
 
 
 # The shells: boot files, status, metrics, check -------------------------------------------------
