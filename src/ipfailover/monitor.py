@@ -352,6 +352,7 @@ class Monitor:
         """
         self._now = max(self._now, now)
         self.cfg = cfg
+        self.identity.node = cfg.node
         self.detector.deadtime = cfg.deadtime
         for name in cfg.networks:
             self.detector.networks.setdefault(name, NetworkView(name))

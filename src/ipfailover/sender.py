@@ -169,6 +169,7 @@ class Sender:
         if not cfg.targets:
             raise ValueError("no heartbeat targets")
         self.cfg = cfg
+        self.identity.node = cfg.node
         self._next_beat = min(self._next_beat, now + cfg.interval)
 
     def link_up(self, now: float) -> None:
