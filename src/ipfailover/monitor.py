@@ -93,8 +93,8 @@ MAX_BOOTS = 8  # anti-replay windows kept for unverified boots (the verified boo
 MAX_BOOT_STATES = 256  # boot ids whose challenge schedule is remembered (least recently heard go)
 MAX_RETIRED = 16  # boots the primary had before its current one (or that said LEAVING)
 MAX_HELD = 8  # datagrams held while the shell looks up this host's boot ids
-CHALLENGE_RATE = 16  # challenges to unverified sources per period, overall (a token bucket)
-CHALLENGE_BURST = 32
+CHALLENGE_RATE = 64  # challenges to unverified sources per period, overall (a token bucket)
+CHALLENGE_BURST = 128
 PER_SOURCE = 4  # out-of-turn challenges to one source address per period
 BACKOFF_MAX = 3  # an unanswering boot is still challenged every 2**3 periods
 
