@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, daemon, hooks, mail, netif
+from . import config, control, daemon, hooks, mail, netif
 
 DECLINED = "and a refused Test declines every takeover: failover is off until this is fixed"
 
@@ -270,6 +270,32 @@ async def network_problems(cfg: config.Config) -> list[Problem]:
     return out
 
 
+def identity_problems(cfg: config.Config) -> list[Problem]:
+    """The node name: the host name must be usable if FAILOVER_NODE_NAME is unset; and a running
+    daemon (asked over its control socket) must not be hearing another machine use our name."""
+    try:
+        daemon.node_name(cfg)
+    except daemon.StartupError as e:
+        return [Problem(str(e), True)]
+    out = []
+    for role in control.ROLES:
+        try:
+            status = control.query(control.socket_path(cfg.run_dir, role), timeout=2.0)
+        except (OSError, ValueError):
+            continue  # not running here, or not ours to ask
+        c = status.get("name_collision")
+        if c and c.get("active"):
+            out.append(
+                Problem(
+                    f"{_where(cfg, 'FAILOVER_NODE_NAME')}: the running {role} hears another "
+                    f"machine use its node name {c['name']!r} (from {c['source']}): give each "
+                    "machine its own FAILOVER_NODE_NAME",
+                    False,
+                )
+            )
+    return out
+
+
 async def problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem]:
     """Everything wrong with ``cfg`` for ``roles``, errors first."""
     out = [Problem(str(e), True) for role in roles for e in config.role_problems(cfg, role)]
@@ -283,6 +309,7 @@ async def problems(cfg: config.Config, roles: list[config.Role]) -> list[Problem
     out += run_dir_problems(cfg)
     role: config.Role = "failoverd" if "failoverd" in roles else "heartbeatd"
     out += [Problem(text, True) for text in daemon.private_dir_problems(cfg, role)]
+    out += identity_problems(cfg)
     out += metrics_problems(cfg, roles)
     if "heartbeatd" in roles:
         out += target_problems(cfg)

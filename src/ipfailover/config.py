@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal, TypeAlias, TypeVar
 
+from . import wire
+
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 Role: TypeAlias = Literal["heartbeatd", "failoverd"]
 
@@ -719,11 +721,21 @@ def _absolute_path(text: str) -> str:
 
 
 def _node_name(text: str) -> str:
-    if any(char.isspace() for char in text) or not text.isprintable():
-        raise ValueError(f"{text!r} contains whitespace or control characters")
-    if len(text.encode("utf-8")) > _NAME_MAX_BYTES:
-        raise ValueError(f"is longer than {_NAME_MAX_BYTES} bytes of UTF-8")
+    # The name goes on the wire and from there into scripts' environments and mail subjects.
+    if len(text) > _NAME_MAX_BYTES:
+        raise ValueError(f"is longer than {_NAME_MAX_BYTES} characters")
+    if not wire.NAME.fullmatch(text):
+        raise ValueError(f"{text!r} has characters other than {wire.NAME_CHARS}")
     return text
+
+
+def node_name_problem(name: str) -> str | None:
+    """Why ``name`` (e.g. the host name, FAILOVER_NODE_NAME's default) cannot be a node name."""
+    try:
+        _node_name(name)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _split_list(text: str, what: str, parse: Callable[[str], T]) -> tuple[T, ...]:

@@ -139,3 +139,46 @@ def query(path: Path, command: str = "status", timeout: float = 5.0) -> dict[str
             chunks.append(chunk)
     reply: dict[str, Any] = json.loads(b"".join(chunks))
     return reply
+
+
+# Boot files: how each daemon knows its own host's datagrams ------------------------------------
+#
+# A daemon's boot id (random at start-up, in every datagram it sends) is what tells this host's
+# datagrams from another machine's that carries the same node name (a cloned host name). Each
+# daemon writes its boot id to ``<role>.boot`` in FAILOVER_RUN_DIR before it sends anything and
+# removes it when it exits; the other daemon of a peering host reads it when a datagram with our
+# name and an unknown boot id arrives (see ipfailover.auth.Identity).
+
+
+def boot_path(run_dir: str | Path, role: str) -> Path:
+    return Path(run_dir) / f"{role}.boot"
+
+
+def write_boot(run_dir: str | Path, role: str, boot: bytes) -> None:
+    path = boot_path(make_run_dir(run_dir), role)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(boot.hex() + "\n")
+    os.replace(tmp, path)
+
+
+def remove_boot(run_dir: str | Path, role: str, boot: bytes) -> None:
+    """Remove our boot file, unless another process of the same role has replaced it."""
+    path = boot_path(run_dir, role)
+    with contextlib.suppress(OSError):
+        if path.read_text().strip() == boot.hex():
+            path.unlink()
+
+
+def read_boots(run_dir: str | Path) -> frozenset[bytes]:
+    """The boot ids of the daemons running on this host (unreadable or bad files are skipped)."""
+    out = set()
+    for role in ROLES:
+        try:
+            fd = os.open(boot_path(run_dir, role), os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd) as f:
+                out.add(bytes.fromhex(f.read(64).strip()))
+        except (OSError, ValueError):
+            continue
+    return frozenset(b for b in out if len(b) == 8)

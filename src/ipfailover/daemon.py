@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import __version__, auth, config, control, sdnotify, wire
 
@@ -103,6 +103,60 @@ class WallClock:
 
     def __call__(self, t: float | None) -> float | None:
         return None if t is None else t + self.offset
+
+
+# Identity ----------------------------------------------------------------------------------------
+
+COLLISION_FIX = (
+    "another machine sends under this node name (a cloned host name?): give each machine its "
+    "own FAILOVER_NODE_NAME"
+)
+
+
+class HasIdentity(Protocol):
+    @property
+    def wants_local_boots(self) -> bool: ...
+
+    def set_local_boots(self, boots: frozenset[bytes], now: float) -> None: ...
+
+
+def answer_local_boots(core: HasIdentity, run_dir: str, now: float) -> None:
+    """A datagram with our name and an unknown boot id came in: tell the core which boot ids
+    are this host's (its own, and the other daemon's on a peering host). The core rate-limits
+    how often it asks."""
+    if core.wants_local_boots:
+        core.set_local_boots(control.read_boots(run_dir), now)
+
+
+def log_collision(events: EventLog, ev: auth.NameCollision) -> None:
+    events(
+        "node-name-collision",
+        logging.ERROR,
+        name=ev.name,
+        source=f"{ev.addr[0]}:{ev.addr[1]}",
+        boot=ev.boot.hex(),
+        network=ev.network or None,
+        fix=COLLISION_FIX,
+    )
+
+
+def collision_status(
+    c: auth.Collision | None, wall: WallClock, now: float
+) -> dict[str, Any] | None:
+    """The ``name_collision`` object of the status (docs/status.md)."""
+    if c is None:
+        return None
+    return {
+        "name": c.name,
+        "source": f"{c.addr[0]}:{c.addr[1]}",
+        "boot": c.boot.hex(),
+        "network": c.network or None,
+        "first": wall(c.first),
+        "last": wall(c.last),
+        "datagrams": c.count,
+        "episodes": c.episodes,
+        "active": now - c.last <= auth.COLLISION_QUIET,
+    }
 
 
 def rejected_counts(counters: Mapping[str, int]) -> dict[str, int]:
@@ -192,6 +246,7 @@ def start_up(
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_role_config(args.config, role)
+    node_name(cfg)  # a host name that cannot be our name on the wire stops us here
     key = load_key(cfg)
     for problem in private_dir_problems(cfg, role):
         raise StartupError(problem)
@@ -307,7 +362,19 @@ async def start_control(cfg: config.Config, server: Any) -> None:
 
 
 def node_name(cfg: config.Config) -> str:
-    return cfg.node_name or socket.gethostname()[:64] or "localhost"
+    """FAILOVER_NODE_NAME, else the host name; StartupError if the host name cannot go on the
+    wire (we refuse rather than rewrite it: a rewritten name could match another host's)."""
+    if cfg.node_name:
+        return cfg.node_name
+    host = socket.gethostname()[: wire.MAX_NAME] or "localhost"
+    problem = config.node_name_problem(host)
+    if problem is not None:
+        where = f"{cfg.path}:{cfg.line_of('FAILOVER_NODE_NAME') or 0}: FAILOVER_NODE_NAME"
+        raise StartupError(
+            f"{where}: unset, and the host name {problem}; set FAILOVER_NODE_NAME to a name "
+            f"of {wire.NAME_CHARS}"
+        )
+    return host
 
 
 def run(main: Coroutine[object, object, int]) -> int:

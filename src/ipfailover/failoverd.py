@@ -25,6 +25,7 @@ from typing import Any
 
 from . import (
     __version__,
+    auth,
     check,
     config,
     control,
@@ -246,6 +247,7 @@ class Failoverd:
             "last_takeover_seconds": takeovers[-1].duration if takeovers else None,
             "mail": {"pending": self.outbox.pending()},
             "rejected": daemon.rejected_counts(core.counters),
+            "name_collision": daemon.collision_status(core.collision, wall, now),
             "counts": {
                 "transitions": self._transition_counts(),
                 "script_runs": self.counts["script-runs"],
@@ -255,6 +257,8 @@ class Failoverd:
 
     def start(self) -> None:
         self.outbox.start()
+        # before we send anything: this host's heartbeatd must know our datagrams for ours
+        control.write_boot(self.cfg.run_dir, "failoverd", self.core.boot_id)
         self.udp.start(self.loop, self._on_datagram)
         daemon.install_signals(self.loop, stop=self._on_stop, reload=self._on_hup)
         self.events(
@@ -279,6 +283,7 @@ class Failoverd:
         await self.executor.flush_mail()
         await self.outbox.stop(MAIL_STOP_GRACE)
         self.udp.close()
+        control.remove_boot(self.cfg.run_dir, "failoverd", self.core.boot_id)
 
     def _addresses(self) -> str:
         return " ".join(str(a) for a in self.assignments)
@@ -291,6 +296,7 @@ class Failoverd:
 
     def _on_datagram(self, dg: daemon.Datagram) -> None:
         self.core.receive_datagram(dg.data, dg.addr, dg.ifname, self.loop.time())
+        daemon.answer_local_boots(self.core, self.cfg.run_dir, self.loop.time())
         # One flush for the whole batch the socket reader is draining: under a flood of
         # junk, per-datagram flushes (timer re-arms, bookkeeping) would cost more than the
         # datagrams themselves.
@@ -458,6 +464,10 @@ class Failoverd:
             self._address_conflict(ev)
         elif isinstance(ev, Defend):
             self._defend(ev)
+        elif isinstance(ev, auth.NameCollision):
+            daemon.log_collision(self.events, ev)
+            notice = mail.collision_notice(ev, self._situation(), time.time())
+            self._spawn(self._notify(notice))
         elif isinstance(ev, Dropped):
             self.events.dropped(ev, now)
 

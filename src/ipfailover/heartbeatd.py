@@ -17,7 +17,7 @@ import socket
 import sys
 from typing import Any
 
-from . import __version__, config, control, daemon, netif
+from . import __version__, auth, config, control, daemon, netif
 from .sender import Announce, AnnounceDeferred, Sender, SenderConfig
 from .wire import Dropped
 
@@ -62,6 +62,7 @@ class Heartbeatd:
     def snapshot(self) -> dict[str, Any]:
         """The status this daemon reports (docs/status.md)."""
         wall = daemon.WallClock(self.loop)
+        now = self.loop.time()
         return {
             "schema": control.SCHEMA,
             "role": "heartbeatd",
@@ -79,9 +80,12 @@ class Heartbeatd:
                 for name, holding, updated in self.core.listener_state()
             ],
             "rejected": daemon.rejected_counts(self.core.counters),
+            "name_collision": daemon.collision_status(self.core.collision, wall, now),
         }
 
     def start(self) -> None:
+        # before we send anything: this host's failoverd must know our heartbeats for ours
+        control.write_boot(self.cfg.run_dir, "heartbeatd", self.core.boot_id)
         self.udp.start(self.loop, self._on_datagram)
         daemon.install_signals(self.loop, stop=self._on_stop, reload=self._on_hup)
         self.events(
@@ -152,6 +156,7 @@ class Heartbeatd:
 
     def _on_datagram(self, dg: daemon.Datagram) -> None:
         self.core.receive_datagram(dg.data, dg.addr, self.loop.time())
+        daemon.answer_local_boots(self.core, self.cfg.run_dir, self.loop.time())
         self._flush()
 
     def _on_hup(self) -> None:
@@ -216,6 +221,8 @@ class Heartbeatd:
                     self.events("announce-deferred", reason=ev.reason, holder=ev.listener)
                 elif isinstance(ev, Dropped):
                     self.events.dropped(ev, self.loop.time())
+                elif isinstance(ev, auth.NameCollision):
+                    daemon.log_collision(self.events, ev)
         finally:
             self.timer.arm(self.core.get_timer())  # whatever happened, keep beating
 
@@ -279,6 +286,7 @@ async def amain(argv: list[str] | None) -> int:
     await asyncio.sleep(0)  # let the LEAVING datagrams go out
     await hb.control.close()
     hb.udp.close()
+    control.remove_boot(cfg.run_dir, "heartbeatd", hb.core.boot_id)
     return 0
 
 

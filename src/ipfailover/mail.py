@@ -52,7 +52,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from . import config, control, daemon, episodes, hooks
+from . import auth, config, control, daemon, episodes, hooks
 
 log = logging.getLogger("ipfailover.mail")
 T = TypeVar("T")
@@ -1013,3 +1013,19 @@ WAIT = _Wait()
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def collision_notice(ev: auth.NameCollision, s: Situation, now: float) -> Notice:
+    """Another machine sends authentic heartbeats under our own node name (issue 7: clones)."""
+    ips = tuple(a.split(":", 1)[1].rsplit("/", 1)[0] for a in s.addresses)
+    where = f"{ev.addr[0]} port {ev.addr[1]}" + (f" on {ev.network}" if ev.network else "")
+    subject = f"[ipfailover] {s.node}: another machine uses this node name ({ev.addr[0]})"
+    intro = (
+        f"Authentic, fresh heartbeats carrying this machine's own node name {ev.name!r} arrive\n"
+        f"from {where} (boot id {ev.boot.hex()}), which is not a daemon of this host.\n"
+        "Two machines share one name: most likely a cloned host name with FAILOVER_NODE_NAME\n"
+        "unset. The pair still works (that sender is treated as the primary), but give each\n"
+        "machine its own FAILOVER_NODE_NAME and restart both daemons. This mail is sent once\n"
+        "per episode; `ipfailover status` shows whether it goes on."
+    )
+    return Notice("name-collision", "down", ips, subject, f"{intro}\n\n{situation_text(s, now)}\n")

@@ -48,6 +48,17 @@ class SnapshotCollector(Collector):
         for reason, n in sorted(d["rejected"].items()):
             rejected.add_metric([reason], n)
         yield rejected
+        collision = d.get("name_collision") or {}
+        yield GaugeMetricFamily(
+            "ipfailover_name_collision",
+            "1 while another machine sends under this node name",
+            value=1.0 if collision.get("active") else 0.0,
+        )
+        yield CounterMetricFamily(
+            "ipfailover_name_collision_datagrams",
+            "Fresh datagrams carrying this node name from a boot that is not this host's",
+            value=collision.get("datagrams", 0),
+        )
         if d["role"] == "heartbeatd":
             yield CounterMetricFamily(
                 "ipfailover_heartbeats_sent", "Heartbeat datagrams sent", value=d["sent"]

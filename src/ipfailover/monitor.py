@@ -128,8 +128,15 @@ HOLDING = frozenset(
 BUSY = frozenset({State.ACQUIRING, State.RELEASING, State.STOPPING})
 
 RELEASED_COPIES = 3  # RELEASED is sent this many times, one challenge period apart
-MAX_CANDIDATES = 4  # unverified source addresses remembered per network
-MAX_BOOTS = 8  # anti-replay windows kept per sender
+MAX_SOURCES = 16  # unverified (address, boot) pairs remembered per network
+MAX_BOOTS = 8  # anti-replay windows kept for unverified boots (the verified boot's is pinned)
+MAX_BOOT_STATES = 256  # boot ids whose challenge schedule is remembered (least recently heard go)
+MAX_RETIRED = 16  # boots the primary had before its current one (or that said LEAVING)
+MAX_HELD = 8  # datagrams held while the shell looks up this host's boot ids
+CHALLENGE_RATE = 64  # challenges to unverified sources per period, overall (a token bucket)
+CHALLENGE_BURST = 128
+PER_SOURCE = 4  # out-of-turn challenges to one source address per period
+BACKOFF_MAX = 3  # an unanswering boot is still challenged every 2**3 periods
 REPROBE_MIN = 1.0  # seconds: BLOCKED probes again every max(this, FAILOVER_INTERVAL)
 DEFEND_INTERVAL = 10.0  # RFC 5227 section 2.4: at most one defence of an address per 10 s
 CONFLICT_QUIET = 30.0  # seconds without a conflicting frame that end a conflict episode
@@ -261,6 +268,7 @@ Event = (
     | AddressAnswers
     | AddressConflict
     | Defend
+    | auth.NameCollision
 )
 
 
@@ -293,18 +301,49 @@ class Conflict:
 
 
 @dataclass
+class _Source:
+    """One (address, boot id) that authentic heartbeats came from on one network."""
+
+    seq: int  # the highest sequence number seen: echoed in our challenges, never rolled back
+    heard: float  # when the last one arrived
+    challenged: float | None = None  # when we last sent a challenge here
+    immediate: float | None = None  # when we last challenged it out of turn
+
+
+@dataclass
+class _Boot:
+    """The challenge schedule of one boot id of the primary (a nonce reaches every network: the
+    primary echoes it in every heartbeat, so one challenge on any network is enough)."""
+
+    heard: float
+    challenged: float | None = None  # when we last challenged it (on any network)
+    unanswered: float | None = None  # since when our challenges to it went unanswered
+
+    def strikes(self, now: float, period: float) -> int:
+        """Periods its challenges went unanswered, less the first two (a round trip)."""
+        if self.unanswered is None:
+            return 0
+        return max(0, int((now - self.unanswered) / period) - 1)
+
+    def due(self, now: float, period: float) -> bool:
+        """Time to challenge it again: every period, backing off while it does not answer."""
+        if self.challenged is None:
+            return True
+        wait = period * (1 << min(self.strikes(now, period), BACKOFF_MAX))
+        return now >= self.challenged + wait - 1e-9
+
+
+@dataclass
 class _PeerNet:
-    """Where the primary can be reached on one network."""
+    """Where the primary can be reached on one network.
+
+    ``sources`` holds every (address, boot id) authentic heartbeats came from, so that a replayed
+    heartbeat of an old boot cannot overwrite what a live boot needs: each is challenged with its
+    own sequence number, on its own schedule. The verified primary's entry is never evicted.
+    """
 
     verified: Addr | None = None
-    # the primary's (boot id, sequence number) last seen from each address, echoed in our
-    # challenges to it so that it can tell them from replayed ones
-    seen: dict[Addr, tuple[bytes, int]] = field(default_factory=dict)
-    candidates: OrderedDict[Addr, None] = field(default_factory=OrderedDict)
-
-    def targets(self) -> list[Addr]:
-        out = [self.verified] if self.verified else []
-        return out + [a for a in reversed(self.candidates) if a != self.verified]
+    sources: dict[tuple[Addr, bytes], _Source] = field(default_factory=dict)
 
 
 class Monitor:
@@ -330,6 +369,7 @@ class Monitor:
         self._out: list[tuple[bytes, Addr]] = []
         self._peers: dict[str, _PeerNet] = {}
         self._windows: OrderedDict[tuple[str, bytes], auth.ReplayWindow] = OrderedDict()
+        self._peer_window: tuple[bytes, auth.ReplayWindow] | None = None  # the verified boot's
         self._nonces: dict[bytes, float] = {}  # nonce -> issue time
         self._next_challenge = now
         self._holddown_until: float | None = None
@@ -337,9 +377,16 @@ class Monitor:
         self._release_id = b""
         self._stop_pending = False
         self._retry_at: float | None = None
-        self._warned_boots: set[bytes] = set()
-        self._left_boots: set[bytes] = set()
-        self._immediate: dict[Addr, float] = {}  # addr -> when we last challenged it out of turn
+        self._warned_boots: OrderedDict[bytes, None] = OrderedDict()
+        self._left_boots: OrderedDict[bytes, None] = OrderedDict()
+        self._retired: OrderedDict[bytes, None] = OrderedDict()  # the primary's earlier boots
+        self._boots: OrderedDict[bytes, _Boot] = OrderedDict()  # challenge schedules
+        self._bucket = auth.TokenBucket(
+            CHALLENGE_RATE / cfg.period, CHALLENGE_BURST, now
+        )  # challenges to sources not (yet) verified
+        self.identity = auth.Identity(cfg.node, self.boot_id, now)
+        self.collision: auth.Collision | None = None
+        self._held: list[tuple[wire.Message, Addr, str]] = []
         # Evidence before a takeover (docs/safety.md)
         self.ever_verified = False  # a heartbeat of the primary was verified since start-up
         self.probe_result = ""  # PROBE_* of the last probe that finished; "" before any
@@ -358,15 +405,42 @@ class Monitor:
         self._now = max(self._now, now)
         try:
             msg = wire.decode(data, self.cfg.key)
-            self._receive(msg, addr, network, now)
         except wire.RemoteProtocolError as err:
-            self.counters[f"rejected.{err.reason.value}"] += 1
-            self._events.append(
-                wire.Dropped(
-                    reason=err.reason, detail=err.detail, addr=addr, network=network, at=now
-                )
-            )
+            self._dropped(err, addr, network, now)
+        else:
+            self._receive_checked(msg, addr, network, now)
         self._evaluate(now)
+
+    def set_local_boots(self, boots: frozenset[bytes], now: float) -> None:
+        """The boot ids of the daemons on this host (their boot files in FAILOVER_RUN_DIR).
+
+        Call it when :attr:`wants_local_boots` says so (a datagram with our name and an unknown
+        boot id is held until then), and whenever the shell re-reads them.
+        """
+        self._now = max(self._now, now)
+        self.identity.set_local(boots)
+        held, self._held = self._held, []
+        for msg, addr, network in held:
+            self._receive_checked(msg, addr, network, now)
+        self._evaluate(now)
+
+    @property
+    def wants_local_boots(self) -> bool:
+        """A datagram carrying our name came from a boot id we do not know: the shell should
+        re-read this host's boot ids and call :meth:`set_local_boots`."""
+        return self.identity.wants_local
+
+    def footprint(self) -> dict[str, int]:
+        """Entries in each structure that remote input can grow (all bounded; for tests)."""
+        return {
+            "sources": sum(len(p.sources) for p in self._peers.values()),
+            "windows": len(self._windows) + (self._peer_window is not None),
+            "boots": len(self._boots),
+            "retired": len(self._retired) + len(self._left_boots),
+            "nonces": len(self._nonces),
+            "held": len(self._held),
+            "events": len(self._events),
+        }
 
     def handle_timer(self, now: float) -> None:
         """Call at (or after) the deadline :meth:`get_timer` gave."""
@@ -510,6 +584,7 @@ class Monitor:
         """
         self._now = max(self._now, now)
         self.cfg = cfg
+        self.identity.node = cfg.node
         self.detector.deadtime = cfg.deadtime
         for name in cfg.networks:
             self.detector.networks.setdefault(name, NetworkView(name))
@@ -561,30 +636,56 @@ class Monitor:
 
     # Internals ---------------------------------------------------------------------------------
 
+    def _dropped(self, err: wire.RemoteProtocolError, addr: Addr, network: str, now: float) -> None:
+        self.counters[f"rejected.{err.reason.value}"] += 1
+        self._events.append(
+            wire.Dropped(reason=err.reason, detail=err.detail, addr=addr, network=network, at=now)
+        )
+
+    def _receive_checked(self, msg: wire.Message, addr: Addr, network: str, now: float) -> None:
+        try:
+            self._receive(msg, addr, network, now)
+        except wire.RemoteProtocolError as err:
+            self._dropped(err, addr, network, now)
+
     def _receive(self, msg: wire.Message, addr: Addr, network: str, now: float) -> None:
         if msg.type not in (wire.MsgType.HEARTBEAT, wire.MsgType.LEAVING):
             raise wire.RemoteProtocolError(wire.Reason.UNEXPECTED, f"{msg.type.name} to failoverd")
-        if msg.sender == self.cfg.node:
-            self.counters["own"] += 1  # peering: our own broadcast came back to us
+        # Our own datagrams are known by boot id, not by name: a clone may share the name.
+        who = self.identity.classify(msg.sender, msg.boot_id, now)
+        if who == auth.Identity.OWN:
+            self.counters["own"] += 1  # peering: our own host's heartbeatd, looped back
             return
+        if who == auth.Identity.ASK:
+            self.counters["own-name-held"] += 1
+            if len(self._held) < MAX_HELD:
+                self._held.append((msg, addr, network))  # until the shell knows our boot ids
+            return
+        if who == auth.Identity.UNDECIDED:
+            raise wire.RemoteProtocolError(wire.Reason.UNEXPECTED, "our name, an unknown boot id")
         if not self._peer_matches(msg.sender):
             raise wire.RemoteProtocolError(wire.Reason.UNKNOWN_PEER, f"sender {msg.sender!r}")
         if msg.boot_id in self._left_boots:
             self.counters["after-leaving"] += 1  # the other copies of LEAVING, or stragglers
             return
+        if msg.boot_id in self._retired:
+            # the primary has since restarted: what its earlier boot sent is history
+            raise wire.RemoteProtocolError(wire.Reason.REPLAY, "from an earlier boot")
         if not self._window(msg.sender, msg.boot_id).accept(msg.seq):
             raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"seq {msg.seq} seen or too old")
         peer = self._peers.setdefault(network, _PeerNet())
+        source = self._source(peer, addr, msg, now)
         evidence = self._evidence(msg, now)
         if evidence is None:
-            self._remember_candidate(peer, addr, now)
-            if addr != peer.verified or peer.seen.get(addr, (b"",))[0] == msg.boot_id:
-                peer.seen[addr] = (msg.boot_id, msg.seq)  # a replay must not roll it back
-            self._challenge_now(addr, (msg.boot_id, msg.seq), now)
+            # Nothing a fresh heartbeat relies on changes here: only this (address, boot)'s own
+            # entry, and the budget for challenging unverified sources.
+            self._challenge_now(peer, addr, msg.boot_id, source, now)
             raise wire.RemoteProtocolError(wire.Reason.STALE, "echoes no fresh challenge of ours")
+        self._boot(msg.boot_id, now).unanswered = None
         peer.verified = addr
         self.ever_verified = True
-        peer.seen[addr] = (msg.boot_id, msg.seq)
+        if msg.sender == self.cfg.node:
+            self._collided(msg, addr, network, now)
         self._pin_peer(msg.sender, addr)
         self._note_peer_boot(msg, now)
         was_alive = network in self.detector.networks and self._counts_as_alive(network, now)
@@ -605,7 +706,7 @@ class Monitor:
             self._events.append(NetworkEvent(kind="verified", network=network, at=now))
         if msg.type is wire.MsgType.LEAVING:
             self.counters["leaving"] += 1
-            self._left_boots.add(msg.boot_id)
+            _bounded_add(self._left_boots, msg.boot_id, MAX_RETIRED)
             self.detector.forget()
             if (self.state, Trigger.PEER_LEAVING) in TRANSITIONS:
                 self._fire(Trigger.PEER_LEAVING, now)
@@ -625,6 +726,8 @@ class Monitor:
                 self.peer_name = sender
 
     def _window(self, sender: str, boot: bytes) -> auth.ReplayWindow:
+        if self._peer_window is not None and self._peer_window[0] == boot:
+            return self._peer_window[1]  # pinned: no other boot can evict it
         key = (sender, boot)
         window = self._windows.get(key)
         if window is None:
@@ -642,30 +745,122 @@ class Monitor:
         evidence = min(now, max(issued) + self.cfg.period)
         return evidence if evidence + self.cfg.deadtime > now else None
 
-    def _remember_candidate(self, peer: _PeerNet, addr: Addr, now: float) -> None:
-        """Remember the source of an authentic but unverified heartbeat, to challenge it."""
-        peer.candidates[addr] = None
-        peer.candidates.move_to_end(addr)
-        if len(peer.candidates) > MAX_CANDIDATES:
-            peer.candidates.popitem(last=False)
+    def _pinned(self, peer: _PeerNet) -> tuple[Addr, bytes] | None:
+        if peer.verified is None or self.peer_boot is None:
+            return None
+        return (peer.verified, self.peer_boot)
 
-    def _challenge_now(self, addr: Addr, echo: tuple[bytes, int], now: float) -> None:
+    def _boot(self, boot: bytes, now: float) -> _Boot:
+        """The schedule of ``boot``, made if new; the least recently heard go first, never the
+        verified primary's."""
+        state = self._boots.get(boot)
+        if state is None:
+            state = self._boots[boot] = _Boot(heard=now)
+            if len(self._boots) > MAX_BOOT_STATES:
+                victim = next(b for b in self._boots if b != self.peer_boot)
+                del self._boots[victim]
+        else:
+            state.heard = max(state.heard, now)
+        self._boots.move_to_end(boot)
+        return state
+
+    def _source(self, peer: _PeerNet, addr: Addr, msg: wire.Message, now: float) -> _Source:
+        """The entry of (``addr``, its boot id), made if new. The table stays bounded, and an
+        eviction never takes the verified primary's entry: it takes an entry of the boot that has
+        left challenges unanswered longest, else one already challenged, else the one heard
+        least recently (its boot's schedule survives it)."""
+        self._boot(msg.boot_id, now)
+        key = (addr, msg.boot_id)
+        source = peer.sources.get(key)
+        if source is not None:
+            source.seq = max(source.seq, msg.seq)  # a replay must not roll it back
+            source.heard = max(source.heard, now)
+            return source
+        source = peer.sources[key] = _Source(seq=msg.seq, heard=now)
+        if len(peer.sources) > MAX_SOURCES:
+            pinned = self._pinned(peer)
+            period = self.cfg.period
+
+            def badness(k: tuple[Addr, bytes]) -> tuple[int, bool, float]:
+                state = self._boots.get(k[1])
+                strikes = 0 if state is None else state.strikes(now, period)
+                tried = state is not None and state.challenged is not None
+                return (strikes, tried, -peer.sources[k].heard)
+
+            victim = max((k for k in peer.sources if k not in (pinned, key)), key=badness)
+            del peer.sources[victim]
+        return source
+
+    def _challenge_now(
+        self, peer: _PeerNet, addr: Addr, boot: bytes, source: _Source, now: float
+    ) -> None:
         """The primary at ``addr`` lacks a fresh nonce of ours (it just started, or a link just
-        came back): send one at once rather than at the next round, at most once a period."""
-        last = self._immediate.get(addr)
-        if last is not None and now - last < self.cfg.period:
+        came back): send one at once rather than at the next round. At most once a period for
+        each (address, boot); for any but the verified primary, only for a boot never challenged
+        (a new primary process), at most PER_SOURCE a period to one address, and within the
+        overall budget."""
+        period = self.cfg.period
+        if source.immediate is not None and now - source.immediate < period:
             return
-        self._immediate[addr] = now
-        if len(self._immediate) > 4 * MAX_CANDIDATES:
-            self._immediate.pop(next(iter(self._immediate)))
-        self._out.append((self._encode_challenge(self._current_nonce(now), echo), addr))
+        state = self._boot(boot, now)
+        if (addr, boot) == self._pinned(peer):
+            # the verified primary lost our nonce (a link came back): as before, at once
+            source.immediate = now
+            self._send_challenge(self._current_nonce(now), addr, boot, source, now)
+            state.unanswered = None
+            return
+        if state.challenged is not None:
+            return  # seen before: the round challenges it again when due, the best first
+        recent = sum(
+            1
+            for (a, _), s in peer.sources.items()
+            if a == addr and s.immediate is not None and now - s.immediate < period
+        )
+        if recent >= PER_SOURCE or not self._bucket.take(now):
+            self.counters["challenges-withheld"] += 1
+            return
+        source.immediate = now
+        self._send_challenge(self._current_nonce(now), addr, boot, source, now)
+
+    def _send_challenge(
+        self, nonce: bytes, addr: Addr, boot: bytes, source: _Source, now: float
+    ) -> None:
+        source.challenged = now
+        state = self._boot(boot, now)
+        state.challenged = now
+        if state.unanswered is None:
+            state.unanswered = now  # until a heartbeat of this boot echoes a fresh nonce
+        self._out.append((self._encode_challenge(nonce, (boot, source.seq)), addr))
+
+    def _collided(self, msg: wire.Message, addr: Addr, network: str, now: float) -> None:
+        """A fresh heartbeat with our own name from a boot that is not this host's: another
+        machine uses our name. We still treat it as the primary (it is the one heartbeatd we
+        hear); the shell makes it loud."""
+        self.counters["name-collision"] += 1
+        self.collision, event = auth.note_collision(
+            self.collision, msg.sender, msg.boot_id, addr, network, now
+        )
+        if event is not None:
+            self._events.append(event)
 
     def _note_peer_boot(self, msg: wire.Message, now: float) -> None:
         if msg.boot_id != self.peer_boot:
+            if self.peer_boot is not None:
+                # The primary restarted: its earlier boot is history from now on (replays of it
+                # are refused outright), and the new boot's replay window is the pinned one.
+                _bounded_add(self._retired, self.peer_boot, MAX_RETIRED)
+                for peer in self._peers.values():
+                    for key in [k for k in peer.sources if k[1] == self.peer_boot]:
+                        del peer.sources[key]
+                self._boots.pop(self.peer_boot, None)
+            window = self._windows.pop((msg.sender, msg.boot_id), None)
+            self._peer_window = (msg.boot_id, window or auth.ReplayWindow())
+            if window is None:
+                self._peer_window[1].accept(msg.seq)
             self.peer_boot, self.peer_seq = msg.boot_id, msg.seq
         self.peer_seq = max(self.peer_seq, msg.seq)
         if msg.interval * 2 >= self.cfg.deadtime and msg.boot_id not in self._warned_boots:
-            self._warned_boots.add(msg.boot_id)
+            _bounded_add(self._warned_boots, msg.boot_id, MAX_RETIRED)
             self._events.append(
                 PeerWarning(
                     text=f"peer interval {msg.interval:g}s is at least half our dead time "
@@ -687,12 +882,39 @@ class Monitor:
         return nonce
 
     def _challenge(self, now: float) -> None:
+        """The round: the verified primary on each network, always. Then each other boot that is
+        due, on one of its sources (the one challenged least recently, so a network that loses
+        them does not keep them all), within the budget: boots never challenged first, then
+        those that answered best, the ones heard last first."""
         nonce = self._issue_nonce(now)
+        period = self.cfg.period
+        pick: dict[bytes, tuple[float, float, _PeerNet, tuple[Addr, bytes]]] = {}
         for peer in self._peers.values():
-            for addr in peer.targets():
-                if addr in peer.seen:
-                    self._out.append((self._encode_challenge(nonce, peer.seen[addr]), addr))
-        self._next_challenge = now + self.cfg.period
+            pinned = self._pinned(peer)
+            for key, source in peer.sources.items():
+                if key == pinned:
+                    self._send_challenge(nonce, key[0], key[1], source, now)
+                    if key[1] in self._boots:  # verified: the detector judges it
+                        self._boots[key[1]].unanswered = None
+                    continue
+                if key[1] == self.peer_boot:
+                    continue  # its pinned source is challenged already
+                rank = (source.challenged or -1.0, -source.heard)
+                if key[1] not in pick or rank < pick[key[1]][:2]:
+                    pick[key[1]] = (*rank, peer, key)
+        due = []
+        for boot, (_, _, peer, key) in pick.items():
+            state = self._boots.get(boot)
+            if state is not None and state.due(now, period):
+                order = (state.challenged is not None, state.strikes(now, period), -state.heard)
+                due.append((order, peer, key))
+        due.sort(key=lambda x: x[0])
+        for _, peer, key in due:
+            if not self._bucket.take(now):
+                self.counters["challenges-withheld"] += 1
+                break
+            self._send_challenge(nonce, key[0], key[1], peer.sources[key], now)
+        self._next_challenge = now + period
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -846,3 +1068,10 @@ def _answers(answers: Mapping[str, Iterable[str]]) -> Answers:
 
 def _macs(answers: Answers) -> set[str]:
     return {mac for _, macs in answers for mac in macs}
+
+
+def _bounded_add(items: OrderedDict[bytes, None], item: bytes, limit: int) -> None:
+    items[item] = None
+    items.move_to_end(item)
+    while len(items) > limit:
+        items.popitem(last=False)

@@ -16,7 +16,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import wire
+from . import auth, wire
 
 Addr = wire.Addr
 RandomBytes = Callable[[int], bytes]
@@ -25,6 +25,9 @@ MAX_LISTENERS = 16  # (listener, boot) entries echoed; at most MAX_ECHOES fit a 
 BOOTS_PER_LISTENER = 4
 ECHO_HORIZON = 30.0  # seconds: a CHALLENGE or RELEASED must echo a sequence number this recent
 LEAVING_COPIES = 2  # LEAVING is sent twice to each target, back to back, against a single loss
+MAX_RETIRED = 64  # listener boots whose entry went, remembered while their challenges could replay
+MAX_HELD = 8  # datagrams held while the shell looks up this host's boot ids
+REPLY_RATE = 4  # immediate beats to new listeners per interval (a token bucket), burst twice that
 ANNOUNCE_WAIT_BEATS = 3  # after start-up or a cable's return, announce once a listener has told us
 #                          whether it holds our addresses, or after this many intervals (+1 s)
 
@@ -64,9 +67,10 @@ class _Listener:
     updated: float
     expires: float
     holding: bool
+    echo_seq: int = 0  # the highest of our sequence numbers its challenges echoed
 
 
-Event = Announce | AnnounceDeferred | wire.Dropped
+Event = Announce | AnnounceDeferred | wire.Dropped | auth.NameCollision
 
 
 class Sender:
@@ -82,6 +86,13 @@ class Sender:
         self.stopped = False
         self._next_beat = now
         self._listeners: OrderedDict[tuple[str, bytes], _Listener] = OrderedDict()
+        # (listener, boot) -> (its highest challenge seq, the highest of ours it echoed), kept
+        # after the entry goes for as long as a replay of its challenges could pass the echo check
+        self._retired: OrderedDict[tuple[str, bytes], tuple[int, int]] = OrderedDict()
+        self.identity = auth.Identity(cfg.node, self.boot_id, now)
+        self.collision: auth.Collision | None = None
+        self._held: list[tuple[wire.Message, Addr]] = []
+        self._replies = auth.TokenBucket(REPLY_RATE / cfg.interval, 2 * REPLY_RATE, now)
         self._release_ids: OrderedDict[bytes, None] = OrderedDict()
         self._out: list[tuple[bytes, Addr]] = []
         self._events: list[Event] = []
@@ -110,10 +121,37 @@ class Sender:
             msg = wire.decode(data, self.cfg.key)
             self._receive(msg, addr, now)
         except wire.RemoteProtocolError as err:
-            self.counters[f"rejected.{err.reason.value}"] += 1
-            self._events.append(
-                wire.Dropped(reason=err.reason, detail=err.detail, addr=addr, network="", at=now)
-            )
+            self._dropped(err, addr, now)
+
+    def set_local_boots(self, boots: frozenset[bytes], now: float) -> None:
+        """The boot ids of the daemons on this host (see :class:`ipfailover.auth.Identity`);
+        call it when :attr:`wants_local_boots` says so."""
+        self.identity.set_local(boots)
+        held, self._held = self._held, []
+        for msg, addr in held:
+            try:
+                self._receive(msg, addr, now)
+            except wire.RemoteProtocolError as err:
+                self._dropped(err, addr, now)
+
+    @property
+    def wants_local_boots(self) -> bool:
+        return self.identity.wants_local
+
+    def footprint(self) -> dict[str, int]:
+        """Entries in each structure that remote input can grow (all bounded; for tests)."""
+        return {
+            "listeners": len(self._listeners),
+            "retired": len(self._retired),
+            "release_ids": len(self._release_ids),
+            "held": len(self._held),
+        }
+
+    def _dropped(self, err: wire.RemoteProtocolError, addr: Addr, now: float) -> None:
+        self.counters[f"rejected.{err.reason.value}"] += 1
+        self._events.append(
+            wire.Dropped(reason=err.reason, detail=err.detail, addr=addr, network="", at=now)
+        )
 
     def leave(self, now: float) -> None:
         """Graceful stop: tell every target we are leaving; no heartbeat follows."""
@@ -131,6 +169,7 @@ class Sender:
         if not cfg.targets:
             raise ValueError("no heartbeat targets")
         self.cfg = cfg
+        self.identity.node = cfg.node
         self._next_beat = min(self._next_beat, now + cfg.interval)
 
     def link_up(self, now: float) -> None:
@@ -199,9 +238,19 @@ class Sender:
         return wire.encode(msg, self.cfg.key)
 
     def _receive(self, msg: wire.Message, addr: Addr, now: float) -> None:
-        if msg.sender == self.cfg.node:
+        # Our own host's failoverd (peering) is known by its boot id, not by name: a clone of
+        # this machine may share the name, and its challenges must be answered.
+        who = self.identity.classify(msg.sender, msg.boot_id, now)
+        if who == auth.Identity.OWN:
             self.counters["own"] += 1
             return
+        if who == auth.Identity.ASK:
+            self.counters["own-name-held"] += 1
+            if len(self._held) < MAX_HELD:
+                self._held.append((msg, addr))  # until the shell knows our boot ids
+            return
+        if who == auth.Identity.UNDECIDED:
+            raise wire.RemoteProtocolError(wire.Reason.UNEXPECTED, "our name, an unknown boot id")
         if msg.type is wire.MsgType.CHALLENGE:
             self._challenged(msg, addr, now)
         elif msg.type is wire.MsgType.RELEASED:
@@ -209,11 +258,13 @@ class Sender:
         else:
             raise wire.RemoteProtocolError(wire.Reason.UNEXPECTED, f"{msg.type.name} to heartbeatd")
 
+    def _horizon(self) -> int:
+        return len(self.cfg.targets) * math.ceil(ECHO_HORIZON / self.cfg.interval) + 16
+
     def _echoes_recent_beat(self, msg: wire.Message) -> bool:
         """A CHALLENGE or RELEASED must echo our boot id and a sequence number we sent in the
         last 30 s: a capture from before that is refused."""
-        horizon = len(self.cfg.targets) * math.ceil(ECHO_HORIZON / self.cfg.interval) + 16
-        return msg.echo_boot == self.boot_id and 0 <= self.seq - msg.echo_seq <= horizon
+        return msg.echo_boot == self.boot_id and 0 <= self.seq - msg.echo_seq <= self._horizon()
 
     def _challenged(self, msg: wire.Message, addr: Addr, now: float) -> None:
         if not self._echoes_recent_beat(msg):
@@ -228,6 +279,8 @@ class Sender:
             if msg.seq <= entry.seq:
                 raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"challenge seq {msg.seq}")
             entry.seq, entry.nonce, entry.updated, entry.expires = msg.seq, msg.nonce, now, expires
+            entry.echo_seq = max(entry.echo_seq, msg.echo_seq)
+            self._note_collision(msg, addr, now)
             if entry.holding and not msg.holding:
                 # It let go, and its RELEASED was lost (that one clears the flag first).
                 self._events.append(Announce(reason="released", at=now, listener=msg.sender))
@@ -236,13 +289,25 @@ class Sender:
             self.counters["challenges"] += 1
             self._heard_listener(now)
             return
+        retired = self._retired.get(key)
+        if retired is not None and msg.seq <= retired[0]:
+            # Its entry expired, but this challenge is no newer than the last one it sent: a
+            # replay, which must not bring back a listener (and its "holding" flag).
+            raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"challenge seq {msg.seq}")
+        self._retired.pop(key, None)
         self._listeners[key] = _Listener(
-            seq=msg.seq, nonce=msg.nonce, updated=now, expires=expires, holding=msg.holding
+            seq=msg.seq,
+            nonce=msg.nonce,
+            updated=now,
+            expires=expires,
+            holding=msg.holding,
+            echo_seq=msg.echo_seq,
         )
         self._evict(msg.sender)
         self.counters["challenges"] += 1
+        self._note_collision(msg, addr, now)
         self._heard_listener(now)
-        if not self.stopped and not msg.holding:
+        if not self.stopped and not msg.holding and self._replies.take(now):
             # A new listener (or a restarted one): answer at once so it verifies us without
             # waiting a whole interval. Only new entries get this, so a flood cannot amplify.
             # Not while it holds our address: a unicast to it may need an ARP request, whose
@@ -255,16 +320,41 @@ class Sender:
         if self._pending_announce is not None and now >= self._pending_announce[0]:
             self._decide_announce(now)
 
+    def _note_collision(self, msg: wire.Message, addr: Addr, now: float) -> None:
+        """A fresh challenge under our own name from a boot that is not this host's: another
+        machine uses our name. It is still a listener (a clone's failoverd must be answered);
+        the shell makes it loud."""
+        if msg.sender != self.cfg.node:
+            return
+        self.counters["name-collision"] += 1
+        self.collision, event = auth.note_collision(
+            self.collision, msg.sender, msg.boot_id, addr, "", now
+        )
+        if event is not None:
+            self._events.append(event)
+
     def _evict(self, listener: str) -> None:
         boots = [k for k in self._listeners if k[0] == listener]
         for key in boots[:-BOOTS_PER_LISTENER]:
-            del self._listeners[key]
+            self._retire(key)
         while len(self._listeners) > MAX_LISTENERS:
-            self._listeners.popitem(last=False)
+            self._retire(next(iter(self._listeners)))
+
+    def _retire(self, key: tuple[str, bytes]) -> None:
+        """Drop a listener entry, remembering its sequence numbers for the echo horizon."""
+        entry = self._listeners.pop(key)
+        self._retired[key] = (entry.seq, entry.echo_seq)
+        self._retired.move_to_end(key)
+        while len(self._retired) > MAX_RETIRED:
+            self._retired.popitem(last=False)
 
     def _expire(self, now: float) -> None:
         for key in [k for k, e in self._listeners.items() if e.expires <= now]:
-            del self._listeners[key]
+            self._retire(key)
+        # A retired listener's challenges can no longer pass the echo check: forget it.
+        horizon = self._horizon()
+        for key in [k for k, (_, echo) in self._retired.items() if self.seq - echo > horizon]:
+            del self._retired[key]
 
     def _released(self, msg: wire.Message, now: float) -> None:
         if not self._echoes_recent_beat(msg):

@@ -92,9 +92,30 @@ def _rejected(d: dict[str, Any]) -> str:
 
 
 def render(d: dict[str, Any]) -> str:
-    if d.get("role") == "heartbeatd":
-        return _render_heartbeatd(d)
-    return _render_failoverd(d)
+    text = _render_heartbeatd(d) if d.get("role") == "heartbeatd" else _render_failoverd(d)
+    collision = _collision(d)
+    if collision:
+        head, _, rest = text.partition("\n")
+        text = "\n".join([head, collision, rest]) if rest else f"{head}\n{collision}"
+    return text
+
+
+def _collision(d: dict[str, Any]) -> str:
+    """The node-name collision line, right under the heading: it is the loudest thing."""
+    c = d.get("name_collision")
+    if not c:
+        return ""
+    where = c["source"] + (f" on {c['network']}" if c.get("network") else "")
+    if c["active"]:
+        return (
+            f"  NODE NAME COLLISION: another machine sends as {c['name']!r} from {where} "
+            f"(boot {c['boot']}), {c['datagrams']} datagrams since {_clock(c['first'])}, last "
+            f"{_clock(c['last'])}; give each machine its own FAILOVER_NODE_NAME"
+        )
+    return (
+        f"  past node name collision: {c['name']!r} from {where}, last {_clock(c['last'])} "
+        f"({c['episodes']} episode(s))"
+    )
 
 
 def _render_failoverd(d: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ Layout (all integers big-endian), documented in ``docs/protocol.md``::
     8   boot_id    8  random per process start
     16  seq        8  per-sender counter, +1 for every datagram
     24  interval   4  sender's interval in microseconds
-    28  name       name_len bytes of UTF-8
+    28  name       name_len bytes, each one of [A-Za-z0-9._-]
     ..  body       by type (see below)
     ..  tag        32 HMAC-SHA256 over everything before it
 
@@ -26,6 +26,7 @@ The one public entry point, :func:`decode`, either returns a :class:`Message` or
 from __future__ import annotations
 
 import enum
+import re
 import struct
 from dataclasses import dataclass
 
@@ -38,6 +39,9 @@ NONCE_SIZE = 8
 BOOT_ID_SIZE = 8
 MAX_NAME = 64
 MAX_ECHOES = 16
+#: Names go into log lines, scripts' environments and mail subjects: a safe alphabet only.
+NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_NAME}}}")
+NAME_CHARS = "A-Z a-z 0-9 . _ -"
 _HEADER = struct.Struct("!4sBBBB8sQI")
 MIN_SIZE = _HEADER.size + 1 + auth.TAG_SIZE
 
@@ -105,11 +109,8 @@ class Message:
     holding: bool = False  # CHALLENGE only: the sender holds the primary's addresses
 
     def __post_init__(self) -> None:
-        name = self.sender.encode("utf-8")
-        if not 1 <= len(name) <= MAX_NAME:
-            raise LocalProtocolError(f"sender name must be 1..{MAX_NAME} bytes of UTF-8")
-        if not self.sender.isprintable() or any(c.isspace() for c in self.sender):
-            raise LocalProtocolError("sender name must be printable, without spaces")
+        if not NAME.fullmatch(self.sender):
+            raise LocalProtocolError(f"sender name must be 1..{MAX_NAME} of {NAME_CHARS}")
         if len(self.boot_id) != BOOT_ID_SIZE:
             raise LocalProtocolError(f"boot id must be {BOOT_ID_SIZE} bytes")
         if not 0 <= self.seq < 2**64:
@@ -162,13 +163,10 @@ def decode(data: bytes, key: bytes) -> Message:
     if flags & ~allowed or not 1 <= name_len <= MAX_NAME or interval_us == 0:
         raise RemoteProtocolError(Reason.MALFORMED, "bad header field")
     pos = _HEADER.size + name_len
-    try:
-        sender = signed[_HEADER.size : pos].decode("utf-8")
-    except UnicodeDecodeError:
-        raise RemoteProtocolError(Reason.MALFORMED, "sender is not UTF-8") from None
-    if not sender.isprintable() or any(c.isspace() for c in sender):
-        # names reach log lines, sd_notify and scripts' environment: no control characters
-        raise RemoteProtocolError(Reason.MALFORMED, "sender name has a control or space character")
+    sender = signed[_HEADER.size : pos].decode("ascii", "replace")
+    if not NAME.fullmatch(sender):
+        # names reach log lines, sd_notify, scripts' environment and mail subjects
+        raise RemoteProtocolError(Reason.MALFORMED, f"sender name outside {NAME_CHARS}")
     body = signed[pos:]
     echoes, nonce, echo_boot, echo_seq = _decode_body(kind, body)
     return Message(

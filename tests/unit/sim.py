@@ -92,6 +92,9 @@ class Sim:
         self._tie = itertools.count()
         self._busy = False
         self.veto_acquire = False  # the Test script says no
+        # the boot ids in each host's FAILOVER_RUN_DIR besides the daemon's own (see the shells)
+        self.primary_boots: frozenset[bytes] = frozenset()
+        self.secondary_boots: frozenset[bytes] = frozenset()
         self.sender = Sender(
             SenderConfig(node="primary", key=KEY, interval=interval, targets=tuple(BCAST.values())),
             rng=self.rand.randbytes,
@@ -151,11 +154,15 @@ class Sim:
             data, src, net = payload  # type: ignore[misc]
             if self.monitor is not None and not self.firewalled:
                 self.monitor.receive_datagram(data, src, net, t)
+                if self.monitor.wants_local_boots:
+                    self.monitor.set_local_boots(self.secondary_boots, t)
                 self._flush_monitor()
         elif kind == "to-primary":
             data, src = payload  # type: ignore[misc]
             if self.primary_alive:
                 self.sender.receive_datagram(data, src, t)
+                if self.sender.wants_local_boots:
+                    self.sender.set_local_boots(self.primary_boots, t)
                 self._flush_sender()
         elif kind == "acquire-done":
             assert self.monitor is not None

@@ -176,6 +176,9 @@ def test_forged_and_unknown_are_counted() -> None:
         type=wire.MsgType.HEARTBEAT, sender="s", boot_id=b"b" * 8, seq=1, interval=1.0
     )
     m.receive_datagram(wire.encode(own, KEY), ("203.0.113.20", 1), "pub", 0.4)
+    assert m.wants_local_boots  # our name: held until the shell says which boots are ours
+    m.set_local_boots(frozenset({b"b" * 8}), 0.4)  # our heartbeatd's (peering)
+    assert not m.wants_local_boots
     assert m.counters["rejected.unknown-peer"] == 1
     assert m.counters["rejected.bad-auth"] == 1
     assert m.counters["rejected.malformed"] == 1
