@@ -263,7 +263,7 @@ def private_dir_problems(cfg: config.Config, role: config.Role) -> list[str]:
     for variable, path in wanted:
         problem = control.private_dir_problem(Path(path))
         if problem is not None:
-            out.append(f"{cfg.path}:{cfg.line_of(variable) or 0}: {variable}: {problem}")
+            out.append(f"{cfg.where(variable)}: {problem}")
     return out
 
 
@@ -369,7 +369,7 @@ def node_name(cfg: config.Config) -> str:
     host = socket.gethostname()[: wire.MAX_NAME] or "localhost"
     problem = config.node_name_problem(host)
     if problem is not None:
-        where = f"{cfg.path}:{cfg.line_of('FAILOVER_NODE_NAME') or 0}: FAILOVER_NODE_NAME"
+        where = cfg.where("FAILOVER_NODE_NAME")
         raise StartupError(
             f"{where}: unset, and the host name {problem}; set FAILOVER_NODE_NAME to a name "
             f"of {wire.NAME_CHARS}"

@@ -73,8 +73,7 @@ WATCHED = frozenset({State.ACTIVE, State.HOLDDOWN})  # states in which we watch 
 
 async def resolve_pairs(cfg: config.Config) -> list[netif.Assignment]:
     """Bind each FAILOVER_PEER_IP_PAIRS entry to its interface; a missing one stops start-up."""
-    line = cfg.line_of("FAILOVER_PEER_IP_PAIRS") or 0
-    where = f"{cfg.path}:{line}: FAILOVER_PEER_IP_PAIRS"
+    where = cfg.where("FAILOVER_PEER_IP_PAIRS")
     missing = await netif.missing_interfaces(p.interface for p in cfg.peer_ip_pairs)
     if missing:
         raise daemon.StartupError(f"{where}: no such interface: {', '.join(sorted(set(missing)))}")

@@ -26,7 +26,7 @@ Around every input the harness takes a snapshot of the core and checks:
   CHALLENGE or RELEASED, not from its own name, echoing its boot id and a sequence number
   within its echo horizon, and not a challenge sequence number it already has for that
   listener boot (nor a release id it already has);
-* memory stays bounded: the replay windows, candidates, out-of-turn challenges, nonces and
+* memory stays bounded: the sources, replay windows, boot schedules, retired boots, nonces and
   listeners never exceed their documented caps.
 
 :func:`run` returns a :class:`Report`; ``tests/unit/test_fuzz.py`` runs 10^5 inputs and
@@ -568,15 +568,16 @@ class Harness:
 
     def _check_monitor_bounds(self) -> None:
         m = self.monitor
+        size = m.footprint()
         bounded = {
-            "replay windows": (len(m._windows), monitor.MAX_BOOTS),
-            "out-of-turn challenges": (len(m._immediate), 4 * monitor.MAX_CANDIDATES),
+            "sources": (size["sources"], monitor.MAX_SOURCES * len(NETS)),
+            "replay windows": (size["windows"], monitor.MAX_BOOTS + 1),
+            "boot schedules": (size["boots"], monitor.MAX_BOOT_STATES),
+            "retired boots": (size["retired"], 2 * monitor.MAX_RETIRED),
+            "held datagrams": (size["held"], monitor.MAX_HELD),
             "networks": (len(m._peers), len(NETS)),
-            "nonces": (len(m._nonces), int((DEADTIME + INTERVAL) / INTERVAL) + 2),
+            "nonces": (size["nonces"], int((DEADTIME + INTERVAL) / INTERVAL) + 2),
         }
-        for p in m._peers.values():
-            bounded["candidates"] = (len(p.candidates), monitor.MAX_CANDIDATES)
-            bounded["seen"] = (len(p.seen), len(SPOOFED) + 2)
         over = {k: v for k, v in bounded.items() if v[0] > v[1]}
         if over:
             raise FuzzFailure(f"monitor tables past their caps: {over}")

@@ -278,7 +278,7 @@ def notify_program_problem(cfg: config.Config) -> str | None:
         problem = f"{cfg.notify_program} is not executable (fix: chmod 755 {cfg.notify_program})"
     if problem is None:
         return None
-    where = f"{cfg.path}:{cfg.line_of('FAILOVER_NOTIFY_PROGRAM') or 0}: FAILOVER_NOTIFY_PROGRAM"
+    where = cfg.where("FAILOVER_NOTIFY_PROGRAM")
     return f"{where}: {problem}"
 
 

@@ -119,7 +119,7 @@ def test_shell_operators_say_so(line: str) -> None:
 
 
 def test_quoted_operators_are_plain_characters() -> None:
-    assert parse_config('FAILOVER_NODE_NAME="a;b"  # x; y\n').node_name == "a;b"
+    assert parse_config('FAILOVER_RUN_DIR="/run/a;b"  # x; y\n').run_dir == "/run/a;b"
 
 
 @pytest.mark.parametrize("line", ["FAILOVER_NODE_NAME=`host name`", "FAILOVER_NODE_NAME=$(a b)"])

@@ -61,6 +61,7 @@ def test_own_host_daemons_are_ignored_by_boot_id() -> None:
     """Peering: this host's heartbeatd loops back to its failoverd, and its failoverd's
     challenges reach its heartbeatd. Known boot ids: ignored, as before, and no collision."""
     sim = cloned(Sim(seed=6, start_secondary_at=0.5))
+    sim.host_up = False  # the "primary" is ourselves: nothing on the link has its address
     sim.secondary_boots = frozenset({sim.sender.boot_id})
     sim.run_until(0.5)
     assert sim.monitor is not None
@@ -115,7 +116,7 @@ def test_a_host_name_that_cannot_be_a_node_name_stops_start_up(
     with pytest.raises(daemon.StartupError) as caught:
         daemon.node_name(cfg)
     text = str(caught.value)
-    assert text.startswith(f"{cfg.path}:0: FAILOVER_NODE_NAME: unset, and the host name")
+    assert text.startswith(f"{cfg.path}: FAILOVER_NODE_NAME: unset, and the host name")
     assert "set FAILOVER_NODE_NAME" in text
     # a plain host name is still the default, and FAILOVER_NODE_NAME overrides a bad one
     monkeypatch.setattr(socket, "gethostname", lambda: "db-1.example.org")
@@ -189,7 +190,7 @@ def test_check_asks_the_running_daemon_about_a_collision(tmp_path: Path) -> None
     (problem,) = asyncio.run(main())
     assert not problem.fatal
     assert str(problem) == (
-        f"warning: {cfg.path}:0: FAILOVER_NODE_NAME: the running heartbeatd hears another machine "
+        f"warning: {cfg.path}: FAILOVER_NODE_NAME: the running heartbeatd hears another machine "
         "use its node name 'primary' (from 203.0.113.10:40000): give each machine its own "
         "FAILOVER_NODE_NAME"
     )
