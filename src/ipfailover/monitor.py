@@ -1046,7 +1046,9 @@ class Monitor:
             return Trigger.RETRY
         if self.state in (State.ACTIVE, State.DECLINED) and self._heard_since(self.since, now):
             return Trigger.PEER_HEARD
-        if self.state in (State.PROBING, State.BLOCKED) and self._heard_since(self.since, now):
+        if self.state in (State.PROBING, State.BLOCKED) and det.any_alive(now):
+            # Nothing is taken yet: any evidence that the primary lived within the dead time
+            # (even from before the probe began, arriving during it) cancels the takeover.
             return Trigger.PEER_HEARD
         if self.state is State.HOLDDOWN:
             if not det.any_alive(now):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -189,11 +190,11 @@ def check_liveness(sim: OracleSim, p: Params, slack: float) -> None:
     if sim.answers_probe():
         sim.truth.answered_at = sim.now
     answered = sim.truth.answered_at
-    reprobe = max(1.0, p.interval) + sim.probe_wait + slack
+    retry = p.retry + p.transition + sim.probe_wait if p.retry else 0.0  # a retry probes again
+    reprobe = max(1.0, p.interval) + sim.probe_wait + slack + retry
     if answered is not None and sim.now - answered < reprobe and not verified(sim, p):
         return  # its address answers and it was never verified: not taken (docs/safety.md)
     silent_since = max(last_life(sim, sim.now), sim.truth.started)
-    retry = p.retry + p.transition + sim.probe_wait if p.retry else 0.0  # a retry probes again
     bound = p.deadtime + p.interval + slack + retry
     if sim.now - silent_since >= bound:
         assert sim.monitor.state in HOLDING, (
@@ -387,6 +388,48 @@ def test_a_due_retry_waits_without_spinning() -> None:
     assert m.state is State.PROBING and timer == pytest.approx(5.0)
 
 
+def test_life_proven_during_the_probe_cancels_the_takeover() -> None:
+    """Found by the property above: a heartbeat that arrived while the link was being probed
+    proved the primary alive at the very moment silence was declared. Its evidence was not
+    "since" the probe began, so the probe went on to a takeover of a primary the detector
+    itself called alive for another dead time."""
+    cfg = MonitorConfig(
+        node="s", key=KEY, period=1.0, deadtime=3.0, failback_delay=3.0, networks=("pub",)
+    )
+    m = Monitor(cfg, rng=random.Random(0).randbytes, now=0.0)
+    src = ("203.0.113.10", 40000)
+    seq = iter(range(1, 100))
+
+    def beat(echo: tuple[bytes, ...], at: float) -> None:
+        hb = wire.Message(
+            type=wire.MsgType.HEARTBEAT,
+            sender="primary",
+            boot_id=b"p" * 8,
+            seq=next(seq),
+            interval=1.0,
+            echoes=echo,
+        )
+        m.receive_datagram(wire.encode(hb, KEY), src, "pub", at)
+
+    def nonce() -> bytes:
+        (data, _), *_ = m.datagrams_to_send()
+        return wire.decode(data, KEY).nonce
+
+    m.handle_timer(0.0)
+    beat((), 0.1)  # stale: answered at once with a challenge
+    beat((nonce(),), 0.2)  # proves life at 0.2: alive until 3.2
+    m.handle_timer(1.0)
+    n1 = nonce()  # issued at 1.0, lost on its way: the primary never echoes it in time
+    m.handle_timer(2.0)
+    m.handle_timer(3.2)
+    assert m.state is State.PROBING
+    (probe,) = [e for e in events(m) if isinstance(e, Probe)]
+    beat((n1,), 3.21)  # late, but it proves life at min(3.21, 1.0 + 1.0) = 2.0: alive until 5.0
+    assert m.detector.any_alive(3.21)
+    m.probe_done(3.23, probe.id, {})
+    assert m.state is State.STANDBY and not m.holding
+
+
 def test_shutdown_in_any_state_ends_stopped_without_holding() -> None:
     """A stop at a random moment of a random outage, even mid-transition, ends STOPPED, and
     anything held was released (for shutdown) exactly once."""
@@ -455,17 +498,17 @@ class NoHolddown(Monitor):
 
 
 class OneNetwork(Monitor):
-    """Judges silence on the first network alone (Apple's two-network rule forgotten)."""
+    """Judges the primary by the first network alone (Apple's two-network rule forgotten)."""
 
-    def _due_trigger(self, now: float) -> Trigger | None:
-        first = sorted(self.detector.networks)[0]
-        if (
-            self.state is State.STANDBY
-            and not self.detector.in_grace(now)
-            and not self.detector.alive(first, now)
-        ):
-            return Trigger.PEER_SILENT
-        return super()._due_trigger(now)
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        det = self.detector
+
+        def first_alive(now: float) -> bool:
+            return det.alive(sorted(det.networks)[0], now)
+
+        det.any_alive = first_alive  # type: ignore[method-assign]
+        det.all_silent = lambda now: not det.in_grace(now) and not first_alive(now)  # type: ignore[method-assign]
 
 
 class TrustsArrival(Monitor):
