@@ -582,6 +582,13 @@ ONE_NETWORK_FAULTS: tuple[tuple[str, Drop], ...] = (
 )
 
 
+def blocks_heartbeats(drop: Drop) -> bool:
+    """Whether a drop rule stops heartbeats (primary to secondary), not only challenges."""
+    if drop.direction is Direction.BOTH:
+        return True
+    return (drop.node is Node.SECONDARY) == (drop.direction is Direction.IN)
+
+
 def case_one_network(run: FaultRun, check: Checker, p: CaseParams) -> dict[str, Any]:
     """2: loss or partition on one network only, incl. one-way: anomaly only, never a takeover."""
     each = p.seconds / len(ONE_NETWORK_FAULTS)
@@ -598,9 +605,10 @@ def case_one_network(run: FaultRun, check: Checker, p: CaseParams) -> dict[str, 
         takeovers = run.takeovers(start, time.monotonic())
         out[label] = {"takeovers": takeovers, "anomalies": anomalies, "seconds": round(each, 1)}
         check.add(f"no-takeover ({label})", takeovers == 0, f"{takeovers} takeovers")
-        if drop.percent >= 100 and drop.direction is not Direction.OUT:
+        if drop.percent >= 100 and blocks_heartbeats(drop):
             # Heartbeats no longer arrive on that network: the anomaly must be reported.
-            # (Blocking only challenges on one network leaves it alive: see docs/protocol.md.)
+            # (Blocking only challenges on one network leaves it alive: heartbeatd echoes the
+            # nonces that arrive on the other network on every network; docs/protocol.md.)
             check.add(f"anomaly ({label})", anomalies >= 1, f"{anomalies} anomaly events")
         del end
     return out

@@ -90,6 +90,9 @@ BUSY = frozenset({State.ACQUIRING, State.RELEASING, State.STOPPING})
 RELEASED_COPIES = 3  # RELEASED is sent this many times, one challenge period apart
 MAX_CANDIDATES = 4  # unverified source addresses remembered per network
 MAX_BOOTS = 8  # anti-replay windows kept per sender
+CHALLENGE_COPIES = 2  # each round's challenge goes out this many times to each address
+ARRIVAL_ALLOWANCE = 0.1  # intervals: how late the heartbeat due at the dead time may arrive
+STEADY_GAP = 2.5  # intervals: a longer gap in the primary's heartbeats restarts the hold-down
 
 
 class LocalProtocolError(RuntimeError):
@@ -193,7 +196,9 @@ class Monitor:
         self._seq = 0
         self.state = State.ACTIVE if holding else State.STANDBY
         self.since = now
-        self.detector = Detector(cfg.networks, cfg.deadtime, now)
+        self.detector = Detector(
+            cfg.networks, cfg.deadtime, now, allowance=ARRIVAL_ALLOWANCE * cfg.period
+        )
         self.counters: Counter[str] = Counter()
         self.peer_name = cfg.peer_name
         self.peer_boot: bytes | None = None
@@ -271,6 +276,7 @@ class Monitor:
         self._now = max(self._now, now)
         self.cfg = cfg
         self.detector.deadtime = cfg.deadtime
+        self.detector.allowance = ARRIVAL_ALLOWANCE * cfg.period
         for name in cfg.networks:
             self.detector.networks.setdefault(name, NetworkView(name))
         if cfg.peer_name is not None:
@@ -290,8 +296,11 @@ class Monitor:
         deadline = self.detector.next_deadline(self._now)
         if deadline is not None:
             times.append(deadline)
-        if self.state is State.HOLDDOWN and self._holddown_until is not None:
-            times.append(self._holddown_until)
+        # Once past, only the primary's next heartbeat can end a hold-down held open by a gap
+        # (see _steady): no timer for it, or the shell would spin.
+        until = self._holddown_until
+        if self.state is State.HOLDDOWN and until is not None and until > self._now:
+            times.append(until)
         if self.state is State.DECLINED and self._retry_at is not None:
             times.append(self._retry_at)
         return min(times)
@@ -339,7 +348,17 @@ class Monitor:
         self._pin_peer(msg.sender, addr)
         self._note_peer_boot(msg, now)
         was_alive = network in self.detector.networks and self._counts_as_alive(network, now)
+        previous = self.detector.last_evidence()
         self.detector.heard(network, evidence, now)
+        if (
+            self.state is State.HOLDDOWN
+            and previous is not None
+            and not self._steady(previous, evidence)
+        ):
+            # The primary was silent for more than a round or two in the hold-down: it is not
+            # steady yet (a flapping cable). The hold-down starts over from this heartbeat.
+            self._holddown_until = now + self.cfg.failback_delay
+            self.counters["holddown-restarts"] += 1
         self._events.append(
             Heard(
                 network=network,
@@ -442,7 +461,10 @@ class Monitor:
         for peer in self._peers.values():
             for addr in peer.targets():
                 if addr in peer.seen:
-                    self._out.append((self._encode_challenge(nonce, peer.seen[addr]), addr))
+                    # Sent twice, back to back: a lost challenge leaves the primary echoing the
+                    # previous round's nonce, whose evidence is up to an interval older.
+                    data = self._encode_challenge(nonce, peer.seen[addr])
+                    self._out += [(data, addr)] * CHALLENGE_COPIES
         self._next_challenge = now + self.cfg.period
 
     def _next_seq(self) -> int:
@@ -537,6 +559,12 @@ class Monitor:
         last = self.detector.last_evidence()
         return last is not None and last > t and self.detector.any_alive(now)
 
+    def _steady(self, last: float, now: float) -> bool:
+        """No gap longer than STEADY_GAP intervals between evidence at ``last`` and ``now``: the
+        hold-down counts only a primary heard at (nearly) every interval. A gap restarts it from
+        the next heartbeat (in ``_receive``); one that is still open at the end holds it."""
+        return now - last <= STEADY_GAP * self.cfg.period
+
     def _due_trigger(self, now: float) -> Trigger | None:
         det = self.detector
         if self.state is State.STANDBY and det.all_silent(now):
@@ -554,6 +582,12 @@ class Monitor:
         if self.state is State.HOLDDOWN:
             if not det.any_alive(now):
                 return Trigger.PEER_SILENT
-            if self._holddown_until is not None and now >= self._holddown_until:
+            last = det.last_evidence()
+            if (
+                self._holddown_until is not None
+                and now >= self._holddown_until
+                and last is not None
+                and self._steady(last, now)
+            ):
                 return Trigger.HOLDDOWN_EXPIRED
         return None
