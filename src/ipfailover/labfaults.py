@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -293,12 +294,59 @@ class AddressWatch:
         return out
 
 
+SMTP_PORT = 2525
+MAIL_SINK = r"""
+import asyncio, email, email.policy, json, sys
+from aiosmtpd.smtp import SMTP
+
+port, out = int(sys.argv[1]), sys.argv[2]
+
+
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        msg = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        subject = str(msg["subject"] or "")
+        with open(out, "a") as f:
+            f.write(json.dumps({"subject": subject}) + "\n")
+        return "250 OK"
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_server(lambda: SMTP(Handler()), "127.0.0.1", port, reuse_address=True)
+    print(f"event=smtp-listening port={port}", flush=True)
+    await asyncio.Event().wait()
+
+
+asyncio.run(main())
+"""
+
+
+class MailSink:
+    """An aiosmtpd server in the secondary's namespace, recording the subject of every mail."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.path = lab.tmpdir / "mail.jsonl"
+        self.path.touch()
+        self.proc = lab.spawn(
+            Node.SECONDARY,
+            [sys.executable, "-c", MAIL_SINK, str(SMTP_PORT), str(self.path)],
+            "smtp",
+        )
+        self.proc.wait_event("smtp-listening", 10.0)
+
+    def subjects(self) -> list[str]:
+        lines = self.path.read_text().splitlines()
+        return [json.loads(line)["subject"] for line in lines if line.strip()]
+
+
 @dataclass
 class Settings:
     interval: float = 0.1
     deadtime: float | None = None  # None: the product's default, 3 intervals
     failback_delay: float | None = None  # None: the product's default, 3 s
     scripts: dict[str, str] = field(default_factory=dict)  # name -> shell body (secondary)
+    mail: bool = True  # failoverd mails an SMTP sink in its namespace; the checker counts them
 
     @property
     def dead(self) -> float:
@@ -318,6 +366,7 @@ class FaultRun:
     """One lab with the pair running, a client probing and the address watches on."""
 
     service = SERVICE_V4
+    addresses: Sequence[str] = (SERVICE_V4, SERVICE_V6)
     matches: Sequence[str] = HEARTBEAT_MATCHES
 
     def __init__(self, lab: Lab, settings: Settings) -> None:
@@ -331,6 +380,7 @@ class FaultRun:
         self.killed: set[int] = set()  # PIDs the case killed on purpose
         self.primary_config = Path()
         self.secondary_config = Path()
+        self.mail: MailSink | None = None
 
     def config(self) -> None:
         s = self.settings
@@ -340,6 +390,8 @@ class FaultRun:
             FAILOVER_INTERVAL=s.interval,
             FAILOVER_DEADTIME=s.deadtime,
             FAILOVER_FAILBACK_DELAY=s.failback_delay,
+            FAILOVER_SMTP_SERVER=f"127.0.0.1:{SMTP_PORT}" if s.mail else None,
+            FAILOVER_EMAIL_RECIPIENT="ops@example.org" if s.mail else None,
         )
         script_dir = Path(self.lab.node_dirs(Node.SECONDARY)["FAILOVER_SCRIPT_DIR"])
         for name, body in s.scripts.items():
@@ -351,6 +403,8 @@ class FaultRun:
         """Start everything and wait until the secondary verified the primary on both networks
         and the client hears the primary."""
         self.config()
+        if self.settings.mail:
+            self.mail = MailSink(self.lab)
         self.lab.start_responders()
         for node in (Node.PRIMARY, Node.SECONDARY):
             self.watch[node] = AddressWatch(self.lab, node, self.service)
@@ -419,13 +473,16 @@ class FaultRun:
     def sleep(self, seconds: float) -> None:
         time.sleep(max(0.0, seconds))
 
+    def holds(self, node: Node) -> list[bool]:
+        """Whether a node holds each of the service addresses now."""
+        out = self.lab.sh_in(node, ["ip", "-o", "addr", "show"])
+        return [f" {address}/" in out for address in self.addresses]
+
     def secondary_holds_now(self) -> bool:
-        out = self.lab.sh_in(Node.SECONDARY, ["ip", "-o", "addr", "show"])
-        return f" {SERVICE_V4}/" in out or f" {SERVICE_V6}/" in out
+        return any(self.holds(Node.SECONDARY))
 
     def primary_holds_now(self) -> bool:
-        out = self.lab.sh_in(Node.PRIMARY, ["ip", "-o", "addr", "show"])
-        return f" {SERVICE_V4}/" in out and f" {SERVICE_V6}/" in out
+        return all(self.holds(Node.PRIMARY))
 
     def daemons(self) -> list[LabProcess]:
         return [p for p in self.lab.processes if p.name.startswith(("heartbeatd", "failoverd"))]
@@ -516,10 +573,38 @@ class Checker:
         s, p = self.run.secondary_holds_now(), self.run.primary_holds_now()
         return self.add("no-stray-address", not s and p, f"secondary holds: {s}; primary: {p}")
 
+    def mail_exactly_once(self, timeout: float = 20.0) -> bool:
+        """Every mail any failoverd queued reached the SMTP sink exactly once (waits up to
+        ``timeout`` for the outbox to drain; a queued mail is matched by its subject)."""
+        sink = self.run.mail
+        if sink is None:
+            return True
+        queued: Counter[str] = Counter()
+        deadline = time.monotonic() + timeout
+        while True:
+            queued = Counter(
+                ln.fields.get("subject", "")
+                for proc in self.run.daemons()
+                if proc.name.startswith("failoverd")
+                for ln in proc.events("mail-queued")
+            )
+            received = Counter(sink.subjects())
+            if received == queued or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        missing, extra = queued - received, received - queued
+        detail = f"{sum(queued.values())} queued, {sum(received.values())} received"
+        if missing:
+            detail += f"; missing {dict(missing)}"
+        if extra:
+            detail += f"; extra {dict(extra)}"
+        return self.add("mail-exactly-once", not missing and not extra, detail)
+
     def finish(self) -> None:
         self.no_daemon_died()
         self.transitions_ordered()
         self.no_stray()
+        self.mail_exactly_once()
 
 
 # ============================================================================
