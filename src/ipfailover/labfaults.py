@@ -953,13 +953,15 @@ FULL_SECONDS = {
 LOSS_LEVELS = (10, 20, 30, 50)
 
 
-def plan(names: Sequence[str], minutes: float) -> list[tuple[str, float, int]]:
+def plan(
+    names: Sequence[str], minutes: float, levels: Sequence[int] = LOSS_LEVELS
+) -> list[tuple[str, float, int]]:
     """(case, seconds, loss %) for each run: ``--minutes`` is the loss level's length and the
     soak's; the other cases have their fixed lengths from issue 8."""
     out: list[tuple[str, float, int]] = []
     for name in names:
         if name == "loss":
-            out += [("loss", 60.0 * minutes, level) for level in LOSS_LEVELS]
+            out += [("loss", 60.0 * minutes, level) for level in levels]
         elif name == "soak":
             out.append(("soak", 60.0 * minutes, 0))
         else:
@@ -1000,6 +1002,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--minutes", type=float, default=1.0, help="length of each loss level and of the soak"
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the fault schedule")
+    p.add_argument(
+        "--loss-levels",
+        default=",".join(map(str, LOSS_LEVELS)),
+        help="loss percentages of the loss case (default: %(default)s)",
+    )
     p.add_argument("--report", metavar="PATH", help="write the JSON report here (and PATH.md)")
 
 
@@ -1023,7 +1030,8 @@ def run_cli(args: argparse.Namespace) -> int:
         "interval": args.interval,
     }
     results: list[CaseResult] = []
-    for name, seconds, loss in plan(names, args.minutes):
+    levels = [int(x) for x in args.loss_levels.split(",")]
+    for name, seconds, loss in plan(names, args.minutes, levels):
         case_settings = settings
         if name == "soak" and args.interval == 1.0:
             case_settings = Settings(0.05, args.deadtime, args.failback_delay)
