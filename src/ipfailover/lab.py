@@ -1124,7 +1124,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     """Add the ``ipfailover lab`` options to a (sub)parser."""
     p.description = (
         "Build a throwaway network-namespace lab, run heartbeatd and failoverd in it, and time "
-        "failover, failback and a graceful stop as seen by a client probing the service address."
+        "failover, failback and a graceful stop as seen by a client probing the service address. "
+        "With --faults, run fault cases instead (loss, partitions, flapping cables, frozen or "
+        "killed daemons, a soak), judge each run with the invariant checker, and print a "
+        "Markdown table (with --report, also a JSON report); see docs/reliability.md."
     )
     p.add_argument("--interval", type=float, default=1.0, help="heartbeat interval (s)")
     p.add_argument("--deadtime", type=float, help="FAILOVER_DEADTIME for the secondary (s)")
