@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import random
+
 import losssim
 
 from ipfailover import wire
@@ -77,3 +79,42 @@ def test_a_primary_back_for_good_is_handed_back_after_the_holddown() -> None:
     out = losssim.run(interval=0.2, failback=3.0, rounds=100, seed=1, primary_cuts=[(5.0, 8.0)])
     assert len(out.acquires) == 1 and len(out.releases) == 1
     assert 8.0 + 3.0 <= out.releases[0] <= 8.0 + 3.0 + 1.0
+
+
+def test_the_heartbeat_due_at_the_deadline_may_arrive_a_little_late() -> None:
+    """Two rounds lost; the third heartbeat, due exactly when the dead time runs out, arrives
+    5 ms late: still no takeover. The old detector took over at the deadline."""
+    from ipfailover.monitor import Monitor, MonitorConfig, State
+
+    cfg = MonitorConfig(
+        node="s", key=losssim.KEY, period=1.0, deadtime=3.0, failback_delay=3.0, networks=("pub",)
+    )
+    m = Monitor(cfg, rng=random.Random(1).randbytes, now=0.0)
+    src = ("203.0.113.10", 40000)
+    seq = iter(range(1, 100))
+
+    echoed: list[bytes] = []  # the latest nonce that reached the primary
+
+    def beat(at: float) -> None:
+        echoed.extend(wire.decode(d, losssim.KEY).nonce for d, _ in m.datagrams_to_send())
+        hb = wire.Message(
+            type=wire.MsgType.HEARTBEAT,
+            sender="p",
+            boot_id=b"p" * 8,
+            seq=next(seq),
+            interval=1.0,
+            echoes=tuple(echoed[-1:]),
+        )
+        m.receive_datagram(wire.encode(hb, losssim.KEY), src, "pub", at)
+
+    beat(0.1)  # stale: answered with a challenge at once
+    beat(0.2)  # verified: evidence 0.2
+    for t in (1.0, 2.0, 3.0):  # rounds 1 and 2 lost (the challenges still go out)
+        m.handle_timer(t)
+    m.handle_timer(3.2)
+    assert m.state is State.STANDBY
+    beat(3.205)  # the third heartbeat, 5 ms late
+    m.handle_timer(3.3)
+    assert m.state is State.STANDBY
+    m.handle_timer(6.4)  # then silence: taken over by dead time + allowance after 3.205
+    assert m.state is State.ACQUIRING
