@@ -1,8 +1,9 @@
 """Per-network failure detector (sans-I/O).
 
-A network is *alive* while the primary has been heard on it within the dead time. "Heard" means a
-verified heartbeat (see :mod:`ipfailover.monitor` for what verifies one); the time recorded is the
-*evidence time* the monitor computes, never later than the arrival time.
+A network is *alive* while the primary has been heard on it within the dead time (plus a small
+*allowance*, see :class:`Detector`). "Heard" means a verified heartbeat (see
+:mod:`ipfailover.monitor` for what verifies one); the time recorded is the *evidence time* the
+monitor computes, never later than the arrival time.
 
 The detector also decides Apple's one-network rule: when some networks are alive and another falls
 silent, that network is in *anomaly*; when it is heard again it has *recovered*. Silence on every
@@ -36,12 +37,22 @@ class NetworkView:
 
 
 class Detector:
-    """Tracks when each network last heard the primary; all times are caller-supplied floats."""
+    """Tracks when each network last heard the primary; all times are caller-supplied floats.
 
-    def __init__(self, networks: Iterable[str], deadtime: float, now: float) -> None:
+    ``allowance`` is how late the heartbeat due at the very end of the dead time may arrive and
+    still count. With the default dead time of three intervals, the third heartbeat after the
+    last one heard is due exactly when the dead time runs out; timers and networks are never
+    exact, so without it that heartbeat loses the race about half of the time, and two lost
+    rounds (not three) would make a takeover.
+    """
+
+    def __init__(
+        self, networks: Iterable[str], deadtime: float, now: float, allowance: float = 0.0
+    ) -> None:
         if deadtime <= 0:
             raise ValueError("deadtime must be positive")
         self.deadtime = deadtime
+        self.allowance = allowance
         self.started = now
         self.networks: dict[str, NetworkView] = {n: NetworkView(n) for n in networks}
         self._any_alive_before = True  # start-up counts as "was alive": the grace covers it
@@ -100,7 +111,7 @@ class Detector:
     def alive(self, network: str, now: float) -> bool:
         """Heard on ``network`` within the dead time."""
         last = self.networks[network].last_heard
-        return last is not None and now < last + self.deadtime
+        return last is not None and now < last + self.deadtime + self.allowance
 
     def any_alive(self, now: float) -> bool:
         return any(self.alive(n, now) for n in self.networks)
@@ -134,8 +145,10 @@ class Detector:
             # Silent here, and heard elsewhere *after* this network fell silent: not just the
             # last heartbeats of a dying primary arriving a little apart on two networks.
             fell_silent = (
-                self.started if view.last_heard is None else view.last_heard
-            ) + self.deadtime
+                (self.started if view.last_heard is None else view.last_heard)
+                + self.deadtime
+                + self.allowance
+            )
             heard_after = newest is not None and newest > fell_silent
             if view.in_anomaly and up:
                 view.in_anomaly = False
@@ -147,10 +160,11 @@ class Detector:
 
     def next_deadline(self, now: float) -> float | None:
         """The next instant at which some answer above can change without new input."""
+        limit = self.deadtime + self.allowance
         times = [
-            v.last_heard + self.deadtime
+            v.last_heard + limit
             for v in self.networks.values()
-            if v.last_heard is not None and v.last_heard + self.deadtime > now
+            if v.last_heard is not None and v.last_heard + limit > now
         ]
         if self.in_grace(now):
             times.append(self.started + self.deadtime)

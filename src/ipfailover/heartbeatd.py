@@ -58,6 +58,7 @@ class Heartbeatd:
         self.service = daemon.Service(loop, healthy=lambda: self.timer.served())
         self._tasks: set[asyncio.Task[None]] = set()
         self._send_failures: dict[str, tuple[float | None, int]] = {}  # target -> (logged, since)
+        self._unsure: dict[asyncio.Task[None], str] = {}  # announcements a holder cancels
 
     def snapshot(self) -> dict[str, Any]:
         """The status this daemon reports (docs/status.md)."""
@@ -158,6 +159,20 @@ class Heartbeatd:
         self.core.receive_datagram(dg.data, dg.addr, self.loop.time())
         daemon.answer_local_boots(self.core, self.cfg.run_dir, self.loop.time())
         self._flush()
+        if self._unsure:
+            self._cancel_if_held()
+
+    def _cancel_if_held(self) -> None:
+        """A start-up or carrier announcement still repeating when a listener says it has taken
+        our addresses (its takeover crossed our cable's return) stops: its later rounds would
+        pull clients back from the holder before the hand-back (the RELEASED announces then)."""
+        holders = [name for name, holding, _ in self.core.listener_state() if holding]
+        if not holders:
+            return
+        for task, reason in list(self._unsure.items()):
+            task.cancel()
+            self.events("announce-cancelled", reason=reason, holder=holders[0])
+        self._unsure.clear()
 
     def _on_hup(self) -> None:
         self.service.reloading()
@@ -217,6 +232,9 @@ class Heartbeatd:
                     task = self.loop.create_task(self._announce(ev))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                    if ev.reason in ("start", "carrier"):
+                        self._unsure[task] = ev.reason
+                        task.add_done_callback(lambda t: self._unsure.pop(t, None))
                 elif isinstance(ev, AnnounceDeferred):
                     self.events("announce-deferred", reason=ev.reason, holder=ev.listener)
                 elif isinstance(ev, Dropped):

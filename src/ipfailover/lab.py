@@ -514,6 +514,12 @@ class Lab:
         sh(["ip", "-n", node_ns, "-6", "addr", "add", v6, "dev", ifname, "nodad"])
         sh(["ip", "-n", node_ns, "link", "set", ifname, "up"])
 
+    def sh_in(
+        self, node: Node, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 20.0
+    ) -> str:
+        """Run a command inside a node's namespace (see ``sh``)."""
+        return sh(["ip", "netns", "exec", self.ns(node), *argv], stdin=stdin, timeout=timeout)
+
     @staticmethod
     def sysctl(namespace: str, *settings: str) -> None:
         """Set sysctls (``name=value``) inside a namespace."""
@@ -1133,7 +1139,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     """Add the ``ipfailover lab`` options to a (sub)parser."""
     p.description = (
         "Build a throwaway network-namespace lab, run heartbeatd and failoverd in it, and time "
-        "failover, failback and a graceful stop as seen by a client probing the service address."
+        "failover, failback and a graceful stop as seen by a client probing the service address. "
+        "With --faults, run fault cases instead (loss, partitions, flapping cables, frozen or "
+        "killed daemons, a soak), judge each run with the invariant checker, and print a "
+        "Markdown table (with --report, also a JSON report); see docs/reliability.md."
     )
     p.add_argument("--interval", type=float, default=1.0, help="heartbeat interval (s)")
     p.add_argument("--deadtime", type=float, help="FAILOVER_DEADTIME for the secondary (s)")
@@ -1155,6 +1164,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="start each phase right away, not after a random part of an interval (then every "
         "cable is pulled at the same point of the heartbeat cycle)",
     )
+    from . import labfaults  # the fault cases share the lab's options
+
+    labfaults.configure_parser(p)
 
 
 def _preflight(args: argparse.Namespace) -> str | None:
@@ -1181,9 +1193,19 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"ipfailover lab: {problem}", file=sys.stderr)
         return 2
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    if getattr(args, "faults", None):
+        from . import labfaults
+
+        try:
+            return labfaults.run_cli(args)
+        except KeyboardInterrupt:
+            print("ipfailover lab: interrupted; lab torn down", file=sys.stderr)
+            return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     if not args.json:
         print_header(args, sys.stdout)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     runs: list[RunResult] = []
     keep = Path(args.keep_logs) if args.keep_logs else None
 
