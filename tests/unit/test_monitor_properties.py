@@ -367,13 +367,13 @@ def test_a_due_retry_waits_without_spinning() -> None:
     beat((nonce(),), 0.2)
     m.handle_timer(1.0)
     late = nonce()  # the primary dies holding this nonce, issued at 1.0
-    m.handle_timer(3.2)
+    m.handle_timer(3.31)  # 0.2 + the dead time + the arrival allowance (a tenth of a period)
     assert m.state is State.PROBING
     (probe,) = [e for e in events(m) if isinstance(e, Probe)]
-    m.probe_done(3.25, probe.id, {})  # nothing answers
+    m.probe_done(3.35, probe.id, {})  # nothing answers
     assert m.state is State.ACQUIRING
-    m.acquire_done(3.3, ok=False, retry_after=0.5)  # failed: retry at 3.8
-    beat((late,), 3.4)  # delayed: proves life at 2.0, before the takeover; alive until 5.0
+    m.acquire_done(3.4, ok=False, retry_after=0.4)  # failed: retry at 3.8
+    beat((late,), 3.45)  # delayed: proves life at 2.0, before the takeover; alive until 5.1
     m.handle_timer(3.8)
     assert m.state is State.DECLINED
     timer = m.get_timer()
@@ -385,7 +385,7 @@ def test_a_due_retry_waits_without_spinning() -> None:
         timer = m.get_timer()
         assert timer is not None and timer > m.since
     # the retry, at once (it probes the link first, as every takeover for silence does)
-    assert m.state is State.PROBING and timer == pytest.approx(5.0)
+    assert m.state is State.PROBING and timer == pytest.approx(5.1)
 
 
 def test_life_proven_during_the_probe_cancels_the_takeover() -> None:
@@ -421,12 +421,12 @@ def test_life_proven_during_the_probe_cancels_the_takeover() -> None:
     m.handle_timer(1.0)
     n1 = nonce()  # issued at 1.0, lost on its way: the primary never echoes it in time
     m.handle_timer(2.0)
-    m.handle_timer(3.2)
+    m.handle_timer(3.31)  # 0.2 + the dead time + the arrival allowance (a tenth of a period)
     assert m.state is State.PROBING
     (probe,) = [e for e in events(m) if isinstance(e, Probe)]
-    beat((n1,), 3.21)  # late, but it proves life at min(3.21, 1.0 + 1.0) = 2.0: alive until 5.0
-    assert m.detector.any_alive(3.21)
-    m.probe_done(3.23, probe.id, {})
+    beat((n1,), 3.31)  # late, but it proves life at min(3.31, 1.0 + 1.0) = 2.0: alive until 5.1
+    assert m.detector.any_alive(3.31)
+    m.probe_done(3.33, probe.id, {})
     assert m.state is State.STANDBY and not m.holding
 
 
