@@ -261,3 +261,30 @@ class Sim:
         at = self.now if at is None else at
         self.rec.delivered[net].append(at)
         self._push(at, "to-secondary", (data, PRIMARY[net], net))
+
+
+class Hand:
+    """A monitor driven by hand on one network: heartbeats of one primary boot, with the
+    echoes the test chooses, and the nonces of the challenges the monitor sends back."""
+
+    def __init__(self, m: Monitor, network: str = "pub") -> None:
+        self.m = m
+        self.network = network
+        self._seq = 0
+
+    def beat(self, echo: tuple[bytes, ...], at: float) -> None:
+        self._seq += 1
+        hb = wire.Message(
+            type=wire.MsgType.HEARTBEAT,
+            sender="primary",
+            boot_id=b"p" * 8,
+            seq=self._seq,
+            interval=1.0,
+            echoes=echo,
+        )
+        self.m.receive_datagram(wire.encode(hb, KEY), PRIMARY[self.network], self.network, at)
+
+    def nonce(self) -> bytes:
+        """The nonce of the first challenge the monitor has sent since the last call."""
+        (data, _), *_ = self.m.datagrams_to_send()
+        return wire.decode(data, KEY).nonce

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from sim import KEY, NETS, PRIMARY, Sim
+from sim import KEY, NETS, PRIMARY, Hand, Sim
 
 from ipfailover import wire
 from ipfailover.monitor import (
@@ -282,23 +282,8 @@ def test_old_evidence_arriving_after_takeover_does_not_start_a_holddown() -> Non
     )
     m = Monitor(cfg, rng=random.Random(0).randbytes, now=0.0)
     m.handle_timer(0.0)
-    src = ("203.0.113.10", 40000)
-    seq = iter(range(1, 100))
-
-    def beat(echo: tuple[bytes, ...], at: float) -> None:
-        hb = wire.Message(
-            type=wire.MsgType.HEARTBEAT,
-            sender="primary",
-            boot_id=b"p" * 8,
-            seq=next(seq),
-            interval=1.0,
-            echoes=echo,
-        )
-        m.receive_datagram(wire.encode(hb, KEY), src, "pub", at)
-
-    def nonce() -> bytes:
-        (data, _), *_ = m.datagrams_to_send()
-        return wire.decode(data, KEY).nonce
+    hand = Hand(m)
+    beat, nonce = hand.beat, hand.nonce
 
     beat((), 0.1)  # stale: answered at once with a challenge
     beat((nonce(),), 0.2)
