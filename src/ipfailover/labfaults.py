@@ -550,7 +550,7 @@ class Checker:
     def transitions_ordered(self) -> bool:
         """Every failoverd's state changes form one chain (no overlap, none skipped), and no
         transition error was logged. ACQUIRING is logged at debug level only, so a change out
-        of it may follow a change into standby or declined."""
+        of it may follow a change into one of the states a takeover starts from."""
         problems: list[str] = []
         for proc in self.run.daemons():
             if not proc.name.startswith("failoverd"):
@@ -559,7 +559,7 @@ class Checker:
             for line in proc.events("state"):
                 old, new = line.fields.get("old"), line.fields.get("new")
                 expected = {previous} if previous else {old}
-                if previous in ("standby", "declined"):
+                if previous in ("standby", "probing", "blocked", "declined"):
                     expected.add("acquiring")
                 if old not in expected:
                     problems.append(f"{proc.label}: {old}->{new} after {previous}")

@@ -15,8 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ipfailover import wire
-from ipfailover.monitor import Acquire, Monitor, MonitorConfig, Release
+from ipfailover.monitor import Acquire, Monitor, MonitorConfig, Probe, Release
 from ipfailover.sender import Sender, SenderConfig
+
+PRIMARY_ADDRESS = "203.0.113.10"
+PRIMARY_MAC = "02:00:00:00:00:01"
+PROBE_WAIT = 0.015
 
 KEY = bytes(range(32))
 NETS = ("pub", "priv")
@@ -103,6 +107,12 @@ def run(
             elif isinstance(ev, Release):
                 out.releases.append(ev.at)
                 push(now + 0.01, "released")
+            elif isinstance(ev, Probe):
+                # The probe before a takeover: the primary's address answers unless its cable
+                # is out (the loss here is of heartbeat-protocol packets only, not of ARP).
+                cut = any(out_at <= now < back for out_at, back in primary_cuts)
+                answers = {} if cut else {PRIMARY_ADDRESS: [PRIMARY_MAC]}
+                push(now + PROBE_WAIT, "probed", (ev.id, answers))
         arm("m", monitor.get_timer(), now)
 
     for _, back in primary_cuts:
@@ -133,6 +143,10 @@ def run(
         elif kind == "link-up":
             sender.link_up(t)
             flush_sender(t)
+        elif kind == "probed":
+            probe_id, answers = payload  # type: ignore[misc]
+            monitor.probe_done(t, probe_id, answers)
+            flush_monitor(t)
         elif kind == "acquired":
             monitor.acquire_done(t, ok=True)
             flush_monitor(t)

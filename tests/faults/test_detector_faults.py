@@ -42,7 +42,17 @@ def test_each_round_challenges_every_address_redundantly() -> None:
         type=wire.MsgType.HEARTBEAT, sender="p", boot_id=b"p" * 8, seq=1, interval=1.0, echoes=()
     )
     m.receive_datagram(wire.encode(hb, losssim.KEY), ("203.0.113.10", 40000), "pub", 0.1)
-    m.datagrams_to_send()  # the immediate challenge to a stale heartbeat
+    (challenge, _), *_ = m.datagrams_to_send()  # the immediate challenge to a stale heartbeat
+    verified = wire.Message(
+        type=wire.MsgType.HEARTBEAT,
+        sender="p",
+        boot_id=b"p" * 8,
+        seq=2,
+        interval=1.0,
+        echoes=(wire.decode(challenge, losssim.KEY).nonce,),
+    )
+    m.receive_datagram(wire.encode(verified, losssim.KEY), ("203.0.113.10", 40000), "pub", 0.2)
+    assert m.peer_boot == b"p" * 8  # verified: its round challenges are the ones copied
     m.handle_timer(1.0)
     sent = [wire.decode(d, losssim.KEY) for d, _ in m.datagrams_to_send()]
     assert CHALLENGE_COPIES >= 2
@@ -84,7 +94,7 @@ def test_a_primary_back_for_good_is_handed_back_after_the_holddown() -> None:
 def test_the_heartbeat_due_at_the_deadline_may_arrive_a_little_late() -> None:
     """Two rounds lost; the third heartbeat, due exactly when the dead time runs out, arrives
     5 ms late: still no takeover. The old detector took over at the deadline."""
-    from ipfailover.monitor import Monitor, MonitorConfig, State
+    from ipfailover.monitor import Monitor, MonitorConfig, Probe, State
 
     cfg = MonitorConfig(
         node="s", key=losssim.KEY, period=1.0, deadtime=3.0, failback_delay=3.0, networks=("pub",)
@@ -117,4 +127,7 @@ def test_the_heartbeat_due_at_the_deadline_may_arrive_a_little_late() -> None:
     m.handle_timer(3.3)
     assert m.state is State.STANDBY
     m.handle_timer(6.4)  # then silence: taken over by dead time + allowance after 3.205
+    assert m.state is State.PROBING
+    (probe,) = [e for e in iter(m.next_event, None) if isinstance(e, Probe)]
+    m.probe_done(6.42, probe.id, {})
     assert m.state is State.ACQUIRING
