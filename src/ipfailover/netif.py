@@ -395,9 +395,15 @@ def build_garp(mac: bytes, ip: ipaddress.IPv4Address) -> bytes:
     target MAC, broadcast, zero-padded to the 60-byte Ethernet minimum. Linux receivers update
     an existing neighbour entry from such a request even within its locktime (``is_garp``).
     """
-    _check_mac(mac)
     if ip.version != 4:
         raise ValueError(f"gratuitous ARP is for IPv4 addresses, got {ip}")
+    return _arp_request(mac, sender_ip=ip.packed, target_ip=ip.packed)
+
+
+def _arp_request(mac: bytes, *, sender_ip: bytes, target_ip: bytes) -> bytes:
+    """A broadcast Ethernet frame with an ARP request from ``mac`` (zero target MAC), padded to
+    the 60-byte Ethernet minimum."""
+    _check_mac(mac)
     ether = BROADCAST_MAC + mac + struct.pack("!H", ETH_P_ARP)
     arp = struct.pack(
         "!HHBBH6s4s6s4s",
@@ -407,9 +413,9 @@ def build_garp(mac: bytes, ip: ipaddress.IPv4Address) -> bytes:
         4,
         ARPOP_REQUEST,
         mac,
-        ip.packed,
+        sender_ip,
         bytes(ETH_ALEN),
-        ip.packed,
+        target_ip,
     )
     return (ether + arp).ljust(ETH_ZLEN, b"\0")
 
@@ -436,23 +442,9 @@ def build_arp_probe(mac: bytes, ip: ipaddress.IPv4Address) -> bytes:
     sender MAC ``mac``, zero target MAC and target IP ``ip``, broadcast. A host that has ``ip``
     answers with an ARP reply to ``mac`` (Linux: ``arp_process``, the RFC 2131 DAD case).
     """
-    _check_mac(mac)
     if ip.version != 4:
         raise ValueError(f"an ARP probe is for IPv4 addresses, got {ip}")
-    ether = BROADCAST_MAC + mac + struct.pack("!H", ETH_P_ARP)
-    arp = struct.pack(
-        "!HHBBH6s4s6s4s",
-        ARPHRD_ETHER,
-        ETH_P_IP,
-        ETH_ALEN,
-        4,
-        ARPOP_REQUEST,
-        mac,
-        bytes(4),
-        bytes(ETH_ALEN),
-        ip.packed,
-    )
-    return (ether + arp).ljust(ETH_ZLEN, b"\0")
+    return _arp_request(mac, sender_ip=bytes(4), target_ip=ip.packed)
 
 
 def solicited_node(ip: ipaddress.IPv6Address) -> ipaddress.IPv6Address:
