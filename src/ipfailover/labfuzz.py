@@ -148,6 +148,10 @@ def _changed(before: bytes, core: object) -> list[str]:
     return sorted(k for k in old.keys() | new.keys() if freeze(old.get(k)) != freeze(new.get(k)))
 
 
+def _rejected(core: Monitor | Sender) -> int:
+    return sum(v for k, v in core.counters.items() if k.startswith("rejected."))
+
+
 def _monitor_core(m: Monitor) -> dict[str, Any]:
     snap = {k: freeze(getattr(m, k)) for k in MONITOR_CORE}
     snap["verified"] = freeze({n: p.verified for n, p in m._peers.items()})
@@ -405,12 +409,7 @@ class Harness:
     def _flush_monitor(self) -> None:
         out = self.monitor.datagrams_to_send()
         while (ev := self.monitor.next_event()) is not None:
-            if isinstance(ev, Probe):  # the primary's host is down: nothing answers
-                self.monitor.probe_done(self.now, ev.id, {})
-            elif isinstance(ev, Acquire):
-                self.monitor.acquire_done(self.now, ok=True)
-            elif isinstance(ev, Release):
-                self.monitor.release_done(self.now, ok=True)
+            _carry_out(self.monitor, ev, self.now)
         out += self.monitor.datagrams_to_send()
         for data, dest in out:
             self.to_sender.append(data)
@@ -462,43 +461,58 @@ class Harness:
         self._flush_monitor()
         msg = _decode(data)
         fresh = msg is not None and self._fresh_for_monitor(msg, data)
-        whole = _whole(m) if msg is None else None
-        core = None if msg is None or fresh else _monitor_core(m)
-        rejected = sum(v for k, v in m.counters.items() if k.startswith("rejected."))
-        try:
-            m.receive_datagram(data, addr, net, now)
-        except Exception as e:
-            raise self._fail("monitor", data, f"{type(e).__name__}: {e}") from e
-        events = _drain(m)
-        dropped = [e for e in events if isinstance(e, wire.Dropped)]
-        now_rejected = sum(v for k, v in m.counters.items() if k.startswith("rejected."))
-        if len(dropped) != now_rejected - rejected or len(dropped) > 1:
-            raise self._fail("monitor", data, f"drops not counted once: {events}")
-        outcome = dropped[0].reason.value if dropped else "accepted"
-        self.report.outcomes[f"monitor.{outcome}"] += 1
-        if msg is None:
-            if not dropped:
-                raise self._fail("monitor", data, "an unauthentic datagram was not dropped")
-            assert whole is not None
-            changed = _changed(whole, m)
-            if changed:
-                raise self._fail("monitor", data, f"unauthentic input changed {changed}")
-        else:
+        events = self._feed(
+            "monitor",
+            m,
+            lambda: m.receive_datagram(data, addr, net, now),
+            data,
+            msg,
+            None if msg is None or fresh else _monitor_core,
+        )
+        if msg is not None:
             self._note_fed(data)
-            if core is not None:
-                changed = _diff(core, _monitor_core(m))
-                if changed:
-                    raise self._fail("monitor", data, f"a non-fresh input changed {changed}")
         for ev in events:
-            if isinstance(ev, Probe):
-                m.probe_done(now, ev.id, {})
-            elif isinstance(ev, Acquire):
-                m.acquire_done(now, ok=True)
-            elif isinstance(ev, Release):
-                m.release_done(now, ok=True)
+            _carry_out(m, ev, now)
         _drain(m)
         m.datagrams_to_send()  # challenges to spoofed sources go nowhere
         self._check_monitor_bounds()
+
+    def _feed(
+        self,
+        name: str,
+        core: Monitor | Sender,
+        deliver: Callable[[], None],
+        data: bytes,
+        msg: wire.Message | None,
+        view: Callable[[Any], dict[str, Any]] | None,
+    ) -> list[object]:
+        """Deliver one input to ``core`` and hold it to the rules: nothing escapes but the
+        drop, and that is counted once; unauthentic input (``msg`` None) changes nothing at all;
+        a non-fresh one changes nothing in ``view`` (None: it is fresh, or unauthentic)."""
+        whole = _whole(core) if msg is None else None
+        before = None if view is None else view(core)
+        rejected = _rejected(core)
+        try:
+            deliver()
+        except Exception as e:
+            raise self._fail(name, data, f"{type(e).__name__}: {e}") from e
+        events = _drain(core)
+        dropped = [e for e in events if isinstance(e, wire.Dropped)]
+        if len(dropped) != _rejected(core) - rejected or len(dropped) > 1:
+            raise self._fail(name, data, f"drops not counted once: {events}")
+        outcome = dropped[0].reason.value if dropped else "accepted"
+        self.report.outcomes[f"{name}.{outcome}"] += 1
+        if whole is not None:
+            if not dropped:
+                raise self._fail(name, data, "an unauthentic datagram was not dropped")
+            changed = _changed(whole, core)
+            if changed:
+                raise self._fail(name, data, f"unauthentic input changed {changed}")
+        elif before is not None and view is not None:
+            changed = _diff(before, view(core))
+            if changed:
+                raise self._fail(name, data, f"a non-fresh input changed {changed}")
+        return events
 
     def _fresh_for_monitor(self, msg: wire.Message, data: bytes) -> bool:
         """Anyone with the key can make a fresh heartbeat; only an exact repeat of one given
@@ -522,31 +536,14 @@ class Harness:
         self.report.inputs[f"sender.{kind}"] += 1
         msg = _decode(data)
         fresh = msg is not None and self._fresh_for_sender(msg)
-        whole = _whole(s) if msg is None else None
-        core = None if msg is None or fresh else _sender_core(s)
-        rejected = sum(v for k, v in s.counters.items() if k.startswith("rejected."))
-        try:
-            s.receive_datagram(data, addr, now)
-        except Exception as e:
-            raise self._fail("sender", data, f"{type(e).__name__}: {e}") from e
-        events = _drain(s)
-        dropped = [e for e in events if isinstance(e, wire.Dropped)]
-        now_rejected = sum(v for k, v in s.counters.items() if k.startswith("rejected."))
-        if len(dropped) != now_rejected - rejected or len(dropped) > 1:
-            raise self._fail("sender", data, f"drops not counted once: {events}")
-        outcome = dropped[0].reason.value if dropped else "accepted"
-        self.report.outcomes[f"sender.{outcome}"] += 1
-        if msg is None:
-            if not dropped:
-                raise self._fail("sender", data, "an unauthentic datagram was not dropped")
-            assert whole is not None
-            changed = _changed(whole, s)
-            if changed:
-                raise self._fail("sender", data, f"unauthentic input changed {changed}")
-        elif core is not None:
-            changed = _diff(core, _sender_core(s))
-            if changed:
-                raise self._fail("sender", data, f"a non-fresh input changed {changed}")
+        self._feed(
+            "sender",
+            s,
+            lambda: s.receive_datagram(data, addr, now),
+            data,
+            msg,
+            None if msg is None or fresh else _sender_core,
+        )
         s.datagrams_to_send()  # the immediate beat to a new listener: not delivered
         if len(s._listeners) > sender.MAX_LISTENERS or len(s._release_ids) > 17:
             raise self._fail("sender", data, "listener or release-id tables grew past their caps")
@@ -594,6 +591,17 @@ def _decode(data: bytes) -> wire.Message | None:
         return wire.decode(data, KEY)
     except wire.RemoteProtocolError:
         return None
+
+
+def _carry_out(m: Monitor, ev: object, now: float) -> None:
+    """What the shell does for the monitor, at once and always successfully; the primary's
+    host is down, so a probe finds nothing answering."""
+    if isinstance(ev, Probe):
+        m.probe_done(now, ev.id, {})
+    elif isinstance(ev, Acquire):
+        m.acquire_done(now, ok=True)
+    elif isinstance(ev, Release):
+        m.release_done(now, ok=True)
 
 
 def _drain(core: Monitor | Sender) -> list[Any]:
