@@ -23,6 +23,7 @@ from ipfailover.monitor import (
     NetworkEvent,
     Probe,
     Release,
+    State,
     StateChanged,
     Trigger,
 )
@@ -261,6 +262,19 @@ class Sim:
         at = self.now if at is None else at
         self.rec.delivered[net].append(at)
         self._push(at, "to-secondary", (data, PRIMARY[net], net))
+
+
+def in_holddown() -> Sim:
+    """A pair whose primary died at 5 s and came back at 15 s: at 17 s the secondary holds its
+    addresses in a 10 s hold-down."""
+    sim = Sim(failback=10.0)
+    sim.run_until(5)
+    sim.kill_primary()
+    sim.run_until(15)
+    sim.revive_primary()
+    sim.run_until(17)
+    assert sim.monitor is not None and sim.monitor.state is State.HOLDDOWN
+    return sim
 
 
 class Hand:

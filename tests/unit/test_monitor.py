@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from sim import KEY, NETS, PRIMARY, Hand, Sim
+from sim import KEY, NETS, PRIMARY, Hand, Sim, in_holddown
 
 from ipfailover import wire
 from ipfailover.monitor import (
@@ -86,13 +86,8 @@ def test_failback_after_holddown_even_on_private_alone() -> None:
 
 
 def test_primary_dying_during_holddown_is_not_handed_back() -> None:
-    sim = Sim(failback=10.0)
-    sim.run_until(5)
-    sim.kill_primary()
-    sim.run_until(15)
-    sim.revive_primary()
-    sim.run_until(17)
-    assert sim.monitor is not None and sim.monitor.state is State.HOLDDOWN
+    sim = in_holddown()
+    assert sim.monitor is not None
     sim.kill_primary()
     sim.run_until(40)
     assert sim.rec.releases == [] and sim.monitor.state is State.ACTIVE
@@ -313,13 +308,8 @@ def test_dying_primary_is_a_takeover_not_an_anomaly() -> None:
 def test_stopping_while_holding_tells_the_primary() -> None:
     """The primary deferred its announcement while we held its address: stopping must release
     it with a RELEASED, or clients keep our MAC until their ARP entries expire."""
-    sim = Sim(failback=10.0)
-    sim.run_until(5)
-    sim.kill_primary()
-    sim.run_until(15)
-    sim.revive_primary()
-    sim.run_until(17)
-    assert sim.monitor is not None and sim.monitor.state is State.HOLDDOWN
+    sim = in_holddown()
+    assert sim.monitor is not None
     before = len(sim.rec.announces)
     sim.monitor.shutdown(sim.now)
     sim._flush_monitor()

@@ -11,7 +11,7 @@ import itertools
 import random
 
 import pytest
-from sim import KEY, PRIMARY_MAC, SERVICE, Sim
+from sim import KEY, PRIMARY_MAC, SERVICE, Sim, in_holddown
 
 from ipfailover.monitor import (
     DEFEND_INTERVAL,
@@ -259,13 +259,8 @@ def test_no_conflict_and_no_defence_in_the_holddown_or_when_not_holding() -> Non
     m = monitor()
     m.address_claimed(1.0, SERVICE, OTHER_MAC)  # standby: not ours
     assert events(m) == [] and m.counters["claims.ignored"] == 1
-    sim = Sim(failback=10.0)
-    sim.run_until(5)
-    sim.kill_primary()
-    sim.run_until(15)
-    sim.revive_primary()
-    sim.run_until(17)
-    assert sim.monitor is not None and sim.monitor.state is State.HOLDDOWN
+    sim = in_holddown()
+    assert sim.monitor is not None
     before = len(sim.rec.defences)
     sim.monitor.address_claimed(sim.now, SERVICE, PRIMARY_MAC)  # the primary is back: expected
     assert not [e for e in events(sim.monitor) if isinstance(e, AddressConflict | Defend)]
