@@ -9,7 +9,7 @@ import ipaddress
 import sys
 import time
 
-from ipfailover import config
+from ipfailover.core import config
 
 
 def text(n: int) -> str:

@@ -10,13 +10,13 @@ the machine spreads over all of them rather than landing on one:
 
 * ipfailover at its defaults (``FAILOVER_INTERVAL`` 1 s, dead time 3 intervals,
   ``FAILOVER_FAILBACK_DELAY`` 3 s): the scenario of ``ipfailover lab``
-  (``ipfailover.lab.Scenario``);
+  (``ipfailover.lab.topology.Scenario``);
 * ipfailover at a 0.05 s interval (the other defaults unchanged);
 * keepalived, VRRPv2, advert_int 1 (``keepalived_lab.KeepalivedScenario``);
 * keepalived, VRRPv3, advert_int 0.05.
 
 Each run builds a fresh lab and measures the phases ``failover``, ``failback``,
-``graceful-stop`` and ``restart-failback`` (see ``ipfailover.lab``).  Before
+``graceful-stop`` and ``restart-failback`` (see ``ipfailover.lab.topology``).  Before
 each phase it pauses for a random part of one interval (``Scenario.pause``, as
 ``ipfailover lab`` does), so that faults land anywhere in the heartbeat cycle;
 ``--fixed-phase`` leaves the pause out.  The raw
@@ -48,7 +48,7 @@ from typing import Any
 
 import keepalived_lab
 
-from ipfailover import lab as iplab
+from ipfailover.lab import topology as iplab
 
 REPO = Path(__file__).resolve().parent.parent
 

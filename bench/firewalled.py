@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 
-from ipfailover.lab import NODE_NAMES, SERVICE_V4, Lab, LabTimeout, Network, Node
+from ipfailover.lab.topology import NODE_NAMES, SERVICE_V4, Lab, LabTimeout, Network, Node
 
 
 def run_once(interval: float, observe: float) -> dict[str, object]:

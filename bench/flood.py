@@ -7,7 +7,7 @@ Usage (as root, from the repository, with the project's venv)::
 
 heartbeatd runs on the primary and failoverd on the secondary, both at ``--interval``; the
 client namespace floods the secondary's public address with forged heartbeats
-(:mod:`ipfailover.labflood`, ``--procs`` processes; rate 0 = as fast as they can). For each
+(:mod:`ipfailover.lab.flood`, ``--procs`` processes; rate 0 = as fast as they can). For each
 rate the run reports: the rate achieved, the heartbeats failoverd counted on the flooded
 network (public) and on the other one (private) against the number the primary sent, takeovers
 during the flood, anomalies, and failoverd's RSS before and after. The last run (the highest
@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ipfailover import labflood
-from ipfailover.lab import Lab, Node
+from ipfailover.lab import flood as labflood
+from ipfailover.lab.topology import Lab, Node
 
 
 def rss_kb(pid: int) -> int:

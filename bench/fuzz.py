@@ -4,7 +4,7 @@ Usage (from the repository, with the project's venv)::
 
     .venv/bin/python bench/fuzz.py --inputs 1000000 --seed 1 --out bench/results/fuzz.json
 
-See :mod:`ipfailover.labfuzz` for what is fed and what is checked. Progress goes to stderr, a
+See :mod:`ipfailover.lab.fuzz` for what is fed and what is checked. Progress goes to stderr, a
 summary (counts per kind and outcome, time) to stdout and, with ``--out``, as JSON. Exit
 status: 0 if every invariant held, 1 at the first that broke (the message names the input).
 """
@@ -17,7 +17,7 @@ import platform
 import sys
 import time
 
-from ipfailover import labfuzz
+from ipfailover.lab import fuzz as labfuzz
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ from injector import InjectedSim, old_boots
 from sim import KEY, NETS
 from test_injection import distinct_sources, sizes
 
-from ipfailover.monitor import Monitor, MonitorConfig
+from ipfailover.core.monitor import Monitor, MonitorConfig
 
 
 def run(sim: InjectedSim, until: float) -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import keepalived_lab
 
-from ipfailover import labfaults
-from ipfailover.lab import Lab, LabProcess, Node
+from ipfailover.lab import faults as labfaults
+from ipfailover.lab.topology import Lab, LabProcess, Node
 
 
 class KeepalivedRun(labfaults.FaultRun):

@@ -1,6 +1,6 @@
 """The peer benchmark: keepalived's VRRP in the same namespace lab, timed the same way.
 
-``KeepalivedScenario`` drives an ``ipfailover.lab.Lab`` (same topology, same
+``KeepalivedScenario`` drives an ``ipfailover.lab.topology.Lab`` (same topology, same
 probe responders, same probe client), runs keepalived on P (MASTER, priority
 150) and S (BACKUP, priority 100) with one VRRP instance on pub0, and measures
 the lab's four phases with the lab's own ``Scenario`` measurements:
@@ -13,7 +13,7 @@ the lab's four phases with the lab's own ``Scenario`` measurements:
 * restart-failback: start keepalived on P again -> P answers and S stays quiet.
 
 VRRP moves a virtual address rather than taking over the primary's own, so the
-client probes ``VIRTUAL_ADDRESS`` here, not ``ipfailover.lab.SERVICE_V4``.
+client probes ``VIRTUAL_ADDRESS`` here, not ``ipfailover.lab.topology.SERVICE_V4``.
 Adverts go to VRRP's multicast group 224.0.0.18 (the lab's bridges do no
 multicast snooping).  Every keepalived runs in the foreground with its config
 and pid files under the lab's temp dir, so parallel labs never share a file.
@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipfailover import lab as iplab
-from ipfailover.lab import Lab, LabProcess, LabTimeout, Network, Node, RunResult
+from ipfailover.lab import topology as iplab
+from ipfailover.lab.topology import Lab, LabProcess, LabTimeout, Network, Node, RunResult
 
 VIRTUAL_ADDRESS = "203.0.113.50"
 """The VRRP virtual address the client probes (a documentation address)."""

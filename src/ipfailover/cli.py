@@ -8,7 +8,8 @@ import secrets
 import sys
 from collections.abc import Callable
 
-from . import __version__, auth
+from ipfailover import __version__
+from ipfailover.core import auth
 
 Handler = Callable[[argparse.Namespace], int]
 EXIT_USAGE = 2  # a local problem: one line says what to fix
@@ -78,7 +79,8 @@ def plain_text(rst: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import check, lab, process, status, units
+    from ipfailover.lab import topology as lab
+    from ipfailover.tools import check, process, status, units
 
     p = argparse.ArgumentParser(
         prog="ipfailover",

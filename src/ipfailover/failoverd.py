@@ -1,9 +1,10 @@
 """failoverd: the secondary's daemon. Watches the primary; takes over its addresses when it dies.
 
-The asyncio shell around :class:`ipfailover.monitor.Monitor`. It feeds the core the loop's clock,
-each datagram with the interface it arrived on, and the outcome of each takeover or release, which
-:class:`ipfailover.transition.Executor` carries out (Test gate, scripts, netlink, announcements,
-mail). Mail is spooled and delivered in the background (:class:`ipfailover.mail.Outbox`).
+The asyncio shell around :class:`ipfailover.core.monitor.Monitor`. It feeds the core the loop's
+clock, each datagram with the interface it arrived on, and the outcome of each takeover or release,
+which :class:`ipfailover.failover.executor.Executor` carries out (Test gate, scripts, netlink,
+announcements, mail). Mail is spooled and delivered in the background
+(:class:`ipfailover.mail.outbox.Outbox`).
 """
 
 from __future__ import annotations
@@ -23,21 +24,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from . import (
-    __version__,
-    auth,
-    check,
-    config,
-    control,
-    daemon,
-    episodes,
-    hooks,
-    hostconf,
-    mail,
-    netif,
-    transition,
-)
-from .monitor import (
+from ipfailover import __version__
+from ipfailover.core import auth, config, episodes
+from ipfailover.core.monitor import (
     DEFEND_INTERVAL,
     REPROBE_MIN,
     Acquire,
@@ -55,7 +44,14 @@ from .monitor import (
     StateChanged,
     Trigger,
 )
-from .wire import Dropped
+from ipfailover.core.wire import Dropped
+from ipfailover.failover import executor as transition
+from ipfailover.mail import outbox as mail
+from ipfailover.shell import control, netif
+from ipfailover.shell import runtime as daemon
+from ipfailover.shell import scripts as hooks
+from ipfailover.shell import sysctl as hostconf
+from ipfailover.tools import check
 
 log = logging.getLogger("ipfailover.failoverd")
 MAIL_STOP_GRACE = 2.0  # seconds a stopping failoverd gives a delivery under way to finish
@@ -78,25 +74,6 @@ async def resolve_pairs(cfg: config.Config) -> list[netif.Assignment]:
     if missing:
         raise daemon.StartupError(f"{where}: no such interface: {', '.join(sorted(set(missing)))}")
     return [await netif.resolve(p.interface, p.address, p.prefixlen) for p in cfg.peer_ip_pairs]
-
-
-async def watched_networks(cfg: config.Config) -> tuple[str, ...]:
-    """FAILOVER_NETWORKS, or the pairs' interfaces plus those on FAILOVER_PEER_IP's subnet."""
-    if cfg.networks:
-        missing = await netif.missing_interfaces(cfg.networks)
-        if missing:
-            raise daemon.StartupError(
-                f"{cfg.where('FAILOVER_NETWORKS')}: no such interface: {', '.join(missing)}"
-            )
-        return cfg.networks
-    names = {p.interface for p in cfg.peer_ip_pairs}
-    if cfg.peer_ip is not None:
-        try:
-            on_subnet = await netif.addresses_on_subnets_of([cfg.peer_ip])
-        except netif.NetifError as e:
-            raise daemon.StartupError(f"{cfg.path}: {e}") from None
-        names.update(a.ifname for a in on_subnet)
-    return tuple(sorted(names))
 
 
 class Failoverd:
@@ -341,7 +318,7 @@ class Failoverd:
         cfg = daemon.load_role_config(self.cfg.path, "failoverd")
         key = daemon.load_key(cfg)
         assignments = await resolve_pairs(cfg)
-        networks = await watched_networks(cfg)
+        networks = await daemon.watched_networks(cfg)
         if self.accept_local is not None:
             self.accept_local.need(a.ifname for a in assignments)
         if cfg.port != self.cfg.port:
@@ -797,7 +774,7 @@ async def amain(argv: list[str] | None) -> int:
             "addresses needs: run it as root (the systemd unit does)"
         )
     assignments = await resolve_pairs(cfg)
-    networks = await watched_networks(cfg)
+    networks = await daemon.watched_networks(cfg)
     lock = take_lock(cfg, assignments)
     accept_local = hostconf.AcceptLocal(cfg.run_dir)
     try:

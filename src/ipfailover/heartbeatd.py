@@ -1,7 +1,7 @@
 """heartbeatd: the primary's daemon. Sends authenticated heartbeats to FAILOVER_BCAST_IPS.
 
-The asyncio shell around :class:`ipfailover.sender.Sender`: it feeds the core the loop's clock and
-the datagrams that arrive, sends what the core says, and re-announces this node's addresses when
+The asyncio shell around :class:`ipfailover.core.sender.Sender`: it feeds the core the loop's clock
+and the datagrams that arrive, sends what the core says, and re-announces this node's addresses when
 the core asks (at start-up, on SIGHUP, and when a secondary reports it has released them).
 """
 
@@ -17,9 +17,12 @@ import socket
 import sys
 from typing import Any
 
-from . import __version__, auth, config, control, daemon, netif
-from .sender import Announce, AnnounceDeferred, Sender, SenderConfig
-from .wire import Dropped
+from ipfailover import __version__
+from ipfailover.core import auth, config
+from ipfailover.core.sender import Announce, AnnounceDeferred, Sender, SenderConfig
+from ipfailover.core.wire import Dropped
+from ipfailover.shell import control, netif
+from ipfailover.shell import runtime as daemon
 
 log = logging.getLogger("ipfailover.heartbeatd")
 SEND_FAILURE_EVERY = 10.0  # seconds between send-failed lines for one target

@@ -14,9 +14,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ipfailover import wire
-from ipfailover.monitor import Acquire, Monitor, MonitorConfig, Probe, Release
-from ipfailover.sender import Sender, SenderConfig
+from ipfailover.core import wire
+from ipfailover.core.monitor import Acquire, Monitor, MonitorConfig, Probe, Release
+from ipfailover.core.sender import Sender, SenderConfig
 
 PRIMARY_ADDRESS = "203.0.113.10"
 PRIMARY_MAC = "02:00:00:00:00:01"

@@ -12,7 +12,7 @@ import random
 
 import losssim
 
-from ipfailover import wire
+from ipfailover.core import wire
 
 
 def test_no_false_takeover_at_20_percent_loss() -> None:
@@ -32,7 +32,7 @@ def test_at_most_one_false_takeover_per_1000_rounds_at_30_percent_loss() -> None
 def test_each_round_challenges_every_address_redundantly() -> None:
     """A lost challenge makes the primary echo the previous round's nonce, whose evidence is up
     to an interval older; each round's challenge therefore goes out CHALLENGE_COPIES times."""
-    from ipfailover.monitor import CHALLENGE_COPIES, Monitor, MonitorConfig
+    from ipfailover.core.monitor import CHALLENGE_COPIES, Monitor, MonitorConfig
 
     cfg = MonitorConfig(
         node="s", key=losssim.KEY, period=1.0, deadtime=3.0, failback_delay=3.0, networks=("pub",)
@@ -94,7 +94,7 @@ def test_a_primary_back_for_good_is_handed_back_after_the_holddown() -> None:
 def test_the_heartbeat_due_at_the_deadline_may_arrive_a_little_late() -> None:
     """Two rounds lost; the third heartbeat, due exactly when the dead time runs out, arrives
     5 ms late: still no takeover. The old detector took over at the deadline."""
-    from ipfailover.monitor import Monitor, MonitorConfig, Probe, State
+    from ipfailover.core.monitor import Monitor, MonitorConfig, Probe, State
 
     cfg = MonitorConfig(
         node="s", key=losssim.KEY, period=1.0, deadtime=3.0, failback_delay=3.0, networks=("pub",)

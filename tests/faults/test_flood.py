@@ -2,7 +2,7 @@
 runs the full minute and the rate sweep).
 
 The lab's client namespace floods the secondary's public address with forged heartbeats
-(:mod:`ipfailover.labflood`: valid header, random tag, so each costs a full HMAC check) as fast
+(:mod:`ipfailover.lab.flood`: valid header, random tag, so each costs a full HMAC check) as fast
 as one process can send them. The promise (docs/reliability.md, case 10):
 
 * no takeover of the live primary while the flood lasts (at worst an anomaly on the flooded
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from ipfailover import labflood
-from ipfailover.lab import Lab, LabProcess, Node
+from ipfailover.lab import flood as labflood
+from ipfailover.lab.topology import Lab, LabProcess, Node
 
 INTERVAL = 0.2
 DEADTIME = 3 * INTERVAL  # the default: 3 intervals

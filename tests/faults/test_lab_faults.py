@@ -1,5 +1,5 @@
 """Issue 8's fault cases 1-7 and 12 in their short CI form: the real daemons in the namespace
-lab, a fault from ipfailover.labfaults, and the invariant checker on every run.
+lab, a fault from ipfailover.lab.faults, and the invariant checker on every run.
 
 Each case builds its own lab (unique names), runs at a short interval with fixed seeds and
 lengths, and must pass every check: after the fault clears the primary alone answers within
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ipfailover import labfaults
-from ipfailover.labfaults import CaseParams, CaseResult, Settings
+from ipfailover.lab import faults as labfaults
+from ipfailover.lab.faults import CaseParams, CaseResult, Settings
 
 
 def run(
@@ -83,7 +83,7 @@ def test_soak_two_minutes() -> None:
 
 def test_nft_rules_for_loss_and_one_way_partitions(tmp_path: Path) -> None:
     """The injector's rules: numgen for loss, plain drop for a partition, per direction."""
-    from ipfailover.lab import Lab, Network, Node
+    from ipfailover.lab.topology import Lab, Network, Node
 
     lab = Lab(tmpdir=tmp_path)  # not built: only the rule text is looked at
     faults = labfaults.FaultInjector(lab)

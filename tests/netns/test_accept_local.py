@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ipfailover.lab import Lab, Node, sh
+from ipfailover.lab.topology import Lab, Node, sh
 
 
 def accept_local(lab: Lab, ifname: str) -> str:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from test_failover import BOTH, FAST, SERVICE, SETUP_TIMEOUT, SLACK, addresses
 
-from ipfailover import check, config, status
-from ipfailover.lab import Lab, LabProcess, Node, daemon_command
+from ipfailover.core import config
+from ipfailover.lab.topology import Lab, LabProcess, Node, daemon_command
+from ipfailover.tools import check, status
 
 CLONE = "web-clone"
 

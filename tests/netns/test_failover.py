@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from ipfailover import auth, wire
-from ipfailover.lab import (
+from ipfailover.core import auth, wire
+from ipfailover.lab.topology import (
     ADDRESSES,
     BROADCASTS,
     HEARTBEAT_PORT,

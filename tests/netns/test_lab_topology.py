@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from ipfailover.config import load_config, role_problems
-from ipfailover.lab import (
+from ipfailover.core.config import load_config, role_problems
+from ipfailover.lab.probe import PROBE_PORT
+from ipfailover.lab.topology import (
     HEARTBEAT_PORT,
     SERVICE_V4,
     SERVICE_V6,
@@ -37,7 +38,6 @@ from ipfailover.lab import (
     run,
     sh,
 )
-from ipfailover.labprobe import PROBE_PORT
 
 WhoAnswers = Callable[..., Counter[str | None]]
 

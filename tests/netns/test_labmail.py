@@ -21,7 +21,7 @@ def test_the_sink_accepts_and_logs_a_mail() -> None:
     py = sys.executable
     script = (
         "ip link set lo up\n"
-        f"{py} -m ipfailover.labmail --port 2525 & sink=$!\n"
+        f"{py} -m ipfailover.lab.mail --port 2525 & sink=$!\n"
         f'{py} -c "$SEND"; status=$?\n'
         "kill -TERM $sink; wait $sink; exit $status\n"
     )

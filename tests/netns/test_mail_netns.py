@@ -21,7 +21,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from ipfailover.lab import SERVICE_V4, SERVICE_V6, Lab, LabProcess, Network, Node, sh
+from ipfailover.lab.topology import SERVICE_V4, SERVICE_V6, Lab, LabProcess, Network, Node, sh
 
 StartDaemon = Callable[..., LabProcess]
 
@@ -189,7 +189,7 @@ def test_test_saying_no_takes_nothing_and_mails_the_admin(
 def test_a_flapping_network_is_one_mail_and_a_summary_once_it_settles(
     lab: Lab, start_daemon: StartDaemon
 ) -> None:
-    """Apple's one-network rule, coalesced (ipfailover.episodes): the first loss is mailed at
+    """Apple's one-network rule, coalesced (ipfailover.core.episodes): the first loss is mailed at
     once; the losses and returns that follow are counted and summed up in one mail once the
     network has not changed for a minute (FAST's 10 dead times are less)."""
     smtp = SmtpServer(lab)

@@ -1,4 +1,4 @@
-"""ipfailover.netif against real network namespaces (run as root).
+"""ipfailover.shell.netif against real network namespaces (run as root).
 
 Topology, built fresh for every test with a random suffix::
 
@@ -44,7 +44,7 @@ from typing import Any
 
 import pytest
 
-from ipfailover.netif import build_garp, build_unsolicited_na
+from ipfailover.shell.netif import build_garp, build_unsolicited_na
 
 NODE_V4 = "203.0.113.20"
 NODE_V6 = "2001:db8:1::20"
@@ -135,7 +135,7 @@ class Outcome:
 _RUNNER = """\
 import asyncio, json, logging, sys
 from ipaddress import ip_address as ip
-from ipfailover import netif
+from ipfailover.shell import netif
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
 async def main():
 {body}
@@ -504,7 +504,7 @@ def test_announce_on_a_down_link_returns_zero(topo: Topology, vip: str) -> None:
         """,
     )
     assert ok(outcome) == 0
-    assert "ipfailover.netif" in outcome.log and "not" in outcome.log
+    assert "ipfailover.shell.netif" in outcome.log and "not" in outcome.log
 
 
 def test_announce_skips_loopback(topo: Topology) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ipfailover.lab import NODE_NAMES, LabProcess, Network, Node
+from ipfailover.lab.topology import NODE_NAMES, LabProcess, Network, Node
 
 PRIMARY = NODE_NAMES[Node.PRIMARY]
 

@@ -31,7 +31,7 @@ from test_failover import (
 )
 from test_operations import status, status_json
 
-from ipfailover.lab import SERVICE_V4, Lab, Network, Node
+from ipfailover.lab.topology import SERVICE_V4, Lab, Network, Node
 
 BOTH = (Network.PUBLIC, Network.PRIVATE)
 

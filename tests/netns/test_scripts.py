@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ipfailover.lab import SERVICE_V4, Lab, LabProcess, Network, Node, daemon_command
+from ipfailover.lab.topology import SERVICE_V4, Lab, LabProcess, Network, Node, daemon_command
 
 StartDaemon = Callable[..., LabProcess]
 

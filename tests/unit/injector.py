@@ -12,7 +12,7 @@ import random
 
 from sim import BCAST, KEY, NETS, PRIMARY, Sim, net_of
 
-from ipfailover.sender import Sender, SenderConfig
+from ipfailover.core.sender import Sender, SenderConfig
 
 
 def old_boots(

@@ -13,8 +13,8 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from ipfailover import wire
-from ipfailover.monitor import (
+from ipfailover.core import wire
+from ipfailover.core.monitor import (
     Acquire,
     AddressAnswers,
     Defend,
@@ -27,7 +27,7 @@ from ipfailover.monitor import (
     StateChanged,
     Trigger,
 )
-from ipfailover.sender import Announce, Sender, SenderConfig
+from ipfailover.core.sender import Announce, Sender, SenderConfig
 
 KEY = bytes(range(32))
 NETS = ("pub", "priv")

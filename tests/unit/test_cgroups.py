@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from ipfailover import cgroups, hooks
-from ipfailover.hooks import Phase, ScriptFolder, Status
+from ipfailover.shell import cgroups
+from ipfailover.shell import scripts as hooks
+from ipfailover.shell.scripts import Phase, ScriptFolder, Status
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or cgroups.base() is None, reason="needs root and a cgroup v2 hierarchy"

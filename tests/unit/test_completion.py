@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from ipfailover import completion
+from ipfailover.docgen import completion
 
 
 def complete_bash(tmp_path: Path, line: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Tests for ipfailover.config: hostconfig syntax, validation, located errors."""
+"""Tests for ipfailover.core.config: hostconfig syntax, validation, located errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from ipfailover.config import (
+from ipfailover.core.config import (
     VARIABLES,
     Config,
     ConfigError,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipfailover import config
-from ipfailover.config import ConfigErrors, load_config, parse_config
+from ipfailover.core import config
+from ipfailover.core.config import ConfigErrors, load_config, parse_config
 
 GOOD = 'FAILOVER_BCAST_IPS="192.0.2.255"\n'
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipfailover.detector import Detector
+from ipfailover.core.detector import Detector
 
 
 def beat(d: Detector, start: float, end: float, every: float) -> float:

@@ -1,4 +1,4 @@
-"""No mail storm: network notices are grouped into episodes (ipfailover.episodes).
+"""No mail storm: network notices are grouped into episodes (ipfailover.core.episodes).
 
 The flapping network is the real core's: a Sim (heartbeatd's and failoverd's cores over an
 in-memory link) whose public network is cut for 4 s every 8 s, for a simulated hour. Its
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sim import Sim
 
-from ipfailover.episodes import NetworkNotices, Summary, settle_time
+from ipfailover.core.episodes import NetworkNotices, Summary, settle_time
 
 HOUR = 3600.0
 

@@ -1,6 +1,6 @@
 """Issue 8, case 11: 10^5 random and mutated datagrams into both cores (bench/fuzz.py: 10^6).
 
-:mod:`ipfailover.labfuzz` drives a real sender and monitor as a pair, with the primary dying
+:mod:`ipfailover.lab.fuzz` drives a real sender and monitor as a pair, with the primary dying
 and coming back, and feeds each core random bytes, bit flips, truncations, extensions and
 field-wise changes re-signed with the key. It checks around every input that nothing escapes
 but the documented drop, that nothing unauthentic changes anything, that nothing authentic but
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from ipfailover import labfuzz, monitor, sender
+from ipfailover.core import monitor, sender
+from ipfailover.lab import fuzz as labfuzz
 
 
 def test_a_hundred_thousand_fuzzed_datagrams_change_nothing_they_must_not() -> None:

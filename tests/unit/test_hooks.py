@@ -1,8 +1,8 @@
 """Transition scripts and the executor, with real scripts (sh) and a fake address backend.
 
-The scripts are real programs run by :mod:`ipfailover.hooks`; only the netlink side is replaced
-(by :class:`FakeBackend`, which writes every change to the same log the scripts write to), so
-the order of scripts and address changes is observed, not assumed.
+The scripts are real programs run by :mod:`ipfailover.shell.scripts`; only the netlink side is
+replaced (by :class:`FakeBackend`, which writes every change to the same log the scripts write to),
+so the order of scripts and address changes is observed, not assumed.
 """
 
 from __future__ import annotations
@@ -23,9 +23,16 @@ from typing import Any
 
 import pytest
 
-from ipfailover import config, daemon, failoverd, hooks, mail, netif, process, transition
-from ipfailover.hooks import Phase, ScriptFolder, Status
-from ipfailover.transition import Action, Announcing, Executor, Outcome
+from ipfailover import failoverd
+from ipfailover.core import config
+from ipfailover.failover import executor as transition
+from ipfailover.failover.executor import Action, Announcing, Executor, Outcome
+from ipfailover.mail import outbox as mail
+from ipfailover.shell import netif
+from ipfailover.shell import runtime as daemon
+from ipfailover.shell import scripts as hooks
+from ipfailover.shell.scripts import Phase, ScriptFolder, Status
+from ipfailover.tools import process
 
 V4 = netif.Assignment(
     ifname="pub0", ifindex=2, address=ipaddress.ip_address("203.0.113.10"), prefixlen=24

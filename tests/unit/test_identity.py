@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from sim import BCAST, KEY, SECONDARY, Sim
 
-from ipfailover import auth, control, wire
-from ipfailover.monitor import Monitor, MonitorConfig, State
-from ipfailover.sender import Sender, SenderConfig
+from ipfailover.core import auth, wire
+from ipfailover.core.monitor import Monitor, MonitorConfig, State
+from ipfailover.core.sender import Sender, SenderConfig
+from ipfailover.shell import control
 
 
 def cloned(sim: Sim) -> Sim:
@@ -109,7 +110,8 @@ def test_own_name_with_unknown_boot_is_held_until_the_shell_answers() -> None:
 def test_a_host_name_that_cannot_be_a_node_name_stops_start_up(
     host: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from ipfailover import config, daemon
+    from ipfailover.core import config
+    from ipfailover.shell import runtime as daemon
 
     monkeypatch.setattr(socket, "gethostname", lambda: host)
     cfg = config.Config(path=str(tmp_path / "ipfailover.conf"))
@@ -174,7 +176,8 @@ def test_status_and_metrics_show_a_collision(
 
 
 def test_check_asks_the_running_daemon_about_a_collision(tmp_path: Path) -> None:
-    from ipfailover import check, config
+    from ipfailover.core import config
+    from ipfailover.tools import check
 
     cfg = config.Config(path=str(tmp_path / "hostconfig"), run_dir=str(tmp_path), node_name="a")
 
@@ -198,7 +201,7 @@ def test_check_asks_the_running_daemon_about_a_collision(tmp_path: Path) -> None
 
 
 def test_the_collision_mail_says_what_to_do() -> None:
-    from ipfailover import mail
+    from ipfailover.mail import outbox as mail
 
     ev = auth.NameCollision(
         name="db", boot=b"\x01" * 8, addr=("203.0.113.10", 40000), network="eth0", at=1.0

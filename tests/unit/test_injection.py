@@ -11,9 +11,9 @@ import pytest
 from injector import InjectedSim, old_boots
 from sim import BCAST, KEY, NETS, PRIMARY, SECONDARY
 
-from ipfailover import wire
-from ipfailover.monitor import Monitor, MonitorConfig, State
-from ipfailover.sender import Sender, SenderConfig
+from ipfailover.core import wire
+from ipfailover.core.monitor import Monitor, MonitorConfig, State
+from ipfailover.core.sender import Sender, SenderConfig
 
 INTERVAL = 1.0
 FAILBACK = 3.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from ipfailover import labreport
-from ipfailover.lab import PhaseResult, RunResult
+from ipfailover.lab import report as labreport
+from ipfailover.lab.topology import PhaseResult, RunResult
 
 TIMELINE = [
     (1.0, "lab", "start secondary/failoverd"),

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
-from ipfailover import cli, control, hostconf, mail
+from ipfailover import cli
+from ipfailover.mail import outbox as mail
+from ipfailover.shell import control
+from ipfailover.shell import sysctl as hostconf
 
 BIN = Path(sys.executable).parent
 NOBODY = 65534

@@ -28,8 +28,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from ipfailover import cli, config, daemon, hooks, mail, transition
-from ipfailover.hooks import Phase, ScriptResult, Status
+from ipfailover import cli
+from ipfailover.core import config
+from ipfailover.failover import executor as transition
+from ipfailover.mail import outbox as mail
+from ipfailover.shell import runtime as daemon
+from ipfailover.shell import scripts as hooks
+from ipfailover.shell.scripts import Phase, ScriptResult, Status
 
 FAST = mail.Backoff(0.05, 0.2)
 NODE = "secondary"

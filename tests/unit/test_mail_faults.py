@@ -21,8 +21,11 @@ from pathlib import Path
 import pytest
 from test_mail import Events, Sink, free_port, settings, smtp_server, until
 
-from ipfailover import hooks, mail, netif, transition
-from ipfailover.transition import Announcing, Executor, Outcome
+from ipfailover.failover import executor as transition
+from ipfailover.failover.executor import Announcing, Executor, Outcome
+from ipfailover.mail import outbox as mail
+from ipfailover.shell import netif
+from ipfailover.shell import scripts as hooks
 
 V4 = netif.Assignment(
     ifname="pub0", ifindex=2, address=ipaddress.ip_address("203.0.113.10"), prefixlen=24

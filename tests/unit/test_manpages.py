@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ipfailover import manpage
+from ipfailover.docgen import manpage
 
 MAN = Path(__file__).resolve().parents[2] / "docs" / "man"
 REGENERATE = "run scripts/gen-man and commit docs/man"

@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 from test_status import FAILOVERD
 
-from ipfailover import metrics
+from ipfailover.shell import metrics
 
 
 def scrape(snapshot: dict[str, object]) -> str:

@@ -7,8 +7,8 @@ import random
 import pytest
 from sim import KEY, NETS, PRIMARY, Hand, Sim, in_holddown
 
-from ipfailover import wire
-from ipfailover.monitor import (
+from ipfailover.core import wire
+from ipfailover.core.monitor import (
     TRANSITIONS,
     Acquire,
     LocalProtocolError,

@@ -13,7 +13,7 @@ import random
 import pytest
 from sim import KEY, PRIMARY_MAC, SERVICE, Sim, in_holddown
 
-from ipfailover.monitor import (
+from ipfailover.core.monitor import (
     DEFEND_INTERVAL,
     REPROBE_MIN,
     AddressAnswers,

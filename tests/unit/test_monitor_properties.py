@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sim import KEY, Hand, Sim
 
-from ipfailover import wire
-from ipfailover.monitor import (
+from ipfailover.core import wire
+from ipfailover.core.monitor import (
     ARRIVAL_ALLOWANCE,
     HOLDING,
     Monitor,

@@ -1,4 +1,4 @@
-"""Byte-exact tests of the announcement packets that ipfailover.netif sends."""
+"""Byte-exact tests of the announcement packets that ipfailover.shell.netif sends."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipfailover.netif import (
+from ipfailover.shell.netif import (
     Assignment,
     build_arp_probe,
     build_garp,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ipfailover import sdnotify
+from ipfailover.shell import sdnotify
 
 _UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from ipfailover import wire
-from ipfailover.sender import Announce, AnnounceDeferred, Sender, SenderConfig
+from ipfailover.core import wire
+from ipfailover.core.sender import Announce, AnnounceDeferred, Sender, SenderConfig
 
 KEY = bytes(range(32))
 TARGETS = (("203.0.113.255", 1694), ("198.51.100.255", 1694))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ipfailover import cli, daemon
+from ipfailover import cli
+from ipfailover.shell import runtime as daemon
 
 BIN = Path(sys.executable).parent
 

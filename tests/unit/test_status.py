@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from ipfailover import cli, control
+from ipfailover import cli
+from ipfailover.shell import control
 
 NOW = time.time()
 
@@ -112,7 +113,7 @@ def test_no_daemon_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_status_table_says_why_nothing_is_taken_over_and_names_conflicts() -> None:
     """docs/safety.md: a blocked takeover and a conflict while holding are shown with the MAC."""
-    from ipfailover import status
+    from ipfailover.tools import status
 
     answering = [{"address": "203.0.113.10", "macs": ["02:00:00:00:00:10"]}]
     why = "its address answers, but no heartbeat was ever verified: check the firewall, key, ..."

@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from ipfailover import daemon
+from ipfailover.shell import runtime as daemon
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="SO_BINDTODEVICE needs root")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ipfailover import units
+from ipfailover.tools import units
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGING = REPO / "packaging" / "systemd"

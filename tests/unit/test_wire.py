@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipfailover import auth, wire
-from ipfailover.wire import Message, MsgType, Reason, RemoteProtocolError
+from ipfailover.core import auth, wire
+from ipfailover.core.wire import Message, MsgType, Reason, RemoteProtocolError
 
 KEY = bytes(range(32))
 BOOT = bytes.fromhex("0102030405060708")

@@ -46,9 +46,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from . import auth, monitor, sender, wire
-from .monitor import Acquire, Monitor, MonitorConfig, Probe, Release
-from .sender import Sender, SenderConfig
+from ipfailover.core import auth, monitor, sender, wire
+from ipfailover.core.monitor import Acquire, Monitor, MonitorConfig, Probe, Release
+from ipfailover.core.sender import Sender, SenderConfig
 
 KEY = bytes(range(32))
 NETS = ("pub", "priv")

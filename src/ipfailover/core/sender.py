@@ -2,7 +2,7 @@
 
 Every interval it sends a HEARTBEAT to each target (broadcast or unicast). Each heartbeat echoes
 the latest nonce of every listener (a failoverd that sent us a CHALLENGE), which is what lets the
-listener tell a live heartbeat from a replayed one (see :mod:`ipfailover.monitor`). On RELEASED
+listener tell a live heartbeat from a replayed one (see :mod:`ipfailover.core.monitor`). On RELEASED
 from a listener that held our addresses it asks the shell to re-announce them (Apple's "tickle"),
 and so it does on SIGHUP, shortly after start-up and when a cable comes back -- unless a
 listener's challenge says it still holds them, in which case the RELEASED that follows its
@@ -16,7 +16,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import auth, wire
+from ipfailover.core import auth, wire
 
 Addr = wire.Addr
 RandomBytes = Callable[[int], bytes]
@@ -124,7 +124,7 @@ class Sender:
             self._dropped(err, addr, now)
 
     def set_local_boots(self, boots: frozenset[bytes], now: float) -> None:
-        """The boot ids of the daemons on this host (see :class:`ipfailover.auth.Identity`);
+        """The boot ids of the daemons on this host (see :class:`ipfailover.core.auth.Identity`);
         call it when :attr:`wants_local_boots` says so."""
         self.identity.set_local(boots)
         held, self._held = self._held, []

@@ -1,7 +1,7 @@
 """``ipfailover process`` and ``ipfailover notify``: Apple's ProcessFailover and NotifyFailover.
 
 ``ipfailover process {acquire|down|release|up} if:ip[/mask]...`` takes addresses over or hands
-them back by hand, through the same executor as failoverd (:mod:`ipfailover.transition`): the
+them back by hand, through the same executor as failoverd (:mod:`ipfailover.failover.executor`): the
 same script folder, ``Test`` gate, scripts, announcements and mail. It refuses, with exit status
 3, to touch an address that a running failoverd manages (failoverd holds an flock on
 ``<FAILOVER_RUN_DIR>/failoverd.lock`` listing them), and while it runs it holds a shared flock
@@ -30,7 +30,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import config, control, daemon, hooks, mail, netif, transition
+from ipfailover.core import config
+from ipfailover.failover import executor as transition
+from ipfailover.mail import outbox as mail
+from ipfailover.shell import control, netif
+from ipfailover.shell import runtime as daemon
+from ipfailover.shell import scripts as hooks
 
 log = logging.getLogger("ipfailover.process")
 

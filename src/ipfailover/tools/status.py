@@ -9,7 +9,8 @@ import sys
 import time
 from typing import Any
 
-from . import config, control
+from ipfailover.core import config
+from ipfailover.shell import control
 
 EXIT_CONFIG = 2  # --config names a file with errors: which run dir to ask is unknown
 EXIT_NOT_RUNNING = 3  # as systemctl status says for a unit that is not running

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import get_args
 
-from . import config
+from ipfailover.core import config
 
 UNIT_NAMES = ("heartbeatd.service", "failoverd.service")
 PROGRAMS = ("heartbeatd", "failoverd", "ipfailover")

@@ -147,7 +147,7 @@ def query(path: Path, command: str = "status", timeout: float = 5.0) -> dict[str
 # datagrams from another machine's that carries the same node name (a cloned host name). Each
 # daemon writes its boot id to ``<role>.boot`` in FAILOVER_RUN_DIR before it sends anything and
 # removes it when it exits; the other daemon of a peering host reads it when a datagram with our
-# name and an unknown boot id arrives (see ipfailover.auth.Identity).
+# name and an unknown boot id arrives (see ipfailover.core.auth.Identity).
 
 
 def boot_path(run_dir: str | Path, role: str) -> Path:

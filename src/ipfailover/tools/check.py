@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, control, daemon, hooks, mail, netif
+from ipfailover.core import config
+from ipfailover.mail import outbox as mail
+from ipfailover.shell import control, netif
+from ipfailover.shell import runtime as daemon
+from ipfailover.shell import scripts as hooks
 
 DECLINED = "and a refused Test declines every takeover: failover is off until this is fixed"
 
@@ -149,7 +153,7 @@ def metrics_problems(cfg: config.Config, roles: list[config.Role]) -> list[Probl
     if not wanted:
         return []
     try:
-        from . import metrics  # noqa: F401  (what start-up imports: it needs prometheus-client)
+        from ipfailover.shell import metrics  # noqa: F401  (what start-up imports: it needs prometheus-client)
     except ImportError:
         return [
             Problem(
@@ -251,10 +255,8 @@ async def network_problems(cfg: config.Config) -> list[Problem]:
                 False,
             )
         )
-    from . import daemon, failoverd  # failoverd imports this module
-
     with contextlib.suppress(daemon.StartupError):  # a missing interface is reported elsewhere
-        networks = await failoverd.watched_networks(cfg)
+        networks = await daemon.watched_networks(cfg)
         if len(networks) < 2:
             what = f"one network only ({networks[0]})" if networks else "no network"
             var = "FAILOVER_NETWORKS" if cfg.networks else "FAILOVER_PEER_IP_PAIRS"

@@ -9,7 +9,7 @@ contract we give them (``docs/scripts.md``):
 * it runs as an argument list, never through a shell string, with stdin ``/dev/null``, the script
   folder as working directory, a clean documented environment, and stdout and stderr captured;
 * it runs in its own session (process group) and, where the host has cgroup v2, in its own
-  cgroup (:mod:`ipfailover.cgroups`); on timeout everything it started is killed with SIGKILL,
+  cgroup (:mod:`ipfailover.shell.cgroups`); on timeout everything it started is killed with SIGKILL,
   grandchildren included, and with a cgroup even a child that called ``setsid`` (without one,
   such a child escapes, as from any supervisor that only has process groups);
 * as root, and with ``FAILOVER_SCRIPT_STRICT`` on, a script or folder that others could change is
@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import cgroups, config
+from ipfailover.core import config
+from ipfailover.shell import cgroups
 
 #: The PATH scripts and the notify program get (their environment is otherwise clean).
 SCRIPT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -485,7 +486,7 @@ async def run_program(
 
     The program gets its own session, so on timeout ``killpg(SIGKILL)`` reaches everything it
     started that stayed in its process group; and its own cgroup where the host has one, so a
-    timeout kills even what left the group with ``setsid`` (:mod:`ipfailover.cgroups`). What a
+    timeout kills even what left the group with ``setsid`` (:mod:`ipfailover.shell.cgroups`). What a
     program that exited normally left running keeps running. Its output pipe is ours, not
     asyncio's: once the program has exited we wait at most EOF_GRACE for the pipe to close and
     then stop reading, so a background child that inherited the pipe (``daemon &``) cannot hold

@@ -49,8 +49,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Self
 
-from ipfailover import labmail, labreport
-from ipfailover.labprobe import PROBE_PORT, Probe
+from ipfailover.lab import mail as labmail
+from ipfailover.lab import report as labreport
+from ipfailover.lab.probe import PROBE_PORT, Probe
 
 HEARTBEAT_PORT = 1694
 """The product's heartbeat port (Apple's), the one ``Lab.partition`` drops."""
@@ -710,7 +711,7 @@ class Lab:
         """Start a probe responder on the primary and the secondary, and wait until both listen."""
         procs = []
         for node in (Node.PRIMARY, Node.SECONDARY):
-            argv = [sys.executable, "-m", "ipfailover.labprobe", "responder",
+            argv = [sys.executable, "-m", "ipfailover.lab.probe", "responder",
                     "--name", NODE_NAMES[node], *(f"--port={p}" for p in ports)]  # fmt: skip
             procs.append(self.spawn(node, argv, "responder"))
         for proc in procs:
@@ -721,7 +722,7 @@ class Lab:
         self, target: str, *, port: int, interval: float, reply_timeout: float, duration: float
     ) -> list[str]:
         """The probe client's command line."""
-        return [sys.executable, "-m", "ipfailover.labprobe", "client", "--target", target,
+        return [sys.executable, "-m", "ipfailover.lab.probe", "client", "--target", target,
                 f"--port={port}", f"--interval={interval}", f"--timeout={reply_timeout}",
                 f"--duration={duration}"]  # fmt: skip
 
@@ -994,12 +995,12 @@ class Scenario:
 
 
 def start_mail_sink(lab: Lab) -> LabProcess | None:
-    """The secondary's local SMTP sink (ipfailover.labmail), so failoverd's mails are delivered
+    """The secondary's local SMTP sink (ipfailover.lab.mail), so failoverd's mails are delivered
     and show in the timeline; None, with a mark saying so, without aiosmtpd."""
     if not labmail.available():
         lab.mark("no SMTP sink (aiosmtpd is not installed): failoverd's mails stay spooled")
         return None
-    proc = lab.spawn(Node.SECONDARY, [sys.executable, "-m", "ipfailover.labmail"], "smtp-sink")
+    proc = lab.spawn(Node.SECONDARY, [sys.executable, "-m", "ipfailover.lab.mail"], "smtp-sink")
     proc.wait_event(labmail.READY, timeout=10.0)
     return proc
 
@@ -1164,7 +1165,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="start each phase right away, not after a random part of an interval (then every "
         "cable is pulled at the same point of the heartbeat cycle)",
     )
-    from . import labfaults  # the fault cases share the lab's options
+    from ipfailover.lab import faults as labfaults  # the fault cases share the lab's options
 
     labfaults.configure_parser(p)
 
@@ -1195,7 +1196,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     if getattr(args, "faults", None):
-        from . import labfaults
+        from ipfailover.lab import faults as labfaults
 
         try:
             return labfaults.run_cli(args)

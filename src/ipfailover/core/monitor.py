@@ -36,8 +36,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from . import auth, wire
-from .detector import Detector, NetworkView
+from ipfailover.core import auth, wire
+from ipfailover.core.detector import Detector, NetworkView
 
 Addr = wire.Addr
 RandomBytes = Callable[[int], bytes]

@@ -1,7 +1,7 @@
 """Faults for the lab, an invariant checker, and the fault cases behind ``ipfailover lab --faults``.
 
-Everything here drives an :class:`ipfailover.lab.Lab` (see that module for the topology and the
-addresses) and runs only inside its namespaces:
+Everything here drives an :class:`ipfailover.lab.topology.Lab` (see that module for the topology and
+the addresses) and runs only inside its namespaces:
 
 * :class:`FaultInjector` -- composable faults on any node and network: random loss of the
   heartbeat protocol's datagrams in either direction (nftables ``numgen random mod 100 < N``
@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .lab import (
+from ipfailover.lab.topology import (
     HEARTBEAT_PORT,
     NODE_NAMES,
     SERVICE_V4,
@@ -221,7 +221,7 @@ class FaultInjector:
         """Send up to ``count`` forged datagrams in at most ``seconds`` from the client namespace
         to failoverd's port, as fast as one process can; returns the flooding process, whose
         last line is ``event=flood-done sent=N seconds=S``."""
-        argv = [sys.executable, "-m", "ipfailover.labfaults", "flood", "--target", target,
+        argv = [sys.executable, "-m", "ipfailover.lab.faults", "flood", "--target", target,
                 f"--port={HEARTBEAT_PORT}", f"--count={count}", f"--seconds={seconds}"]  # fmt: skip
         proc = self.lab.spawn(Node.CLIENT, argv, f"flood-{len(self.lab.processes)}")
         self.lab.mark(f"fault on: flood of {count} forged datagrams within {seconds}s")
@@ -231,7 +231,7 @@ class FaultInjector:
 def flood_main(argv: Sequence[str]) -> int:
     """The flood generator: forged datagrams (valid magic and version, random rest, so they
     fail authentication) to target:port, bounded in count and time."""
-    p = argparse.ArgumentParser(prog="ipfailover.labfaults flood")
+    p = argparse.ArgumentParser(prog="ipfailover.lab.faults flood")
     p.add_argument("--target", required=True)
     p.add_argument("--port", type=int, default=HEARTBEAT_PORT)
     p.add_argument("--count", type=int, required=True)
@@ -931,7 +931,7 @@ def run_case(
             lab.mark("case over; stopping all processes")
             lab.stop_processes()
             if keep is not None:
-                from .lab import keep_logs
+                from ipfailover.lab.topology import keep_logs
 
                 keep_logs(lab.tmpdir, keep / f"{name}-{params.loss if name == 'loss' else 0}")
     result.seconds = round(time.monotonic() - began, 1)
@@ -1061,5 +1061,5 @@ def run_cli(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "flood":
         sys.exit(flood_main(sys.argv[2:]))
-    print("usage: python -m ipfailover.labfaults flood --target ADDR --count N --seconds S")
+    print("usage: python -m ipfailover.lab.faults flood --target ADDR --count N --seconds S")
     sys.exit(2)

@@ -2,7 +2,7 @@
 
 A network is *alive* while the primary has been heard on it within the dead time (plus a small
 *allowance*, see :class:`Detector`). "Heard" means a verified heartbeat (see
-:mod:`ipfailover.monitor` for what verifies one); the time recorded is the *evidence time* the
+:mod:`ipfailover.core.monitor` for what verifies one); the time recorded is the *evidence time* the
 monitor computes, never later than the arrival time.
 
 The detector also decides Apple's one-network rule: when some networks are alive and another falls

@@ -30,7 +30,7 @@ import re
 import struct
 from dataclasses import dataclass
 
-from . import auth
+from ipfailover.core import auth
 
 MAGIC = b"IPFO"
 VERSION = 1

@@ -2,7 +2,7 @@
 
 failoverd mails every takeover, hand-back and anomaly to ``FAILOVER_SMTP_SERVER``, localhost:25
 by default. In the lab nothing listened there, and the timeline filled with "connection refused"
-retries. ``python -m ipfailover.labmail`` listens on 127.0.0.1 and ::1, port 25, accepts every
+retries. ``python -m ipfailover.lab.mail`` listens on 127.0.0.1 and ::1, port 25, accepts every
 mail, and logs one ``event=mail-received`` line per mail (sender, recipients, subject), which the
 lab shows in its timeline like the daemons' own events.
 
@@ -21,7 +21,7 @@ import signal
 import sys
 from typing import Any
 
-from .daemon import format_event
+from ipfailover.shell.runtime import format_event
 
 READY = "smtp-sink-ready"
 
@@ -75,7 +75,7 @@ def available() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ipfailover.labmail", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m ipfailover.lab.mail", description=__doc__)
     p.add_argument("--port", type=int, default=25)
     args = p.parse_args(argv)
     if not available():

@@ -2,7 +2,7 @@
 
 Run it inside a lab namespace::
 
-    ip netns exec NS python -m ipfailover.labflood --target 203.0.113.20 --seconds 10
+    ip netns exec NS python -m ipfailover.lab.flood --target 203.0.113.20 --seconds 10
 
 It sends forged HEARTBEATs (a valid header naming ``--name``, random boot id, sequence number
 and echoes, and a random 32-byte tag, so every one costs the receiver a full HMAC check) to
@@ -25,8 +25,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from . import auth, wire
-from .lab import HEARTBEAT_PORT, Lab, LabProcess, Node
+from ipfailover.core import auth, wire
+from ipfailover.lab.topology import HEARTBEAT_PORT, Lab, LabProcess, Node
 
 _HEADER = struct.Struct("!4sBBBB8sQI")
 BATCH = 256  # datagrams between clock reads
@@ -112,7 +112,7 @@ def start(
 
     The lab tracks the process (teardown stops it); :func:`result` waits for its figures.
     """
-    argv = [sys.executable, "-m", "ipfailover.labflood", "--target", target,
+    argv = [sys.executable, "-m", "ipfailover.lab.flood", "--target", target,
             "--port", str(port), "--name", name, "--seconds", str(seconds),
             "--rate", str(rate), "--procs", str(procs)]  # fmt: skip
     proc = lab.spawn(node, argv, log_name)
@@ -129,7 +129,7 @@ def result(proc: LabProcess, timeout: float) -> FloodResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ipfailover.labflood", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m ipfailover.lab.flood", description=__doc__)
     ap.add_argument("--target", required=True)
     ap.add_argument("--port", type=int, default=1694)
     ap.add_argument("--name", default="primary", help="the sender name the forgeries carry")

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import __version__, auth, config, control, sdnotify, wire
+from ipfailover import __version__
+from ipfailover.core import auth, config, wire
+from ipfailover.shell import control, netif, sdnotify
 
 EXIT_CONFIG = 2
 log = logging.getLogger("ipfailover.daemon")
@@ -177,7 +179,7 @@ def start_metrics(
         return
     where = cfg.where(variable)
     try:
-        from . import metrics
+        from ipfailover.shell import metrics
     except ImportError:
         raise StartupError(
             f"{where}: needs prometheus-client: pip install 'ipfailover[metrics]'"
@@ -648,3 +650,22 @@ def install_signals(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     loop.add_signal_handler(signal.SIGHUP, reload)
+
+
+async def watched_networks(cfg: config.Config) -> tuple[str, ...]:
+    """FAILOVER_NETWORKS, or the pairs' interfaces plus those on FAILOVER_PEER_IP's subnet."""
+    if cfg.networks:
+        missing = await netif.missing_interfaces(cfg.networks)
+        if missing:
+            raise StartupError(
+                f"{cfg.where('FAILOVER_NETWORKS')}: no such interface: {', '.join(missing)}"
+            )
+        return cfg.networks
+    names = {p.interface for p in cfg.peer_ip_pairs}
+    if cfg.peer_ip is not None:
+        try:
+            on_subnet = await netif.addresses_on_subnets_of([cfg.peer_ip])
+        except netif.NetifError as e:
+            raise StartupError(f"{cfg.path}: {e}") from None
+        names.update(a.ifname for a in on_subnet)
+    return tuple(sorted(names))

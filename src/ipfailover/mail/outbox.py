@@ -52,7 +52,10 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from . import auth, config, control, daemon, episodes, hooks
+from ipfailover.core import auth, config, episodes
+from ipfailover.shell import control
+from ipfailover.shell import runtime as daemon
+from ipfailover.shell import scripts as hooks
 
 log = logging.getLogger("ipfailover.mail")
 T = TypeVar("T")
@@ -150,7 +153,7 @@ def network_notice(
 ) -> Notice:
     """Apple's one-network rule: heartbeats lost (``anomaly``) or back (``recovered``) on one.
 
-    One mail per episode (:mod:`ipfailover.episodes`): ``episode`` is the policy's summary,
+    One mail per episode (:mod:`ipfailover.core.episodes`): ``episode`` is the policy's summary,
     with its times on the clock ``wall`` turns into wall-clock time; ``settle`` is how long the
     network must stay unchanged before the summary goes out.
     """

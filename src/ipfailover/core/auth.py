@@ -1,7 +1,7 @@
 """Message authentication: HMAC-SHA256 under a shared key (sans-I/O).
 
 The key file's text is parsed here; reading it from disk and checking its mode is the shell's job
-(:func:`ipfailover.daemon.load_key`).
+(:func:`ipfailover.shell.runtime.load_key`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Probe agents for the failover lab: who answers the service address, and when.
 
 Two small programs, run inside the lab's network namespaces with
-``python -m ipfailover.labprobe responder|client ...``:
+``python -m ipfailover.lab.probe responder|client ...``:
 
 * ``responder`` runs on the primary and the secondary.  It answers every UDP
   probe with the node's name and the probe's sequence number.  The reply leaves
@@ -295,7 +295,7 @@ def select_ready(sock: socket.socket, timeout: float) -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ipfailover.labprobe", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ipfailover.lab.probe", description=__doc__)
     sub = parser.add_subparsers(dest="role", required=True)
     resp = sub.add_parser("responder", help="answer probes with this node's name")
     resp.add_argument("--name", required=True, help="name to answer with, e.g. primary")
@@ -313,7 +313,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for ``python -m ipfailover.labprobe``."""
+    """Entry point for ``python -m ipfailover.lab.probe``."""
     args = _parser().parse_args(argv)
     if args.role == "responder":
         return run_responder(args.name, args.port or [PROBE_PORT])

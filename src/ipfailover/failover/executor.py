@@ -32,8 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from . import control, daemon, hooks, mail, netif
-from .hooks import Phase, ScriptResult, Status
+from ipfailover.mail import outbox as mail
+from ipfailover.shell import control, netif
+from ipfailover.shell import runtime as daemon
+from ipfailover.shell import scripts as hooks
+from ipfailover.shell.scripts import Phase, ScriptResult, Status
 
 log = logging.getLogger("ipfailover.transition")
 
@@ -143,7 +146,7 @@ class AddressBackend(Protocol):
 
 
 class NetlinkBackend:
-    """The real thing: :mod:`ipfailover.netif` in the current network namespace."""
+    """The real thing: :mod:`ipfailover.shell.netif` in the current network namespace."""
 
     async def add(self, a: netif.Assignment) -> bool:
         return await netif.add(a)

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import cli, failoverd, heartbeatd
+from ipfailover import cli, failoverd, heartbeatd
 
 WIDTH = 88  # columns of the usage lines; fixed so the output does not depend on $COLUMNS
 SECTION = 8  # system administration commands
@@ -171,7 +171,7 @@ def roff_pages(date: str = "") -> dict[str, str]:
 def render_roff(parser: argparse.ArgumentParser, related: list[str], date: str = "") -> str:
     """One program's man(7) page: NAME, SYNOPSIS, DESCRIPTION, OPTIONS, COMMANDS, each
     subcommand, NOTES (signals, exit status), SEE ALSO."""
-    from . import __version__
+    from ipfailover import __version__
 
     summary = (parser.description or parser.prog).split(".")[0].split(": ", 1)[-1]
     lines = [
@@ -181,10 +181,10 @@ def render_roff(parser: argparse.ArgumentParser, related: list[str], date: str =
         f"{_roff(parser.prog)} \\- {_roff(summary)}",
     ]
     lines += _roff_body(parser, ".SH")
-    for path, sub, summary in _subcommands(parser):
+    for path, sub, sub_summary in _subcommands(parser):
         lines += [f".SH {_roff(path.upper())}"]
-        if summary:
-            lines += [".PP", _roff(summary)]
+        if sub_summary:
+            lines += [".PP", _roff(sub_summary)]
         lines += _roff_body(sub, ".SS")
     lines += [".SH SEE ALSO"]
     lines += [
@@ -264,7 +264,7 @@ def write_pages(out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ipfailover.manpage", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m ipfailover.docgen.manpage", description=__doc__)
     p.add_argument("out_dir", type=Path, help="directory to write the pages to (docs/man)")
     p.add_argument("--roff", action="store_true", help="write man(7) pages (heartbeatd.8, ...)")
     p.add_argument("--date", default="", help="the date for the pages' header (with --roff)")

@@ -1,10 +1,10 @@
 """One cgroup (v2) per script run, so that a timeout kills everything the script started.
 
 A process group is not enough: a child that calls ``setsid`` leaves it, and ``killpg`` no longer
-reaches it. A cgroup cannot be left that way. When the host has a writable cgroup v2 hierarchy
-(the unified mount of a hybrid host counts), each program :func:`ipfailover.hooks.run_program`
-starts is created inside a fresh child of the daemon's own cgroup,
-``<own cgroup>/ipfailover-<pid>-<n>``:
+reaches it. A cgroup cannot be left that way. When the host has a writable cgroup v2 hierarchy (the
+unified mount of a hybrid host counts), each program :func:`ipfailover.shell.scripts.run_program`
+starts is created inside a fresh child of the daemon's own cgroup, ``<own
+cgroup>/ipfailover-<pid>-<n>``:
 
 * **start:** the daemon moves itself into the new cgroup, forks the program, and moves itself
   back, with nothing else run by the event loop in between (:func:`spawn_inside`). The program is
@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from . import daemon
+from ipfailover.shell import runtime as daemon
 
 log = logging.getLogger("ipfailover.hooks")
 T = TypeVar("T")

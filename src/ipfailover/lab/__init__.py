@@ -1,0 +1,1 @@
+"""The failover lab: namespaces, real daemons, probes, faults, fuzz and reports."""

@@ -1,0 +1,1 @@
+"""Notices: the mail text, the on-disk spool and background delivery."""

@@ -1,0 +1,1 @@
+"""The admin's commands: check, status, units, process/notify, man pages, completion."""
