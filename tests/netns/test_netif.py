@@ -504,7 +504,7 @@ def test_announce_on_a_down_link_returns_zero(topo: Topology, vip: str) -> None:
         """,
     )
     assert ok(outcome) == 0
-    assert "ipfailover.shell.netif" in outcome.log and "not" in outcome.log
+    assert "ipfailover.netif" in outcome.log and "not" in outcome.log
 
 
 def test_announce_skips_loopback(topo: Topology) -> None:
