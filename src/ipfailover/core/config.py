@@ -26,6 +26,8 @@ from types import MappingProxyType
 from typing import Literal, TypeAlias, TypeVar
 
 from ipfailover.core import wire
+from ipfailover.core.errors import ConfigError as ConfigError
+from ipfailover.core.errors import ConfigErrors as ConfigErrors
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 Role: TypeAlias = Literal["heartbeatd", "failoverd"]
@@ -65,40 +67,6 @@ VARIABLES: tuple[str, ...] = (
 
 _IFNAME_MAX_BYTES = 15  # Linux IFNAMSIZ (16) minus the terminating NUL
 _NAME_MAX_BYTES = 64
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class ConfigError(Exception):
-    """One configuration problem, located by file, line and variable.
-
-    ``line`` is 0 for problems that belong to no line (an unreadable file, a
-    variable a role needs but nobody set); those print as ``path: message``.
-    """
-
-    def __init__(self, path: str, line: int, variable: str, message: str) -> None:
-        super().__init__(path, line, variable, message)
-        self.path = path
-        self.line = line
-        self.variable = variable
-        self.message = message
-
-    def __str__(self) -> str:
-        if self.line == 0:
-            return f"{self.path}: {self.message}"
-        return f"{self.path}:{self.line}: {self.variable}: {self.message}"
-
-
-class ConfigErrors(Exception):
-    """All problems found in one configuration; ``str()`` gives one line per problem."""
-
-    def __init__(self, errors: list[ConfigError]) -> None:
-        super().__init__(errors)
-        self.errors = errors
-
-    def __str__(self) -> str:
-        return "\n".join(str(error) for error in self.errors)
 
 
 # --------------------------------------------------------------------------- model
