@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from ipfailover.core.config import (
+    TABLE,
     VARIABLES,
     Config,
     ConfigError,
@@ -293,6 +295,20 @@ SAMPLES: list[tuple[str, str, str, object]] = [
     ("FAILOVER_METRICS", "[2001:DB8::1]:9100", "metrics", "[2001:db8::1]:9100"),
     ("FAILOVER_HEARTBEAT_METRICS", "127.0.0.1:9695", "heartbeat_metrics", "127.0.0.1:9695"),
 ]
+
+
+def test_one_table_gives_the_fields_their_defaults_and_the_known_names() -> None:
+    defaults = Config(path=PATH)
+    assert tuple(row.name for row in TABLE) == VARIABLES
+    assert VARIABLES[:4] == (  # Apple's four first
+        "FAILOVER_BCAST_IPS", "FAILOVER_PEER_IP", "FAILOVER_PEER_IP_PAIRS",
+        "FAILOVER_EMAIL_RECIPIENT",
+    )  # fmt: skip
+    for row in TABLE:
+        assert getattr(defaults, row.field) == row.default, row.name
+        assert row.help and "\n" not in row.help, row.name
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert fields - {row.field for row in TABLE} == {"path", "lines", "warnings"}
 
 
 def test_samples_cover_every_variable() -> None:
