@@ -35,7 +35,7 @@ from ipfailover.core.validators import PeerPair as PeerPair
 from ipfailover.core.validators import node_name_problem as node_name_problem
 from ipfailover.core.validators import parse_peer_pair as parse_peer_pair
 from ipfailover.core.validators import split_host_port as split_host_port
-from ipfailover.core.variables import BY_NAME
+from ipfailover.core.variables import BY_NAME, Variable
 from ipfailover.core.variables import TABLE as TABLE
 from ipfailover.core.variables import VARIABLES as VARIABLES
 from ipfailover.core.variables import Config as Config
@@ -150,18 +150,17 @@ class _Reader:
         self.errors = errors
         self.failed: set[str] = set()
 
-    def get(self, name: str) -> Any:
-        """The converted value of the variable ``name``; its default if unset, empty or
-        invalid (then with an error recorded)."""
-        row = BY_NAME[name]
-        found = self.assignments.get(name)
+    def get(self, row: Variable) -> Any:
+        """The value of the table's ``row`` converted by its validator; its default if unset,
+        empty or invalid (then with an error recorded)."""
+        found = self.assignments.get(row.name)
         if found is None or found.value == "":
             return row.default
         try:
             return row.parse(found.value)
         except ValueError as exc:
-            self.error(name, str(exc))
-            self.failed.add(name)
+            self.error(row.name, str(exc))
+            self.failed.add(row.name)
             return row.default
 
     def error(self, variable: str, message: str) -> None:
@@ -174,7 +173,7 @@ class _Reader:
 
 def _build(r: _Reader) -> Config:
     """Convert every variable of the table, then run the checks that span variables."""
-    cfg = Config(path=r.path, lines=r.lines(), **{row.field: r.get(row.name) for row in TABLE})
+    cfg = Config(path=r.path, lines=r.lines(), **{row.field: r.get(row) for row in TABLE})
     _check_spanning(cfg, r)
     return cfg
 
