@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import ipaddress
 import math
 import re
@@ -830,6 +831,22 @@ def test_reference_doc_describes_every_variable_and_its_examples_parse() -> None
         for line in re.findall(r"`([^`]+)`", example):
             variable = line.split("=", 1)[0]
             assert parse_config(line).line_of(variable) == 1, line
+
+
+def test_the_tables_reload_column_is_what_the_operations_guide_says() -> None:
+    """docs/operations.md, "Reloading the configuration": the variables it says need a restart
+    are those the table marks reload=False."""
+    guide = (DOC.parent / "operations.md").read_text(encoding="utf-8")
+    section = guide[guide.index("### Reloading the configuration") :]
+    flat = " ".join(section[: section.index("\n## ")].split())
+    written = re.findall(r"([^.|]*?)\s*\|?\s*need a restart", flat)
+    assert len(written) == 2  # failoverd's table row and heartbeatd's paragraph
+    named = set()
+    for pattern in re.findall(r"FAILOVER_[A-Z_]*\*?", " ".join(written)):
+        matches = fnmatch.filter(VARIABLES, pattern)
+        assert matches, pattern
+        named.update(matches)
+    assert named == {row.name for row in TABLE if not row.reload}
 
 
 def test_reference_doc_code_blocks_parse() -> None:
