@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import ipaddress
 import math
 import re
@@ -13,6 +15,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from ipfailover.core.config import (
+    TABLE,
     VARIABLES,
     Config,
     ConfigError,
@@ -293,6 +296,20 @@ SAMPLES: list[tuple[str, str, str, object]] = [
     ("FAILOVER_METRICS", "[2001:DB8::1]:9100", "metrics", "[2001:db8::1]:9100"),
     ("FAILOVER_HEARTBEAT_METRICS", "127.0.0.1:9695", "heartbeat_metrics", "127.0.0.1:9695"),
 ]
+
+
+def test_one_table_gives_the_fields_their_defaults_and_the_known_names() -> None:
+    defaults = Config(path=PATH)
+    assert tuple(row.name for row in TABLE) == VARIABLES
+    assert VARIABLES[:4] == (  # Apple's four first
+        "FAILOVER_BCAST_IPS", "FAILOVER_PEER_IP", "FAILOVER_PEER_IP_PAIRS",
+        "FAILOVER_EMAIL_RECIPIENT",
+    )  # fmt: skip
+    for row in TABLE:
+        assert getattr(defaults, row.field) == row.default, row.name
+        assert row.help and "\n" not in row.help, row.name
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert fields - {row.field for row in TABLE} == {"path", "lines", "warnings"}
 
 
 def test_samples_cover_every_variable() -> None:
@@ -814,6 +831,22 @@ def test_reference_doc_describes_every_variable_and_its_examples_parse() -> None
         for line in re.findall(r"`([^`]+)`", example):
             variable = line.split("=", 1)[0]
             assert parse_config(line).line_of(variable) == 1, line
+
+
+def test_the_tables_reload_column_is_what_the_operations_guide_says() -> None:
+    """docs/operations.md, "Reloading the configuration": the variables it says need a restart
+    are those the table marks reload=False."""
+    guide = (DOC.parent / "operations.md").read_text(encoding="utf-8")
+    section = guide[guide.index("### Reloading the configuration") :]
+    flat = " ".join(section[: section.index("\n## ")].split())
+    written = re.findall(r"([^.|]*?)\s*\|?\s*need a restart", flat)
+    assert len(written) == 2  # failoverd's table row and heartbeatd's paragraph
+    named = set()
+    for pattern in re.findall(r"FAILOVER_[A-Z_]*\*?", " ".join(written)):
+        matches = fnmatch.filter(VARIABLES, pattern)
+        assert matches, pattern
+        named.update(matches)
+    assert named == {row.name for row in TABLE if not row.reload}
 
 
 def test_reference_doc_code_blocks_parse() -> None:

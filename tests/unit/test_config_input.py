@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipfailover.core import config
+from ipfailover.core import config, hostconfig
 from ipfailover.core.config import ConfigErrors, load_config, parse_config
 
 GOOD = 'FAILOVER_BCAST_IPS="192.0.2.255"\n'
@@ -146,7 +146,7 @@ def test_words_split_as_shlex_does(raw: str) -> None:
     except ValueError:
         expected = "error"
     try:
-        got: list[str] | str = config._split_words(raw)
+        got: list[str] | str = hostconfig.split_words(raw)
     except ValueError:
         got = "error"
     assert got == expected

@@ -11,12 +11,10 @@ import hmac
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from ipfailover.core.errors import KeyError_ as KeyError_
+
 TAG_SIZE = 32
 MIN_KEY_BYTES = 16
-
-
-class KeyError_(ValueError):
-    """The key text is not a usable key (a local problem: say what to fix)."""
 
 
 def parse_key_text(text: str) -> bytes:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from ipfailover.core import auth, wire
 from ipfailover.core.detector import Detector, NetworkView
+from ipfailover.core.errors import LocalProtocolError as LocalProtocolError
 
 Addr = wire.Addr
 RandomBytes = Callable[[int], bytes]
@@ -153,10 +154,6 @@ Answers = tuple[tuple[str, tuple[str, ...]], ...]
 PROBE_ANSWERED = "answered"  # some address answered from another MAC
 PROBE_SILENT = "silent"  # no address answered
 PROBE_FAILED = "failed"  # the shell could not probe (no socket, not Ethernet): as silent
-
-
-class LocalProtocolError(RuntimeError):
-    """The shell used the monitor wrongly (a bug in the caller, never the peer's fault)."""
 
 
 # Events for the shell ------------------------------------------------------------------------

@@ -31,6 +31,9 @@ import struct
 from dataclasses import dataclass
 
 from ipfailover.core import auth
+from ipfailover.core.errors import LocalProtocolError as LocalProtocolError
+from ipfailover.core.errors import Reason as Reason
+from ipfailover.core.errors import RemoteProtocolError as RemoteProtocolError
 
 MAGIC = b"IPFO"
 VERSION = 1
@@ -56,27 +59,6 @@ class MsgType(enum.IntEnum):
 FLAG_HOLDING = 0x01
 
 
-class Reason(enum.Enum):
-    """Why a datagram was dropped. The values are the stable names used in logs and status."""
-
-    MALFORMED = "malformed"
-    BAD_AUTH = "bad-auth"
-    REPLAY = "replay"  # a sequence number seen before (or far too old) for that sender boot
-    STALE = "stale"  # authentic, but echoes no fresh challenge of ours: an old capture, or a
-    #                  primary that has not yet heard our challenge (normal for its first heartbeat)
-    UNKNOWN_PEER = "unknown-peer"
-    UNEXPECTED = "unexpected"
-
-
-class RemoteProtocolError(Exception):
-    """The peer (or someone on the wire) sent something we must drop."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 Addr = tuple[str, int]
 
 
@@ -89,10 +71,6 @@ class Dropped:
     addr: Addr
     network: str
     at: float
-
-
-class LocalProtocolError(ValueError):
-    """The caller built a message that cannot be encoded."""
 
 
 @dataclass(frozen=True, kw_only=True)

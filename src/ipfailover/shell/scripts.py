@@ -15,32 +15,36 @@ contract we give them (``docs/scripts.md``):
 * as root, and with ``FAILOVER_SCRIPT_STRICT`` on, a script or folder that others could change is
   refused, in the manner of sshd's StrictModes.
 
-:func:`run_program` is the general runner; the notifier uses it for ``FAILOVER_NOTIFY_PROGRAM``.
+This module finds and classifies the scripts; :mod:`ipfailover.shell.trust` decides whether one
+may run and :mod:`ipfailover.shell.program` runs it (:func:`run_program` is the general runner;
+the notifier uses it for ``FAILOVER_NOTIFY_PROGRAM``). Their names are re-exported here.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import enum
 import os
-import shutil
 import signal
 import stat
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from ipfailover.core import config
-from ipfailover.shell import cgroups
-
-#: The PATH scripts and the notify program get (their environment is otherwise clean).
-SCRIPT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-OUTPUT_LIMIT = 64 * 1024  # bytes of a program's output kept; the rest is read and counted
-EOF_GRACE = 0.2  # seconds to wait for the output pipe to close after the program exits
-KILL_WAIT = 5.0  # seconds to wait for a SIGKILLed program to be reaped
+from ipfailover.shell.program import OUTPUT_LIMIT as OUTPUT_LIMIT
+from ipfailover.shell.program import SCRIPT_PATH as SCRIPT_PATH
+from ipfailover.shell.program import Clock, loop_clock
+from ipfailover.shell.program import ProgramResult as ProgramResult
+from ipfailover.shell.program import run_program as run_program
+from ipfailover.shell.trust import Refused as Refused
+from ipfailover.shell.trust import chain_problem as chain_problem
+from ipfailover.shell.trust import fix_hint as fix_hint
+from ipfailover.shell.trust import folder_problem as folder_problem
+from ipfailover.shell.trust import identity as identity
+from ipfailover.shell.trust import open_checked as open_checked
+from ipfailover.shell.trust import pinned as pinned
+from ipfailover.shell.trust import unsafe as unsafe
 
 
 class Phase(enum.StrEnum):
@@ -78,25 +82,13 @@ class Script:
 
 
 @dataclass(frozen=True)
-class ProgramResult:
-    """What a finished program did; ``error`` is set when it could not be started."""
-
-    exit_code: int | None  # None if it timed out or never started; negative = killed by signal
-    timed_out: bool
-    output: str  # stdout and stderr interleaved, at most OUTPUT_LIMIT bytes of it
-    output_dropped: int  # bytes of output beyond the limit (read and discarded)
-    duration: float
-    error: str | None = None
-
-
-@dataclass(frozen=True)
 class ScriptResult:
     """One script's run, as reported in the log, the transition record and the mail."""
 
     name: str
     phase: Phase
     status: Status
-    started: float  # loop time when it started (or was refused)
+    started: float  # when it started (or was refused): the clock's time, by default the loop's
     duration: float
     exit_code: int | None = None
     output: str = ""
@@ -116,182 +108,6 @@ class HookRunner(Protocol):
     def scripts(self, phase: Phase) -> list[Script]: ...
 
     async def run(self, script: Script, env: Mapping[str, str]) -> ScriptResult: ...
-
-
-# --- safety checks -----------------------------------------------------------------------------
-
-
-def unsafe(st: os.stat_result, uid: int, *, allow_sticky: bool = False) -> str | None:
-    """Why a file or directory with this stat is unsafe to trust, or None.
-
-    It must be owned by root or by ``uid`` (the daemon's user) and not writable by group or
-    others. ``allow_sticky`` accepts a group/other-writable directory with the sticky bit (``/tmp``)
-    owned by root or ``uid``: there nobody else can rename or remove the entries we own.
-    """
-    if st.st_uid not in (0, uid):
-        return f"owned by uid {st.st_uid}, not root"
-    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    sticky_dir = allow_sticky and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-    if writable and not sticky_dir:
-        who = _WRITERS[writable]
-        return f"writable by {who} (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
-
-
-_WRITERS = {
-    stat.S_IWGRP: "group",
-    stat.S_IWOTH: "others",
-    stat.S_IWGRP | stat.S_IWOTH: "group and others",
-}
-
-
-def folder_problem(folder: Path, uid: int) -> str | None:
-    """Why the script folder is unsafe: the folder itself, or any directory above it."""
-    try:
-        problem = unsafe(folder.stat(), uid)
-    except OSError as e:
-        return f"cannot check {folder}: {e.strerror}"
-    if problem:
-        return f"folder {folder} is {problem}"
-    for parent in folder.resolve().parents:
-        try:
-            problem = unsafe(parent.stat(), uid, allow_sticky=True)
-        except OSError as e:
-            return f"cannot check {parent}: {e.strerror}"
-        if problem:
-            return f"directory {parent} (above the script folder) is {problem}"
-    return None
-
-
-MAX_LINKS = 40  # symbolic links followed in one path, as the kernel's own limit
-
-
-class Refused(Exception):
-    """A program that must not run: unsafe, or not the file that was checked."""
-
-
-def fix_hint(path: Path | str) -> str:
-    return f"(fix: chown root {path} && chmod go-w {path})"
-
-
-def chain_problem(path: Path | str, uid: int) -> tuple[str | None, os.stat_result | None]:
-    """Why the program at ``path`` cannot be trusted, and the stat of the file it ends at.
-
-    The path is resolved one component at a time, as the kernel would: every directory on the
-    way, including those reached through a symbolic link, must pass :func:`unsafe` (with the
-    sticky-bit exception of ``/tmp``), every symbolic link followed must be owned by root (or
-    ``uid``), and the file it ends at must pass :func:`unsafe`. So a link to a file, or into a
-    directory, that someone else could change is refused, whoever owns the link.
-    """
-    path = Path(path)
-    pending = list(path.parts[1:]) if path.is_absolute() else list(path.absolute().parts[1:])
-    current = Path("/")
-    try:
-        st = os.lstat(current)
-    except OSError as e:
-        return f"cannot check /: {e.strerror}", None
-    if problem := unsafe(st, uid, allow_sticky=True):
-        return f"directory / (above {path}) is {problem}", None
-    links = 0
-    while pending:
-        name = pending.pop(0)
-        if name in ("", "."):
-            continue
-        if name == "..":
-            current = current.parent
-            continue
-        step = current / name
-        try:
-            st = os.lstat(step)
-        except OSError as e:
-            return f"cannot check {step}: {e.strerror}", None
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > MAX_LINKS:
-                return f"{path}: too many symbolic links", None
-            if st.st_uid not in (0, uid):
-                return f"symbolic link {step} is owned by uid {st.st_uid}, not root", None
-            target = os.readlink(step)
-            if target.startswith("/"):
-                current = Path("/")
-            pending = [*Path(target).parts[1 if target.startswith("/") else 0 :], *pending]
-            continue
-        current = step
-        if pending:
-            if not stat.S_ISDIR(st.st_mode):
-                return f"{step} (on the way to {path}) is not a directory", None
-            if problem := unsafe(st, uid, allow_sticky=True):
-                return f"directory {step} (above {path}) is {problem} {fix_hint(step)}", None
-        elif problem := unsafe(st, uid):
-            via = "" if step == path else f" (the target of {path})"
-            return f"{step}{via} is {problem} {fix_hint(step)}", st
-    return None, st
-
-
-def identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
-
-
-def open_checked(
-    path: Path | str, *, uid: int, strict: bool, expect: tuple[int, int] | None = None
-) -> int:
-    """Open the program at ``path`` for running (an O_PATH fd) and check it is what was checked.
-
-    ``strict``: unless ``expect`` (the identity found when it was checked) is given, the whole
-    chain is checked now (:func:`chain_problem`); the file opened must be that very file, and
-    still safe. Raises :class:`Refused`, or OSError if it cannot be opened. The caller closes
-    the fd, and runs the program through it (:func:`fd_path`), so a rename or swap after the
-    check cannot change what runs.
-    """
-    if strict and expect is None:
-        problem, st = chain_problem(path, uid)
-        if problem is not None or st is None:
-            raise Refused(problem or f"cannot check {path}")
-        expect = identity(st)
-    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Refused(f"{path} is not a regular file")
-        if expect is not None and identity(st) != expect:
-            raise Refused(f"{path} was replaced between the check and the run")
-        if strict and (problem := unsafe(st, uid)):
-            raise Refused(f"{path} is {problem} {fix_hint(path)}")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def fd_path(fd: int) -> str:
-    """The path that runs the open file ``fd`` in a child that inherits it (same number)."""
-    return f"/proc/self/fd/{fd}"
-
-
-@contextlib.contextmanager
-def pinned(fd: int, name: str) -> Iterator[str]:
-    """A path ending in ``name`` that runs the open file ``fd`` and nothing else.
-
-    A symbolic link ``<private dir>/<name>`` to ``/proc/self/fd/<fd>``, in a fresh 0700
-    directory of the temporary folder. Executing it runs the very file opened (and checked),
-    whatever is renamed meanwhile; and since a ``#!`` script's interpreter is handed this path,
-    its ``$0`` keeps the script's own name (``basename "$0"``), in another folder.
-    """
-    parent = tempfile.gettempdir()
-    try:
-        unsafe_parent = unsafe(os.stat(parent), os.geteuid(), allow_sticky=True)
-    except OSError:
-        unsafe_parent = "unusable"
-    if unsafe_parent:  # nowhere private to put the link: run it under its fd's name
-        yield fd_path(fd)
-        return
-    folder = tempfile.mkdtemp(prefix="ipfailover-run-", dir=parent)
-    try:
-        link = os.path.join(folder, name)
-        os.symlink(fd_path(fd), link)
-        yield link
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- the folder ---------------------------------------------------------------------------------
@@ -338,12 +154,19 @@ class ScriptFolder:
         )
 
     def __init__(
-        self, path: Path, *, timeout: float, enforce: bool, uid: int | None = None
+        self,
+        path: Path,
+        *,
+        timeout: float,
+        enforce: bool,
+        uid: int | None = None,
+        clock: Clock = loop_clock,
     ) -> None:
         self._path = path
         self.timeout = timeout
         self.enforce = enforce
         self.uid = os.geteuid() if uid is None else uid
+        self.clock = clock  # what ``started`` and ``duration`` are read from
 
     @property
     def path(self) -> Path:
@@ -391,8 +214,7 @@ class ScriptFolder:
 
     async def run(self, script: Script, env: Mapping[str, str]) -> ScriptResult:
         """Run one script (or refuse it); never raises for the script's own misbehaviour."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = self.clock()
         if script.problem is not None:
             refused = f"refused: {script.problem}"
             return ScriptResult(
@@ -419,6 +241,7 @@ class ScriptFolder:
                     timeout=self.timeout,
                     executable=runnable,
                     pass_fds=(fd,),
+                    clock=self.clock,
                 )
         finally:
             os.close(fd)
@@ -445,147 +268,3 @@ def script_result(
     return ScriptResult(
         script.name, script.phase, status, started, res.duration, res.exit_code, output, detail
     )
-
-
-# --- running a program ----------------------------------------------------------------------------
-
-
-class _Collector(asyncio.Protocol):
-    """Reads a pipe to EOF, keeping the first ``limit`` bytes and counting the rest."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data = bytearray()
-        self.dropped = 0
-        self.eof = asyncio.get_running_loop().create_future()
-
-    def data_received(self, data: bytes) -> None:
-        room = max(0, self.limit - len(self.data))
-        self.data += data[:room]
-        self.dropped += max(0, len(data) - room)
-
-    def eof_received(self) -> bool:
-        return False  # close the transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.eof.done():
-            self.eof.set_result(None)
-
-
-async def run_program(
-    argv: list[str],
-    *,
-    env: Mapping[str, str],
-    cwd: Path | str,
-    timeout: float,
-    stdin: bytes | None = None,
-    executable: str | None = None,
-    pass_fds: Sequence[int] = (),
-) -> ProgramResult:
-    """Run ``argv`` with a timeout; capture stdout and stderr together through one pipe.
-
-    The program gets its own session, so on timeout ``killpg(SIGKILL)`` reaches everything it
-    started that stayed in its process group; and its own cgroup where the host has one, so a
-    timeout kills even what left the group with ``setsid`` (:mod:`ipfailover.shell.cgroups`). What a
-    program that exited normally left running keeps running. Its output pipe is ours, not
-    asyncio's: once the program has exited we wait at most EOF_GRACE for the pipe to close and
-    then stop reading, so a background child that inherited the pipe (``daemon &``) cannot hold
-    the transition up.
-    """
-    group = cgroups.ScriptGroup.create()
-    ended = False
-    try:
-        res = await _run_in(
-            group,
-            argv,
-            env=env,
-            cwd=cwd,
-            timeout=timeout,
-            stdin=stdin,
-            executable=executable,
-            pass_fds=pass_fds,
-        )
-        ended = res.error is None and not res.timed_out
-        return res
-    finally:
-        if group is not None:  # after a timeout or a cancel, whatever is left is killed
-            await asyncio.shield(group.close(kill=not ended))
-
-
-async def _run_in(
-    group: cgroups.ScriptGroup | None,
-    argv: list[str],
-    *,
-    env: Mapping[str, str],
-    cwd: Path | str,
-    timeout: float,
-    stdin: bytes | None,
-    executable: str | None,
-    pass_fds: Sequence[int],
-) -> ProgramResult:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    read_fd, write_fd = os.pipe()
-    try:
-        proc = await cgroups.spawn_inside(
-            group,
-            lambda: asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                cwd=cwd,
-                env=dict(env),
-                start_new_session=True,
-                executable=executable,  # run this (e.g. /proc/self/fd/N); argv[0] stays argv's
-                pass_fds=tuple(pass_fds),
-            ),
-        )
-    except OSError as e:
-        os.close(read_fd)
-        return ProgramResult(None, False, "", 0, loop.time() - started, e.strerror or str(e))
-    finally:
-        os.close(write_fd)
-    transport, collector = await loop.connect_read_pipe(
-        lambda: _Collector(OUTPUT_LIMIT), os.fdopen(read_fd, "rb", buffering=0)
-    )
-    timed_out = False
-    try:
-        await asyncio.wait_for(_feed_and_wait(proc, stdin), timeout)
-    except TimeoutError:
-        timed_out = True
-        _kill_group(proc.pid, group)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), KILL_WAIT)
-    except asyncio.CancelledError:
-        _kill_group(proc.pid, group)  # the daemon is going away: take the program with it
-        transport.close()
-        raise
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(collector.eof), EOF_GRACE)
-    transport.close()
-    return ProgramResult(
-        None if timed_out else proc.returncode,
-        timed_out,
-        bytes(collector.data).decode("utf-8", "replace"),
-        collector.dropped,
-        loop.time() - started,
-    )
-
-
-async def _feed_and_wait(proc: asyncio.subprocess.Process, stdin: bytes | None) -> None:
-    if stdin is not None and proc.stdin is not None:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.write(stdin)
-            await proc.stdin.drain()
-        proc.stdin.close()
-    await proc.wait()
-
-
-def _kill_group(pgid: int, group: cgroups.ScriptGroup | None = None) -> None:
-    """SIGKILL the process group we created for a program (its pid is the group id), and
-    everything in its cgroup if it has one."""
-    if group is not None:
-        group.kill()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
