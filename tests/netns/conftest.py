@@ -25,7 +25,9 @@ from typing import Any
 
 import pytest
 
-from ipfailover.lab.topology import SERVICE_V4, Lab, LabProcess, Node, ProbeMonitor
+from ipfailover.lab.processes import LabProcess, ProbeMonitor
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import SERVICE_V4, Node
 
 
 @pytest.fixture
