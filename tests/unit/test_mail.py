@@ -28,10 +28,9 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from ipfailover import cli
+from ipfailover import cli, mail
 from ipfailover.core import config
 from ipfailover.failover import executor as transition
-from ipfailover.mail import outbox as mail
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks
 from ipfailover.shell.scripts import Phase, ScriptResult, Status
