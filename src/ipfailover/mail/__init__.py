@@ -6,12 +6,14 @@ The layer's parts, each in its own module:
 * :mod:`~ipfailover.mail.message` -- the notifier's settings and the RFC 5322 message;
 * :mod:`~ipfailover.mail.spool` -- the spool folder, one atomically written file per message;
 * :mod:`~ipfailover.mail.delivery` -- handing a message on, over SMTP or the notify program;
-* :mod:`~ipfailover.mail.outbox` -- the background task that delivers in order, with backoff.
+* :mod:`~ipfailover.mail.outbox` -- the background task that delivers in order, with backoff;
+* :mod:`~ipfailover.mail.clock` -- the outbox's time, injected (a test passes a fake one).
 
 The names the daemons and tools use are exported here (``from ipfailover import mail``), so
 callers need not know which module holds what.
 """
 
+from ipfailover.mail.clock import Clock, SystemClock
 from ipfailover.mail.delivery import (
     PROGRAM_TIMEOUT,
     SMTP_TIMEOUT,
@@ -56,6 +58,7 @@ __all__ = [
     "SPOOL_VERSION",
     "WRITE_PATIENCE",
     "Backoff",
+    "Clock",
     "Delivery",
     "DeliveryError",
     "MailSettings",
@@ -66,6 +69,7 @@ __all__ = [
     "SmtpDelivery",
     "Spool",
     "SpoolItem",
+    "SystemClock",
     "build_message",
     "collision_notice",
     "command_notice",

@@ -36,11 +36,11 @@ import contextlib
 import functools
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from ipfailover.mail.clock import Clock, SystemClock, within
 from ipfailover.mail.delivery import Delivery, DeliveryError, in_daemon_thread
 from ipfailover.mail.message import MailSettings, make_item
 from ipfailover.mail.notice import Notice
@@ -86,7 +86,7 @@ class Outbox:
     events: daemon.EventLog
     node: str
     backoff: Backoff = field(default_factory=Backoff)
-    clock: Callable[[], float] = time.time
+    clock: Clock = field(default_factory=SystemClock)
     spool: Spool = field(init=False)
     _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
@@ -127,7 +127,7 @@ class Outbox:
         (a transition waits a bounded time for it), and then settles in the background: the
         notice ends up on disk or in memory, never in neither, nor in both.
         """
-        now = self.clock()
+        now = self.clock.time()
         item_id = self.spool.new_id(now)
         while item_id <= self._last_id:  # the clock stepped back, or two in one tick
             now = max(now, int(self._last_id[:20]) / 1e9) + 1e-6
@@ -138,7 +138,7 @@ class Outbox:
         return item
 
     async def _queue(self, item: SpoolItem) -> None:
-        self._writing[item.id] = self.clock()
+        self._writing[item.id] = self.clock.time()
         try:
             await self._off_loop(lambda: self.spool.write(item))
         except OSError as e:
@@ -180,7 +180,7 @@ class Outbox:
         self._wake.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), grace)
+                await within(self.clock, asyncio.shield(self._task), grace)
             except TimeoutError:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -194,8 +194,8 @@ class Outbox:
         """At stop: write what is kept in memory to the spool, if it can take it now."""
         for name, item in sorted(self._memory.items()):
             try:
-                await asyncio.wait_for(
-                    self._off_loop(functools.partial(self.spool.write, item)), grace
+                await within(
+                    self.clock, self._off_loop(functools.partial(self.spool.write, item)), grace
                 )
             except (OSError, TimeoutError) as e:
                 self.events("mail-lost", logging.ERROR, id=name, subject=item.subject, error=e)
@@ -214,7 +214,7 @@ class Outbox:
             if self._stopping:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._pause(next_due))
+                await within(self.clock, self._wake.wait(), self._pause(next_due))
 
     def _pause(self, next_due: float | None) -> float:
         """Seconds until the next pass: the backoff after a spool fault, else until an item is due
@@ -223,7 +223,7 @@ class Outbox:
             return self.backoff.delay(self._faults)
         if next_due is None:
             return RESCAN
-        return min(RESCAN, max(self.backoff.first, next_due - self.clock()))
+        return min(RESCAN, max(self.backoff.first, next_due - self.clock.time()))
 
     async def deliver_due(self) -> float | None:
         """Deliver every due item, oldest first; return when the next one is due (None: none).
@@ -237,7 +237,7 @@ class Outbox:
         listed = await self._listing()
         for name in sorted({*listed, *self._memory, *self._writing}):
             if name in self._writing:  # not on disk yet: later ones wait, unless it hangs
-                if self.clock() - self._writing[name] < WRITE_PATIENCE:
+                if self.clock.time() - self._writing[name] < WRITE_PATIENCE:
                     break
                 continue
             if name in self._memory:
@@ -269,7 +269,7 @@ class Outbox:
             await self._discard(name)  # sent earlier; only the file's removal failed
             return None
         hold = self._holds.get(name)
-        if hold is not None and hold[1] > self.clock():
+        if hold is not None and hold[1] > self.clock.time():
             return None
         try:
             claim = await self._off_loop(lambda: self.spool.claim(name))
@@ -285,7 +285,7 @@ class Outbox:
             return None
 
     async def _attempt(self, item: SpoolItem, recovered: bool) -> bool | _Wait | None:
-        if not recovered and item.next_attempt > self.clock():
+        if not recovered and item.next_attempt > self.clock.time():
             # not due: it holds the later ones back, unless the server refused it (5xx)
             return None if item.id in self._refused else WAIT
         try:
@@ -327,7 +327,7 @@ class Outbox:
             error=error,
         )
         later = replace(
-            item, attempts=attempts, next_attempt=self.clock() + delay, last_error=error
+            item, attempts=attempts, next_attempt=self.clock.time() + delay, last_error=error
         )
         if item.id in self._memory:
             self._memory[item.id] = later
@@ -384,7 +384,7 @@ class Outbox:
         """Keep item ``name`` back after a spool fault, with the backoff of a failed delivery."""
         faults = self._holds.get(name, (0, 0.0))[0] + 1
         delay = self.backoff.delay(faults)
-        self._holds[name] = (faults, self.clock() + delay)
+        self._holds[name] = (faults, self.clock.time() + delay)
         self._fault(error, id=name, retry_in=delay)
 
     def _fault(self, error: Exception, **fields: object) -> None:
