@@ -1,6 +1,6 @@
 """Fixtures for tests that run the real daemons inside a throwaway namespace lab.
 
-``lab`` yields a built :class:`ipfailover.lab.topology.Lab` (primary, secondary, client and
+``lab`` yields a built :class:`ipfailover.lab.testbed.Lab` (primary, secondary, client and
 switch namespaces; see that module for the addresses) and always tears it down.
 The factory fixtures wrap the Lab helpers most end-to-end tests need:
 
