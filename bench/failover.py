@@ -10,13 +10,13 @@ the machine spreads over all of them rather than landing on one:
 
 * ipfailover at its defaults (``FAILOVER_INTERVAL`` 1 s, dead time 3 intervals,
   ``FAILOVER_FAILBACK_DELAY`` 3 s): the scenario of ``ipfailover lab``
-  (``ipfailover.lab.topology.Scenario``);
+  (``ipfailover.lab.scenario.Scenario``);
 * ipfailover at a 0.05 s interval (the other defaults unchanged);
 * keepalived, VRRPv2, advert_int 1 (``keepalived_lab.KeepalivedScenario``);
 * keepalived, VRRPv3, advert_int 0.05.
 
 Each run builds a fresh lab and measures the phases ``failover``, ``failback``,
-``graceful-stop`` and ``restart-failback`` (see ``ipfailover.lab.topology``).  Before
+``graceful-stop`` and ``restart-failback`` (see ``ipfailover.lab.scenario``).  Before
 each phase it pauses for a random part of one interval (``Scenario.pause``, as
 ``ipfailover lab`` does), so that faults land anywhere in the heartbeat cycle;
 ``--fixed-phase`` leaves the pause out.  The raw
@@ -48,7 +48,10 @@ from typing import Any
 
 import keepalived_lab
 
-from ipfailover.lab import topology as iplab
+from ipfailover.lab import scenario as iplab
+from ipfailover.lab.settings import LabSettings
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import SERVICE_V4
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,31 +73,27 @@ class Config:
 
 def ipfailover_config(interval: float, random_phase: bool) -> Config:
     """ipfailover's lab scenario at this interval, every other setting at its default."""
-    parser = argparse.ArgumentParser()
-    iplab.configure_parser(parser)
-    args = parser.parse_args(
-        [f"--interval={interval}", *([] if random_phase else ["--fixed-phase"])]
-    )
+    settings = LabSettings(interval=interval, fixed_phase=not random_phase)
 
-    def scenario(lab: iplab.Lab, result: iplab.RunResult) -> iplab.Scenario:
-        return iplab.Scenario(lab, args, result)
+    def scenario(lab: Lab, result: iplab.RunResult) -> iplab.Scenario:
+        return iplab.Scenario(lab, settings, result)
 
-    settings = {
+    described = {
         "FAILOVER_INTERVAL": interval,
         "FAILOVER_DEADTIME": "default (3 x interval)",
         "FAILOVER_FAILBACK_DELAY": "default (3 s)",
-        "probed_address": iplab.SERVICE_V4,
+        "probed_address": SERVICE_V4,
     }
-    return Config(f"ipfailover-{interval:g}s", "ipfailover", interval, settings, scenario)
+    return Config(f"ipfailover-{interval:g}s", "ipfailover", interval, described, scenario)
 
 
 def keepalived_config(advert_int: float, version: int, random_phase: bool) -> Config:
     """keepalived's lab scenario with this advert interval and VRRP version."""
     vrrp = keepalived_lab.VrrpSettings(advert_int, version)
-    args = keepalived_lab.scenario_args(vrrp, fixed_phase=not random_phase)
+    lab_settings = keepalived_lab.scenario_settings(vrrp, fixed_phase=not random_phase)
 
-    def scenario(lab: iplab.Lab, result: iplab.RunResult) -> iplab.Scenario:
-        return keepalived_lab.KeepalivedScenario(lab, vrrp, args, result)
+    def scenario(lab: Lab, result: iplab.RunResult) -> iplab.Scenario:
+        return keepalived_lab.KeepalivedScenario(lab, vrrp, lab_settings, result)
 
     settings = {
         **asdict(vrrp),
@@ -194,7 +193,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
 
 def probe_settings() -> dict[str, Any]:
     """The probe client's interval and reply timeout: the lab's defaults, used by both."""
-    params = inspect.signature(iplab.Lab.start_client).parameters
+    params = inspect.signature(Lab.start_client).parameters
     return {name: params[name].default for name in ("interval", "reply_timeout")}
 
 

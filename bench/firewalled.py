@@ -21,7 +21,8 @@ import statistics
 import sys
 import time
 
-from ipfailover.lab.topology import NODE_NAMES, SERVICE_V4, Lab, LabTimeout, Network, Node
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import NODE_NAMES, SERVICE_V4, LabTimeout, Network, Node
 
 
 def run_once(interval: float, observe: float) -> dict[str, object]:

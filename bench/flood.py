@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ipfailover.lab import flood as labflood
-from ipfailover.lab.topology import Lab, Node
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import Node
 
 
 def rss_kb(pid: int) -> int:

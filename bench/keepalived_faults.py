@@ -22,16 +22,19 @@ from pathlib import Path
 
 import keepalived_lab
 
-from ipfailover.lab import faults as labfaults
-from ipfailover.lab.topology import Lab, LabProcess, Node
+from ipfailover.lab import cases as labcases
+from ipfailover.lab import faultrun, faults
+from ipfailover.lab.processes import LabProcess
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import Node
 
 
-class KeepalivedRun(labfaults.FaultRun):
+class KeepalivedRun(faultrun.FaultRun):
     service = keepalived_lab.VIRTUAL_ADDRESS
     addresses = (keepalived_lab.VIRTUAL_ADDRESS,)
-    matches = labfaults.VRRP_MATCHES
+    matches = faults.VRRP_MATCHES
 
-    def __init__(self, lab: Lab, settings: labfaults.Settings) -> None:
+    def __init__(self, lab: Lab, settings: faultrun.Settings) -> None:
         super().__init__(lab, settings)
         self.vrrp = keepalived_lab.VrrpSettings(settings.interval, 3)
         self.keepalived: dict[Node, LabProcess] = {}
@@ -64,15 +67,15 @@ def main() -> int:
     args = p.parse_args()
     rng = random.Random(args.seed)
     # keepalived hands back at once (preemption, no delay): its "hold-down" is 0 s
-    settings = labfaults.Settings(args.interval, 3.6 * args.interval, 0.0)
+    settings = faultrun.Settings(args.interval, 3.6 * args.interval, 0.0)
     results = []
     for name in args.faults.split(","):
         levels = [int(x) for x in args.levels.split(",")] if name == "loss" else [0]
         for level in levels:
             seconds = 60 * args.minutes if name == "loss" else args.flap_seconds
-            params = labfaults.CaseParams(seconds, random.Random(rng.random()), level)
+            params = labcases.CaseParams(seconds, random.Random(rng.random()), level)
             print(f"== keepalived {name} {seconds:g}s {level}%", file=sys.stderr)
-            result = labfaults.run_case(name, settings, params, make_run=KeepalivedRun)
+            result = labcases.run_case(name, settings, params, make_run=KeepalivedRun)
             print(f"   {'ok' if result.ok else 'FAILED'} {result.metrics}", file=sys.stderr)
             results.append(result)
     report = {"software": "keepalived", "interval": args.interval,

@@ -1,6 +1,6 @@
 """The peer benchmark: keepalived's VRRP in the same namespace lab, timed the same way.
 
-``KeepalivedScenario`` drives an ``ipfailover.lab.topology.Lab`` (same topology, same
+``KeepalivedScenario`` drives an ``ipfailover.lab.testbed.Lab`` (same topology, same
 probe responders, same probe client), runs keepalived on P (MASTER, priority
 150) and S (BACKUP, priority 100) with one VRRP instance on pub0, and measures
 the lab's four phases with the lab's own ``Scenario`` measurements:
@@ -21,7 +21,6 @@ and pid files under the lab's temp dir, so parallel labs never share a file.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import re
 import shutil
@@ -31,8 +30,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipfailover.lab import topology as iplab
-from ipfailover.lab.topology import Lab, LabProcess, LabTimeout, Network, Node, RunResult
+from ipfailover.lab.processes import LabProcess
+from ipfailover.lab.scenario import PhaseResult, RunResult, Scenario
+from ipfailover.lab.settings import LabSettings
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import NODE_NAMES, LabTimeout, Network, Node
 
 VIRTUAL_ADDRESS = "203.0.113.50"
 """The VRRP virtual address the client probes (a documentation address)."""
@@ -64,7 +66,7 @@ def render_config(node: Node, vrrp: VrrpSettings) -> str:
     state = "MASTER" if node is Node.PRIMARY else "BACKUP"
     return f"""\
 global_defs {{
-    router_id lab-{iplab.NODE_NAMES[node]}
+    router_id lab-{NODE_NAMES[node]}
     vrrp_version {vrrp.version}
 }}
 vrrp_instance VI_1 {{
@@ -110,7 +112,7 @@ def wait_line(proc: LabProcess, needle: str, timeout: float, since: float = 0.0)
         time.sleep(0.02)
 
 
-class KeepalivedScenario(iplab.Scenario):
+class KeepalivedScenario(Scenario):
     """The lab's scenario with keepalived in place of heartbeatd and failoverd.
 
     Reuses the lab's cable pulls, probe monitor and phase measurements; only
@@ -118,19 +120,19 @@ class KeepalivedScenario(iplab.Scenario):
     """
 
     def __init__(
-        self, lab: Lab, vrrp: VrrpSettings, args: argparse.Namespace, result: RunResult
+        self, lab: Lab, vrrp: VrrpSettings, settings: LabSettings, result: RunResult
     ) -> None:
-        super().__init__(lab, args, result)
+        super().__init__(lab, settings, result)
         self.vrrp = vrrp
         self.keepalived: dict[Node, LabProcess] = {}
 
     def start_keepalived(self, node: Node, log_name: str = "keepalived") -> LabProcess:
         """Write the node's config and start keepalived in its namespace."""
-        relpath = f"keepalived/{iplab.NODE_NAMES[node]}/keepalived.conf"
+        relpath = f"keepalived/{NODE_NAMES[node]}/keepalived.conf"
         config = self.lab.write_file(relpath, render_config(node, self.vrrp))
         workdir = config.parent
         proc = self.lab.spawn(node, keepalived_argv(workdir, config), log_name)
-        self.lab.mark(f"start {iplab.NODE_NAMES[node]}/{log_name}")
+        self.lab.mark(f"start {NODE_NAMES[node]}/{log_name}")
         self.keepalived[node] = proc
         return proc
 
@@ -150,7 +152,7 @@ class KeepalivedScenario(iplab.Scenario):
         time.sleep(2 * self.vrrp.advert_int + 0.2)
         self.lab.mark("setup done: primary is VRRP master and answers")
 
-    def failback(self) -> iplab.PhaseResult:
+    def failback(self) -> PhaseResult:
         """Plug both of P's cables back in."""
         start = self.lab.cable(Node.PRIMARY, Network.PUBLIC, up=True)
         self.lab.cable(Node.PRIMARY, Network.PRIVATE, up=True)
@@ -158,7 +160,7 @@ class KeepalivedScenario(iplab.Scenario):
         self._await_backup(start)
         return result
 
-    def graceful_stop(self) -> iplab.PhaseResult:
+    def graceful_stop(self) -> PhaseResult:
         """SIGTERM keepalived on P."""
         proc = self.keepalived[Node.PRIMARY]
         start = self.lab.mark("SIGTERM primary/keepalived")
@@ -171,7 +173,7 @@ class KeepalivedScenario(iplab.Scenario):
             result.error = result.error or "keepalived did not exit within 5s of SIGTERM"
         return result
 
-    def restart(self) -> iplab.PhaseResult:
+    def restart(self) -> PhaseResult:
         """Start keepalived on P again and wait for it to take the address back."""
         start = time.monotonic()
         self.start_keepalived(Node.PRIMARY, log_name="keepalived-2")
@@ -197,17 +199,16 @@ class KeepalivedScenario(iplab.Scenario):
         return sorted(entries, key=lambda e: e[0])
 
 
-def scenario_args(vrrp: VrrpSettings, fixed_phase: bool = False) -> argparse.Namespace:
-    """What the lab's ``Scenario`` reads from its arguments, for keepalived.
+def scenario_settings(vrrp: VrrpSettings, fixed_phase: bool = False) -> LabSettings:
+    """What the lab's ``Scenario`` reads from its settings, for keepalived.
 
     Its wait bounds come from these: the dead time is S's master-down interval
     and there is no hold-down before a failback.
     """
-    return argparse.Namespace(
+    return LabSettings(
         interval=vrrp.advert_int,
         deadtime=vrrp.master_down(PRIORITIES[Node.SECONDARY]),
         failback_delay=0.0,
         ipv6=False,
         fixed_phase=fixed_phase,
-        keep_logs=None,
     )

@@ -79,7 +79,7 @@ def plain_text(rst: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ipfailover.lab import topology as lab
+    from ipfailover.lab import cli as lab
     from ipfailover.tools import check, process, status, units
 
     p = argparse.ArgumentParser(

@@ -24,7 +24,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from ipfailover import __version__
+from ipfailover import __version__, mail
 from ipfailover.core import auth, config, episodes
 from ipfailover.core.monitor import (
     DEFEND_INTERVAL,
@@ -46,7 +46,6 @@ from ipfailover.core.monitor import (
 )
 from ipfailover.core.wire import Dropped
 from ipfailover.failover import executor as transition
-from ipfailover.mail import outbox as mail
 from ipfailover.shell import control, netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks

@@ -25,7 +25,9 @@ from pathlib import Path
 import pytest
 
 from ipfailover.lab import flood as labflood
-from ipfailover.lab.topology import Lab, LabProcess, Node
+from ipfailover.lab.processes import LabProcess
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import Node
 
 INTERVAL = 0.2
 DEADTIME = 3 * INTERVAL  # the default: 3 intervals

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from ipfailover.lab import cases as labcases
 from ipfailover.lab import faults as labfaults
-from ipfailover.lab.faults import CaseParams, CaseResult, Settings
+from ipfailover.lab.cases import CaseParams, CaseResult
+from ipfailover.lab.faultrun import Settings
 
 
 def run(
     name: str, seconds: float, *, interval: float = 0.1, loss: int = 30, seed: int = 8
 ) -> CaseResult:
-    result = labfaults.run_case(
+    result = labcases.run_case(
         name, Settings(interval=interval), CaseParams(seconds, random.Random(seed), loss)
     )
     failed = [f"{v.name}: {v.detail}" for v in result.verdicts if not v.ok]
@@ -83,7 +85,8 @@ def test_soak_two_minutes() -> None:
 
 def test_nft_rules_for_loss_and_one_way_partitions(tmp_path: Path) -> None:
     """The injector's rules: numgen for loss, plain drop for a partition, per direction."""
-    from ipfailover.lab.topology import Lab, Network, Node
+    from ipfailover.lab.testbed import Lab
+    from ipfailover.lab.topology import Network, Node
 
     lab = Lab(tmpdir=tmp_path)  # not built: only the rule text is looked at
     faults = labfaults.FaultInjector(lab)
@@ -98,6 +101,6 @@ def test_nft_rules_for_loss_and_one_way_partitions(tmp_path: Path) -> None:
     assert faults.nft_script([]).count("table") == 2  # create-then-delete: nothing left
 
 
-@pytest.mark.parametrize("name", list(labfaults.CASES))
+@pytest.mark.parametrize("name", list(labcases.CASES))
 def test_every_case_has_a_full_length(name: str) -> None:
-    assert labfaults.plan([name], 1.0)
+    assert labcases.plan([name], 1.0)

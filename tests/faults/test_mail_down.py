@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from ipfailover.lab.topology import Lab, LabProcess, LogLine, Network, Node
+from ipfailover.lab.processes import LabProcess, LogLine
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import Network, Node
 
 FAST = {"FAILOVER_INTERVAL": 0.2, "FAILOVER_DEADTIME": 0.8, "FAILOVER_FAILBACK_DELAY": 0.5}
 SMTP_PORT = 2525

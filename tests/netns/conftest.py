@@ -1,6 +1,6 @@
 """Fixtures for tests that run the real daemons inside a throwaway namespace lab.
 
-``lab`` yields a built :class:`ipfailover.lab.topology.Lab` (primary, secondary, client and
+``lab`` yields a built :class:`ipfailover.lab.testbed.Lab` (primary, secondary, client and
 switch namespaces; see that module for the addresses) and always tears it down.
 The factory fixtures wrap the Lab helpers most end-to-end tests need:
 
@@ -25,7 +25,9 @@ from typing import Any
 
 import pytest
 
-from ipfailover.lab.topology import SERVICE_V4, Lab, LabProcess, Node, ProbeMonitor
+from ipfailover.lab.processes import LabProcess, ProbeMonitor
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import SERVICE_V4, Node
 
 
 @pytest.fixture

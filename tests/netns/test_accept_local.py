@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ipfailover.lab.topology import Lab, Node, sh
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import Node, sh
 
 
 def accept_local(lab: Lab, ifname: str) -> str:

@@ -16,7 +16,9 @@ from pathlib import Path
 from test_failover import BOTH, FAST, SERVICE, SETUP_TIMEOUT, SLACK, addresses
 
 from ipfailover.core import config
-from ipfailover.lab.topology import Lab, LabProcess, Node, daemon_command
+from ipfailover.lab.processes import LabProcess, daemon_command
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import Node
 from ipfailover.tools import check, status
 
 CLONE = "web-clone"

@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 
 from ipfailover.core import auth, wire
+from ipfailover.lab.processes import LabProcess, ProbeMonitor, write_key
+from ipfailover.lab.testbed import Lab
 from ipfailover.lab.topology import (
     ADDRESSES,
     BROADCASTS,
@@ -37,13 +39,9 @@ from ipfailover.lab.topology import (
     NODE_NAMES,
     SERVICE_V4,
     SERVICE_V6,
-    Lab,
-    LabProcess,
     Network,
     Node,
-    ProbeMonitor,
     sh,
-    write_key,
 )
 
 StartDaemon = Callable[..., LabProcess]

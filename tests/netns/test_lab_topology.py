@@ -20,22 +20,19 @@ from typing import Any
 import pytest
 
 from ipfailover.core.config import load_config, role_problems
+from ipfailover.lab.cli import configure_parser, run
 from ipfailover.lab.probe import PROBE_PORT
+from ipfailover.lab.processes import LabProcess, ProbeMonitor, parse_fields
+from ipfailover.lab.testbed import Lab
 from ipfailover.lab.topology import (
     HEARTBEAT_PORT,
     SERVICE_V4,
     SERVICE_V6,
-    Lab,
     LabError,
-    LabProcess,
     LabTimeout,
     Network,
     Node,
-    ProbeMonitor,
-    configure_parser,
     list_namespaces,
-    parse_fields,
-    run,
     sh,
 )
 

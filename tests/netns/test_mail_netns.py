@@ -21,7 +21,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from ipfailover.lab.topology import SERVICE_V4, SERVICE_V6, Lab, LabProcess, Network, Node, sh
+from ipfailover.lab.processes import LabProcess
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import SERVICE_V4, SERVICE_V6, Network, Node, sh
 
 StartDaemon = Callable[..., LabProcess]
 

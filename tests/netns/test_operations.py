@@ -14,7 +14,8 @@ from typing import Any
 
 from test_failover import FAST, SLACK, Pair, addresses, answers, start_pair
 
-from ipfailover.lab.topology import Lab, Node
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import Node
 
 __all__ = ["start_pair"]  # the fixture, imported so pytest finds it here
 

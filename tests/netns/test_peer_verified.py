@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ipfailover.lab.topology import NODE_NAMES, LabProcess, Network, Node
+from ipfailover.lab.processes import LabProcess
+from ipfailover.lab.topology import NODE_NAMES, Network, Node
 
 PRIMARY = NODE_NAMES[Node.PRIMARY]
 

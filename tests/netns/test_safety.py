@@ -31,7 +31,8 @@ from test_failover import (
 )
 from test_operations import status, status_json
 
-from ipfailover.lab.topology import SERVICE_V4, Lab, Network, Node
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import SERVICE_V4, Network, Node
 
 BOTH = (Network.PUBLIC, Network.PRIVATE)
 

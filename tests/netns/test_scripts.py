@@ -18,7 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ipfailover.lab.topology import SERVICE_V4, Lab, LabProcess, Network, Node, daemon_command
+from ipfailover.lab.processes import LabProcess, daemon_command
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import SERVICE_V4, Network, Node
 
 StartDaemon = Callable[..., LabProcess]
 

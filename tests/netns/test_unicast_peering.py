@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from ipfailover.lab.topology import Lab, LabProcess, LabTimeout, Network, Node, sh
+from ipfailover.lab.processes import LabProcess
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import LabTimeout, Network, Node, sh
 
 PEER_PUBLIC = "203.0.113.20"  # the secondary's public address, a unicast heartbeat target
 

@@ -8,7 +8,7 @@ import ipaddress
 import time
 from pathlib import Path
 
-from ipfailover.mail import outbox as mail
+from ipfailover import mail
 from ipfailover.shell import netif
 
 V4 = netif.Assignment(

@@ -18,11 +18,10 @@ from typing import Any
 import pytest
 from scriptkit import SITUATION, V4, V6, make_folder, write_script
 
-from ipfailover import failoverd
+from ipfailover import failoverd, mail
 from ipfailover.core import config
 from ipfailover.failover import executor as transition
 from ipfailover.failover.executor import Action, Announcing, Executor, Outcome
-from ipfailover.mail import outbox as mail
 from ipfailover.shell import netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks

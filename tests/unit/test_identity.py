@@ -201,7 +201,7 @@ def test_check_asks_the_running_daemon_about_a_collision(tmp_path: Path) -> None
 
 
 def test_the_collision_mail_says_what_to_do() -> None:
-    from ipfailover.mail import outbox as mail
+    from ipfailover import mail
 
     ev = auth.NameCollision(
         name="db", boot=b"\x01" * 8, addr=("203.0.113.10", 40000), network="eth0", at=1.0

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from ipfailover.lab import report as labreport
-from ipfailover.lab.topology import PhaseResult, RunResult
+from ipfailover.lab.scenario import PhaseResult, RunResult
 
 TIMELINE = [
     (1.0, "lab", "start secondary/failoverd"),

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from ipfailover import cli
-from ipfailover.mail import outbox as mail
+from ipfailover import cli, mail
 from ipfailover.shell import control
 from ipfailover.shell import sysctl as hostconf
 

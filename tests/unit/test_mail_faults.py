@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from test_mail import Events, Sink, free_port, settings, smtp_server, until
 
+from ipfailover import mail
 from ipfailover.failover import executor as transition
 from ipfailover.failover.executor import Announcing, Executor, Outcome
-from ipfailover.mail import outbox as mail
 from ipfailover.shell import netif
 from ipfailover.shell import scripts as hooks
 

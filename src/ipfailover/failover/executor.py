@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ipfailover.mail import outbox as mail
+from ipfailover import mail
 from ipfailover.shell import control, netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks

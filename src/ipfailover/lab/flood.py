@@ -26,7 +26,9 @@ import time
 from dataclasses import dataclass
 
 from ipfailover.core import auth, wire
-from ipfailover.lab.topology import HEARTBEAT_PORT, Lab, LabProcess, Node
+from ipfailover.lab.processes import LabProcess
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import HEARTBEAT_PORT, Node
 
 _HEADER = struct.Struct("!4sBBBB8sQI")
 BATCH = 256  # datagrams between clock reads

@@ -30,27 +30,26 @@ Around every input the harness takes a snapshot of the core and checks:
   listeners never exceed their documented caps.
 
 :func:`run` returns a :class:`Report`; ``tests/unit/test_fuzz.py`` runs 10^5 inputs and
-``bench/fuzz.py`` 10^6.
+``bench/fuzz.py`` 10^6. The inputs are made by :mod:`ipfailover.lab.mutator`, the snapshots
+compared by :mod:`ipfailover.lab.snapshot`; this module is the harness around both cores.
 """
 
 from __future__ import annotations
 
-import enum
 import math
-import pickle
 import random
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ipfailover.core import auth, monitor, sender, wire
+from ipfailover.core import monitor, sender, wire
 from ipfailover.core.monitor import Acquire, Monitor, MonitorConfig, Probe, Release
 from ipfailover.core.sender import Sender, SenderConfig
+from ipfailover.lab import snapshot
+from ipfailover.lab.mutator import KEY, POOL, Mutator
 
-KEY = bytes(range(32))
 NETS = ("pub", "priv")
 PRIMARY = {"pub": ("203.0.113.10", 40000), "priv": ("198.51.100.10", 40000)}
 SECONDARY = {"pub": ("203.0.113.20", 1694), "priv": ("198.51.100.20", 1694)}
@@ -61,8 +60,6 @@ DEADTIME = 3.0
 FAILBACK = 3.0
 STEP = INTERVAL / 4
 ALIVE_STEPS, DEAD_STEPS = 80, 24  # the primary's cycle: 20 s alive, 6 s dead
-_HEADER = struct.Struct("!4sBBBB8sQI")
-POOL = 64  # captured datagrams kept per direction for mutation
 
 
 class FuzzFailure(AssertionError):
@@ -80,264 +77,6 @@ class Report:
     @property
     def total(self) -> int:
         return sum(self.inputs.values())
-
-
-def freeze(obj: Any, depth: int = 0) -> Any:
-    """A comparable, plain-data copy of ``obj`` (objects by their attributes, in order)."""
-    if depth > 8:
-        return "..."
-    if obj is None or isinstance(obj, bool | int | float | str | bytes | enum.Enum):
-        return obj
-    if isinstance(obj, dict):
-        return tuple((freeze(k, depth + 1), freeze(v, depth + 1)) for k, v in obj.items())
-    if isinstance(obj, list | tuple):
-        return tuple(freeze(v, depth + 1) for v in obj)
-    if isinstance(obj, set | frozenset):
-        return tuple(sorted(repr(freeze(v, depth + 1)) for v in obj))
-    if callable(obj) and not is_dataclass(obj):
-        return "<callable>"
-    if is_dataclass(obj):
-        attrs = tuple((f.name, freeze(getattr(obj, f.name), depth + 1)) for f in fields(obj))
-        return (type(obj).__name__, *attrs)
-    if hasattr(obj, "__dict__"):
-        attrs = tuple((k, freeze(v, depth + 1)) for k, v in sorted(vars(obj).items()))
-        return (type(obj).__name__, *attrs)
-    if hasattr(obj, "__iter__"):  # deque and the like
-        return tuple(freeze(v, depth + 1) for v in obj)
-    return repr(obj)
-
-
-_VOLATILE = {"counters", "_events", "_out", "_now", "_rng", "cfg"}
-MONITOR_CORE = (
-    "state",
-    "since",
-    "detector",
-    "peer_name",
-    "peer_boot",
-    "peer_seq",
-    "peer_interval",
-    "_holddown_until",
-    "_retry_at",
-    "_left_boots",
-    "_warned_boots",
-    "_stop_pending",
-)
-SENDER_CORE = (
-    "boot_id",
-    "seq",
-    "stopped",
-    "_next_beat",
-    "_listeners",
-    "_release_ids",
-    "_pending_announce",
-)
-
-
-def _whole(core: object) -> bytes:
-    """Every attribute but the volatile ones, pickled in one go (fast; see :func:`_changed`)."""
-    return pickle.dumps({k: v for k, v in vars(core).items() if k not in _VOLATILE}, 4)
-
-
-def _changed(before: bytes, core: object) -> list[str]:
-    """The attributes of ``core`` that differ from the pickle ``before``. Pickles that differ
-    are compared again by value, attribute by attribute (equal values may pickle differently)."""
-    if _whole(core) == before:
-        return []
-    old: dict[str, Any] = pickle.loads(before)
-    new = {k: v for k, v in vars(core).items() if k not in _VOLATILE}
-    return sorted(k for k in old.keys() | new.keys() if freeze(old.get(k)) != freeze(new.get(k)))
-
-
-def _rejected(core: Monitor | Sender) -> int:
-    return sum(v for k, v in core.counters.items() if k.startswith("rejected."))
-
-
-def _monitor_core(m: Monitor) -> dict[str, Any]:
-    snap = {k: freeze(getattr(m, k)) for k in MONITOR_CORE}
-    snap["verified"] = freeze({n: p.verified for n, p in m._peers.items()})
-    return snap
-
-
-def _sender_core(s: Sender) -> dict[str, Any]:
-    return {k: freeze(getattr(s, k)) for k in SENDER_CORE}
-
-
-def _diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-
-
-# --- raw datagrams -------------------------------------------------------------------------------
-
-
-@dataclass
-class Raw:
-    """A datagram's fields, any of which may be invalid; :meth:`pack` signs it with the key."""
-
-    magic: bytes
-    version: int
-    mtype: int
-    flags: int
-    name: bytes
-    name_len: int
-    boot: bytes
-    seq: int
-    interval_us: int
-    body: bytes
-
-    @classmethod
-    def parse(cls, data: bytes) -> Raw:
-        magic, version, mtype, flags, name_len, boot, seq, iv = _HEADER.unpack_from(data)
-        pos = _HEADER.size + name_len
-        name = data[_HEADER.size : pos]
-        body = data[pos : -auth.TAG_SIZE]
-        return cls(magic, version, mtype, flags, name, name_len, boot, seq, iv, body)
-
-    def pack(self, key: bytes = KEY) -> bytes:
-        head = _HEADER.pack(
-            self.magic,
-            self.version & 0xFF,
-            self.mtype & 0xFF,
-            self.flags & 0xFF,
-            self.name_len & 0xFF,
-            self.boot,
-            self.seq % 2**64,
-            self.interval_us % 2**32,
-        )
-        data = head + self.name + self.body
-        return data + auth.sign(key, data)
-
-
-class Mutator:
-    """Makes fuzz inputs from a pool of captured datagrams."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-        self.boots: list[bytes] = []  # boot ids seen, for plausible boot changes
-        self.nonces: list[bytes] = []  # nonces and echoes seen on the wire
-
-    def note(self, data: bytes) -> None:
-        try:
-            msg = wire.decode(data, KEY)
-        except wire.RemoteProtocolError:
-            return
-        for value, bag in ((msg.boot_id, self.boots), (msg.nonce, self.nonces)):
-            if value and value not in bag:
-                bag.append(value)
-                del bag[:-16]
-        for e in msg.echoes:
-            if e not in self.nonces:
-                self.nonces.append(e)
-                del self.nonces[:-16]
-
-    def random_bytes(self) -> bytes:
-        r = self.rng
-        n = r.choice((0, 1, 4, 27, 60, r.randrange(0, 80), r.randrange(80, 600)))
-        data = r.randbytes(n)
-        if r.random() < 0.5 and n >= 6:
-            data = wire.MAGIC + bytes([wire.VERSION]) + data[5:]
-        return data
-
-    def bit_flip(self, data: bytes) -> bytes:
-        b = bytearray(data)
-        for _ in range(self.rng.choice((1, 1, 2, 3, 8))):
-            i = self.rng.randrange(len(b) * 8)
-            b[i // 8] ^= 1 << (i % 8)
-        return bytes(b)
-
-    def truncate(self, data: bytes) -> bytes:
-        return data[: self.rng.randrange(len(data))]
-
-    def extend(self, data: bytes) -> bytes:
-        return data + self.rng.randbytes(self.rng.choice((1, 8, 32, self.rng.randrange(1, 500))))
-
-    def resign(self, data: bytes) -> bytes:
-        """One field changed (or none: an exact re-signed replay), signed with the key."""
-        r = self.rng
-        raw = Raw.parse(data)
-        which = r.choice(
-            (
-                "replay",
-                "type",
-                "flags",
-                "name",
-                "boot",
-                "seq",
-                "seq",
-                "interval",
-                "echoes",
-                "nonce",
-                "echo_boot",
-                "echo_seq",
-                "body",
-                "version",
-            )
-        )
-        if which == "type":
-            raw.mtype = r.choice((0, 1, 2, 3, 4, 5, r.randrange(256)))
-        elif which == "flags":
-            raw.flags = r.choice((1, 2, 0x80, 0xFF, r.randrange(256)))
-        elif which == "name":
-            raw.name = r.choice(
-                (
-                    b"primary",
-                    b"secondary",
-                    b"intruder",
-                    b"",
-                    b"a b",
-                    b"\x00\x01",
-                    b"\xff\xfe",
-                    b"x" * 64,
-                    b"x" * 65,
-                    r.randbytes(r.randrange(1, 70)),
-                )
-            )
-            raw.name_len = len(raw.name) if r.random() < 0.8 else r.randrange(256)
-        elif which == "boot":
-            raw.boot = r.choice(self.boots) if self.boots and r.random() < 0.5 else r.randbytes(8)
-        elif which == "seq":
-            raw.seq = r.choice(
-                (
-                    raw.seq,
-                    raw.seq + 1,
-                    raw.seq - 1,
-                    raw.seq + r.randrange(1, 300),
-                    raw.seq - r.randrange(1, 300),
-                    raw.seq + 2**40,
-                    0,
-                    2**64 - 1,
-                    r.randrange(2**64),
-                )
-            )
-        elif which == "interval":
-            raw.interval_us = r.choice((0, 1, 2**32 - 1, r.randrange(2**32)))
-        elif which == "echoes":
-            count = r.choice((0, 1, 3, 16, 17, 255))
-            pool = self.nonces or [b"\0" * 8]
-            echoes = b"".join(
-                r.choice(pool) if r.random() < 0.5 else r.randbytes(8)
-                for _ in range(min(count, 20))
-            )
-            raw.body = bytes([count]) + echoes
-        elif which in ("nonce", "echo_boot", "echo_seq") and len(raw.body) == 24:
-            nonce, echo_boot, echo_seq = raw.body[:8], raw.body[8:16], raw.body[16:]
-            if which == "nonce":
-                nonce = (
-                    r.choice(self.nonces) if self.nonces and r.random() < 0.5 else r.randbytes(8)
-                )
-            elif which == "echo_boot":
-                echo_boot = r.choice(self.boots) if self.boots else r.randbytes(8)
-            else:
-                (value,) = struct.unpack("!Q", echo_seq)
-                value = r.choice((value + 1, value - 1, value + 1000, 0, r.randrange(2**64)))
-                echo_seq = struct.pack("!Q", value % 2**64)
-            raw.body = nonce + echo_boot + echo_seq
-        elif which == "body":
-            raw.body = r.choice(
-                (b"", raw.body[:-1], raw.body + b"\0", r.randbytes(r.randrange(40)))
-            )
-        elif which == "version":
-            raw.version = r.choice((0, 2, 255))
-        return raw.pack()
 
 
 # --- the harness ---------------------------------------------------------------------------------
@@ -467,7 +206,7 @@ class Harness:
             lambda: m.receive_datagram(data, addr, net, now),
             data,
             msg,
-            None if msg is None or fresh else _monitor_core,
+            None if msg is None or fresh else snapshot.monitor_core,
         )
         if msg is not None:
             self._note_fed(data)
@@ -489,27 +228,27 @@ class Harness:
         """Deliver one input to ``core`` and hold it to the rules: nothing escapes but the
         drop, and that is counted once; unauthentic input (``msg`` None) changes nothing at all;
         a non-fresh one changes nothing in ``view`` (None: it is fresh, or unauthentic)."""
-        whole = _whole(core) if msg is None else None
+        whole = snapshot.whole(core) if msg is None else None
         before = None if view is None else view(core)
-        rejected = _rejected(core)
+        rejected = snapshot.rejected(core)
         try:
             deliver()
         except Exception as e:
             raise self._fail(name, data, f"{type(e).__name__}: {e}") from e
         events = _drain(core)
         dropped = [e for e in events if isinstance(e, wire.Dropped)]
-        if len(dropped) != _rejected(core) - rejected or len(dropped) > 1:
+        if len(dropped) != snapshot.rejected(core) - rejected or len(dropped) > 1:
             raise self._fail(name, data, f"drops not counted once: {events}")
         outcome = dropped[0].reason.value if dropped else "accepted"
         self.report.outcomes[f"{name}.{outcome}"] += 1
         if whole is not None:
             if not dropped:
                 raise self._fail(name, data, "an unauthentic datagram was not dropped")
-            changed = _changed(whole, core)
+            changed = snapshot.changed(whole, core)
             if changed:
                 raise self._fail(name, data, f"unauthentic input changed {changed}")
         elif before is not None and view is not None:
-            changed = _diff(before, view(core))
+            changed = snapshot.diff(before, view(core))
             if changed:
                 raise self._fail(name, data, f"a non-fresh input changed {changed}")
         return events
@@ -542,7 +281,7 @@ class Harness:
             lambda: s.receive_datagram(data, addr, now),
             data,
             msg,
-            None if msg is None or fresh else _sender_core,
+            None if msg is None or fresh else snapshot.sender_core,
         )
         s.datagrams_to_send()  # the immediate beat to a new listener: not delivered
         if len(s._listeners) > sender.MAX_LISTENERS or len(s._release_ids) > 17:

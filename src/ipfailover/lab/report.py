@@ -1,4 +1,7 @@
-"""What ``ipfailover lab`` shows besides its tables: a plot of the timeline, and what to try next.
+"""What ``ipfailover lab`` shows: its tables and timelines, a plot of them, and what to try next.
+
+``print_header``, ``print_run`` and ``print_summary`` write the human report of the timing
+scenario, ``json_result`` its ``--json`` document.
 
 ``ipfailover lab --plot FILE.png`` draws, for each run, which node answered the client's probes
 over time (one band per node, lost probes in their own band) with the lab's actions (cables
@@ -11,8 +14,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
+
+from ipfailover.lab.scenario import PHASES, Bounds, RunResult
+from ipfailover.lab.settings import LabSettings
+from ipfailover.lab.topology import service_address
 
 _ANSWERS = re.compile(r"answers: (?P<who>.+?) \((?P<n>\d+) probes over (?P<span>[0-9.]+)s\)")
 ROWS = ("primary", "secondary", "nobody (lost)")
@@ -96,3 +104,86 @@ def plot(runs: Sequence[Any], path: Path) -> None:
 
 def print_next_steps(out: IO[str]) -> None:
     print(NEXT_STEPS, end="", file=out)
+
+
+def _fmt(value: float | None, unit: str = "s") -> str:
+    return "-" if value is None else f"{value:.3f}{unit}"
+
+
+MAX_CLIENT_LINES = 80
+"""Human timelines show at most this many answer changes (a flapping run has thousands)."""
+
+
+def print_run(result: RunResult, out: IO[str]) -> None:
+    """Human report of one run: timeline and a phase table."""
+    print(f"== run {result.index}: timeline (seconds since the lab was built)", file=out)
+    client_lines = 0
+    for t, source, text in result.timeline:
+        client_lines += source == "client"
+        if source != "client" or client_lines <= MAX_CLIENT_LINES:
+            print(f"  {t:+9.3f}  {source:<22} {text}", file=out)
+    if client_lines > MAX_CLIENT_LINES:
+        hidden = client_lines - MAX_CLIENT_LINES
+        print(f"  ({hidden} more changes of who answers not shown; see --json)", file=out)
+    print(f"{'phase':<18}{'time':>10}{'lost':>8}  status", file=out)
+    for name in PHASES:
+        phase = result.phases.get(name)
+        if phase is None:
+            print(f"{name:<18}{'-':>10}{'-':>8}  not run", file=out)
+            continue
+        status = "ok" if phase.ok else f"FAILED: {phase.error}"
+        lost = "-" if phase.lost is None else str(phase.lost)
+        print(f"{name:<18}{_fmt(phase.seconds):>10}{lost:>8}  {status}", file=out)
+    if result.error:
+        print(f"run {result.index} failed: {result.error}", file=out)
+
+
+def print_header(settings: LabSettings, out: IO[str]) -> None:
+    """What is measured, with which settings, and how long each wait may take."""
+    bounds = Bounds.from_settings(settings)
+    deadtime = "default" if settings.deadtime is None else f"{settings.deadtime}s"
+    failback = "default" if settings.failback_delay is None else f"{settings.failback_delay}s"
+    print(
+        f"ipfailover lab: probing {service_address(settings.ipv6)}; "
+        f"interval={settings.interval}s "
+        f"deadtime={deadtime} failback-delay={failback}; waits bounded at "
+        f"{bounds.failover:.0f}s (takeover) and {bounds.failback:.0f}s (failback)",
+        file=out,
+    )
+
+
+def print_summary(summary: dict[str, dict[str, Any]], out: IO[str]) -> None:
+    """Human table of the per-phase statistics over all runs."""
+    print("== summary", file=out)
+    print(f"{'phase':<18}{'ok':>6}{'median':>10}{'min':>10}{'max':>10}{'lost med':>10}", file=out)
+    for name, row in summary.items():
+        lost = "-" if row["lost_median"] is None else f"{row['lost_median']:g}"
+        print(
+            f"{name:<18}{row['ok']:>3}/{row['runs']:<2}{_fmt(row['median']):>10}"
+            f"{_fmt(row['min']):>10}{_fmt(row['max']):>10}{lost:>10}",
+            file=out,
+        )
+
+
+def json_result(
+    settings: LabSettings, runs: Sequence[RunResult], summary: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The ``--json`` document: the settings, the per-phase summary, and every run."""
+    params = {
+        k: getattr(settings, k) for k in ("interval", "deadtime", "failback_delay", "runs", "ipv6")
+    }
+    return {
+        "params": params,
+        "ok": all(r.ok for r in runs),
+        "summary": summary,
+        "runs": [
+            {
+                "run": r.index,
+                "ok": r.ok,
+                "error": r.error,
+                "phases": {n: {**asdict(p), "ok": p.ok} for n, p in r.phases.items()},
+                "timeline": [{"t": round(t, 6), "source": s, "text": x} for t, s, x in r.timeline],
+            }
+            for r in runs
+        ],
+    }

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ipfailover import mail
 from ipfailover.core import config
-from ipfailover.mail import outbox as mail
 from ipfailover.shell import control, netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks

@@ -30,9 +30,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ipfailover import mail
 from ipfailover.core import config
 from ipfailover.failover import executor as transition
-from ipfailover.mail import outbox as mail
 from ipfailover.shell import control, netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks
