@@ -147,24 +147,39 @@ def test_run_program_feeds_stdin() -> None:
     assert (res.exit_code, res.output) == (0, "hello\n")
 
 
+class TickClock:
+    """A clock whose monotonic time is the next of the given ticks, one per reading."""
+
+    def __init__(self, *ticks: float) -> None:
+        self.ticks = iter(ticks)
+
+    def time(self) -> float:
+        raise AssertionError("durations are measured on the monotonic clock")
+
+    def monotonic(self) -> float:
+        return next(self.ticks)
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("a script run does not sleep on the clock")
+
+
 def test_a_runs_start_and_duration_are_read_from_the_injected_clock(folder: Path) -> None:
     script = write_script(folder, "PostAcq1", "exit 0")
-    ticks = iter([100.0, 100.25, 107.5])  # the run starts, the program starts, it ends
-    runner = ScriptFolder(folder, timeout=5, enforce=True, clock=lambda: next(ticks))
+    clock = TickClock(100.0, 100.25, 107.5)  # the run starts, the program starts, it ends
+    runner = ScriptFolder(folder, timeout=5, enforce=True, clock=clock)
     res = run(runner.run(hooks.Script(script, Phase.POST_ACQ), {}))
     assert isinstance(res, hooks.ScriptResult) and res.status is Status.OK
     assert (res.started, res.duration) == (100.0, 7.25)
     refused = hooks.Script(script, Phase.POST_ACQ, problem="writable by others")
-    ticks = iter([200.0])
+    clock.ticks = iter([200.0])
     res = run(runner.run(refused, {}))
     assert isinstance(res, hooks.ScriptResult) and res.status is Status.REFUSED
     assert (res.started, res.duration) == (200.0, 0.0)
 
 
 def test_run_program_reads_its_duration_from_the_injected_clock() -> None:
-    ticks = iter([10.0, 12.5])
     res = run(
-        hooks.run_program(["/bin/true"], env={}, cwd="/", timeout=5, clock=lambda: next(ticks))
+        hooks.run_program(["/bin/true"], env={}, cwd="/", timeout=5, clock=TickClock(10.0, 12.5))
     )
     assert isinstance(res, hooks.ProgramResult)
     assert (res.exit_code, res.duration) == (0, 2.5)

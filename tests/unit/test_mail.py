@@ -318,6 +318,9 @@ class FakeClock:
     def time(self) -> float:
         return self.now
 
+    def monotonic(self) -> float:
+        return self.now
+
     async def sleep(self, seconds: float) -> None:
         sleeper = (seconds, self.now + seconds, asyncio.Event())
         self._sleepers.append(sleeper)

@@ -7,13 +7,11 @@ The layer's parts, each in its own module:
 * :mod:`~ipfailover.mail.spool` -- the spool folder, one atomically written file per message;
 * :mod:`~ipfailover.mail.delivery` -- handing a message on, over SMTP or the notify program;
 * :mod:`~ipfailover.mail.outbox` -- the background task that delivers in order, with backoff;
-* :mod:`~ipfailover.mail.clock` -- the outbox's time, injected (a test passes a fake one).
 
 The names the daemons and tools use are exported here (``from ipfailover import mail``), so
 callers need not know which module holds what.
 """
 
-from ipfailover.mail.clock import Clock, SystemClock
 from ipfailover.mail.delivery import (
     PROGRAM_TIMEOUT,
     SMTP_TIMEOUT,
@@ -47,6 +45,7 @@ from ipfailover.mail.outbox import (
     Outbox,
 )
 from ipfailover.mail.spool import SPOOL_VERSION, Spool, SpoolItem
+from ipfailover.shell.clock import Clock, SystemClock
 
 __all__ = [
     "BACKOFF_FIRST",

@@ -40,12 +40,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from ipfailover.mail.clock import Clock, SystemClock, within
 from ipfailover.mail.delivery import Delivery, DeliveryError, in_daemon_thread
 from ipfailover.mail.message import MailSettings, make_item
 from ipfailover.mail.notice import Notice
 from ipfailover.mail.spool import Spool, SpoolItem
 from ipfailover.shell import runtime as daemon
+from ipfailover.shell.clock import Clock, SystemClock, within
 
 T = TypeVar("T")
 

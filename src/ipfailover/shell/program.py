@@ -6,8 +6,8 @@ directory the caller gives, stdout and stderr captured together (the first
 :data:`OUTPUT_LIMIT` bytes kept), in its own session (process group) and, where the host has
 cgroup v2, in its own cgroup (:mod:`ipfailover.shell.cgroups`). On timeout everything it started
 is killed with SIGKILL, grandchildren included, and with a cgroup even a child that called
-``setsid``. Durations are read from ``clock`` (the event loop's by default), so a test can give
-its own.
+``setsid``. Durations are read from ``clock.monotonic()`` (:mod:`ipfailover.shell.clock`; the
+system's by default, which is the event loop's time), so a test can give its own.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ipfailover.shell import cgroups
-
-Clock = Callable[[], float]
+from ipfailover.shell.clock import SYSTEM_CLOCK, Clock
 
 #: The PATH scripts and the notify program get (their environment is otherwise clean).
 SCRIPT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -41,11 +40,6 @@ class ProgramResult:
     output_dropped: int  # bytes of output beyond the limit (read and discarded)
     duration: float
     error: str | None = None
-
-
-def loop_clock() -> float:
-    """The running event loop's time: what durations are measured in unless a clock is given."""
-    return asyncio.get_running_loop().time()
 
 
 class _Collector(asyncio.Protocol):
@@ -79,7 +73,7 @@ async def run_program(
     stdin: bytes | None = None,
     executable: str | None = None,
     pass_fds: Sequence[int] = (),
-    clock: Clock = loop_clock,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> ProgramResult:
     """Run ``argv`` with a timeout; capture stdout and stderr together through one pipe.
 
@@ -125,7 +119,7 @@ async def _run_in(
     clock: Clock,
 ) -> ProgramResult:
     loop = asyncio.get_running_loop()
-    started = clock()
+    started = clock.monotonic()
     read_fd, write_fd = os.pipe()
     try:
         proc = await cgroups.spawn_inside(
@@ -144,7 +138,7 @@ async def _run_in(
         )
     except OSError as e:
         os.close(read_fd)
-        return ProgramResult(None, False, "", 0, clock() - started, e.strerror or str(e))
+        return ProgramResult(None, False, "", 0, clock.monotonic() - started, e.strerror or str(e))
     finally:
         os.close(write_fd)
     transport, collector = await loop.connect_read_pipe(
@@ -170,7 +164,7 @@ async def _run_in(
         timed_out,
         bytes(collector.data).decode("utf-8", "replace"),
         collector.dropped,
-        clock() - started,
+        clock.monotonic() - started,
     )
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ipfailover.core import config
+from ipfailover.shell.clock import SYSTEM_CLOCK, Clock
 from ipfailover.shell.program import OUTPUT_LIMIT as OUTPUT_LIMIT
 from ipfailover.shell.program import SCRIPT_PATH as SCRIPT_PATH
-from ipfailover.shell.program import Clock, loop_clock
 from ipfailover.shell.program import ProgramResult as ProgramResult
 from ipfailover.shell.program import run_program as run_program
 from ipfailover.shell.trust import Refused as Refused
@@ -160,7 +160,7 @@ class ScriptFolder:
         timeout: float,
         enforce: bool,
         uid: int | None = None,
-        clock: Clock = loop_clock,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._path = path
         self.timeout = timeout
@@ -214,7 +214,7 @@ class ScriptFolder:
 
     async def run(self, script: Script, env: Mapping[str, str]) -> ScriptResult:
         """Run one script (or refuse it); never raises for the script's own misbehaviour."""
-        started = self.clock()
+        started = self.clock.monotonic()
         if script.problem is not None:
             refused = f"refused: {script.problem}"
             return ScriptResult(

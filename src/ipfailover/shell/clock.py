@@ -1,8 +1,9 @@
-"""The mail layer's clock, injected: the outbox reads the time and waits through it.
+"""The shells' clock, injected (trio's MockClock idea): one protocol for every shell.
 
-:class:`SystemClock` is the real one. A test hands the outbox a fake clock (the trio MockClock
-idea) and then decides when time passes, so it asserts what the outbox does at each moment
-without waiting for, or measuring, real time.
+:class:`SystemClock` is the real one. A test hands a component a fake clock and then decides when
+time passes, so it asserts what the component does at each moment without waiting for, or
+measuring, real time. The mail outbox takes one (``Outbox.clock``), and so do the script runner
+(``ScriptFolder(clock=...)``, ``run_program(clock=...)``).
 """
 
 from __future__ import annotations
@@ -16,25 +17,35 @@ T = TypeVar("T")
 
 
 class Clock(Protocol):
-    """The outbox's time (trio's MockClock idea): a test hands in a fake one and waits for nothing.
+    """Time as a shell sees it.
 
-    ``time`` is wall-clock seconds (spool ids, delivery schedules, holds); ``sleep`` is every wait
-    the outbox makes (the pause between delivery passes, the grace at stop).
+    ``time`` is wall-clock seconds since the epoch: what is written down (spool ids, delivery
+    schedules that must survive a restart). ``monotonic`` is what durations and deadlines are
+    measured in (the event loop's time; it never steps back). ``sleep`` is every wait.
     """
 
     def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
 
 
 class SystemClock:
-    """The real clock: ``time.time()``, and the event loop's own sleep."""
+    """The real clock: ``time.time()``, ``time.monotonic()`` (what asyncio's loop reads), and the
+    event loop's own sleep."""
 
     def time(self) -> float:
         return time.time()
 
+    def monotonic(self) -> float:
+        return time.monotonic()
+
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+SYSTEM_CLOCK = SystemClock()
 
 
 async def within(clock: Clock, aw: Awaitable[T], timeout: float) -> T:
