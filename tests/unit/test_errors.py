@@ -9,7 +9,7 @@ from ipfailover.core import auth, config, errors, monitor, wire
 
 def test_one_local_protocol_error_for_the_wire_and_the_monitor() -> None:
     assert wire.LocalProtocolError is monitor.LocalProtocolError is errors.LocalProtocolError
-    # both old bases kept, so no caller's except clause catches more or less than before
+    # both old bases kept, so every caller's except clause that caught one still does
     assert issubclass(errors.LocalProtocolError, ValueError)
     assert issubclass(errors.LocalProtocolError, RuntimeError)
 

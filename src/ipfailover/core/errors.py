@@ -44,7 +44,9 @@ class LocalProtocolError(ValueError, RuntimeError):
     Raised when the caller builds a message that cannot be encoded (:mod:`wire`) and when a
     shell feeds a state machine an event its state has no transition for (:mod:`monitor`).
     It is both a ValueError (what the wire's used to be) and a RuntimeError (what the
-    monitor's used to be), so that no ``except`` clause catches more or less than before.
+    monitor's used to be), so every ``except`` clause that caught one still does. Such a clause
+    now also catches the other kind of misuse (an ``except ValueError`` catches an illegal
+    monitor transition); no clause in the package wraps both, and a bug should not be caught.
     """
 
 

@@ -58,7 +58,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="start each phase right away, not after a random part of an interval (then every "
         "cable is pulled at the same point of the heartbeat cycle)",
     )
-    """Add the fault options to ``ipfailover lab``'s parser."""
+    # the fault options (ipfailover lab --faults)
     p.add_argument(
         "--faults",
         metavar="NAME|all",
