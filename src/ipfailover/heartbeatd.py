@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
@@ -26,6 +25,7 @@ from ipfailover.shell import runtime as daemon
 
 log = logging.getLogger("ipfailover.heartbeatd")
 SEND_FAILURE_EVERY = 10.0  # seconds between send-failed lines for one target
+HELD_RECHECK = 60.0  # seconds: the held targets are looked up at least this often
 
 
 async def announced_addresses(cfg: config.Config) -> list[netif.Assignment]:
@@ -62,6 +62,8 @@ class Heartbeatd:
         self._tasks: set[asyncio.Task[None]] = set()
         self._send_failures: dict[str, tuple[float | None, int]] = {}  # target -> (logged, since)
         self._unsure: dict[asyncio.Task[None], str] = {}  # announcements a holder cancels
+        self._flush_soon = False  # a flush is queued for the end of this batch of datagrams
+        self._addresses_changed = asyncio.Event()  # set by watch_links: look the targets up
 
     def snapshot(self) -> dict[str, Any]:
         """The status this daemon reports (docs/status.md)."""
@@ -102,17 +104,22 @@ class Heartbeatd:
         self._flush()
 
     async def watch_links(self) -> None:
-        """Re-announce when a cable comes back on an interface that carries our heartbeats.
-        Supervised: if the kernel's notifications fail (an overrun), subscribe again."""
+        """Re-announce when a cable comes back on an interface that carries our heartbeats, and
+        have the held targets looked up again when addresses change (watch_held_targets).
+        Event-driven (kernel notifications, nothing polled). Supervised: if the notifications
+        fail (an overrun), subscribe again, and look the targets up again meanwhile."""
         while not self.stopped.is_set():
             try:
-                async for ifname in netif.carrier_up():
-                    if any(a.ifname == ifname for a in await announced_addresses(self.cfg)):
+                async for kind, ifname in netif.link_events():
+                    if kind == "addresses":
+                        self._addresses_changed.set()
+                    elif any(a.ifname == ifname for a in await announced_addresses(self.cfg)):
                         self.events("link-up", interface=ifname)
                         self.core.link_up(self.loop.time())
                         self._flush()
             except Exception as e:  # logged, and the watch starts over
                 self.events("link-watch-error", logging.WARNING, error=repr(e))
+                self._addresses_changed.set()  # a change may have been missed
                 await asyncio.sleep(1.0)
 
     async def watch_held_targets(self) -> None:
@@ -120,11 +127,12 @@ class Heartbeatd:
         failoverd took the peer's address over), a datagram to it would be delivered here and
         never leave the host, and the returning peer would hear nothing on that network. Send
         it to the link instead, as failoverd does for its challenges (netif.unicast_substitute:
-        the subnet's broadcast, or all-nodes). Looked up every interval (at most every second)
-        while a target is a unicast address, every second otherwise."""
+        the subnet's broadcast, or all-nodes). Looked up at start-up and again whenever the
+        kernel reports an address change (watch_links), at the latest every HELD_RECHECK
+        seconds; never polled per interval."""
         failed = ""  # the last error logged, so that a lasting one is logged once
         while not self.stopped.is_set():
-            every = 1.0
+            self._addresses_changed.clear()
             try:
                 targets = set(self.cfg.bcast_ips)
                 held = await netif.addresses_on_subnets_of(targets)
@@ -139,20 +147,16 @@ class Heartbeatd:
                 for target in sorted(old.keys() - redirects.keys()):
                     self.events("target-released", target=target)
                 self.udp.redirects = redirects
-                broadcasts = {
-                    ipaddress.ip_network((a.address, a.prefixlen), strict=False).broadcast_address
-                    for a in held
-                }
-                if any(t.version == 6 or t not in broadcasts for t in targets):
-                    every = min(1.0, self.cfg.interval)
             except Exception as e:  # logged once; the targets are sent to as configured meanwhile
                 if repr(e) != failed:
                     self.events("target-watch-error", logging.WARNING, error=repr(e))
                 failed = repr(e)
+                self._addresses_changed.set()  # try again after a second
+                await asyncio.sleep(1.0)
             else:
                 failed = ""
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopped.wait(), every)
+                await asyncio.wait_for(self._addresses_changed.wait(), HELD_RECHECK)
 
     def _on_timer(self) -> None:
         self.core.handle_timer(self.loop.time())
@@ -161,6 +165,14 @@ class Heartbeatd:
     def _on_datagram(self, dg: daemon.Datagram) -> None:
         self.core.receive_datagram(dg.data, dg.addr, self.loop.time())
         daemon.answer_local_boots(self.core, self.cfg.run_dir, self.loop.time())
+        # One flush for the batch the socket readers are draining (the challenge copies of
+        # every network arrive together), not one per datagram.
+        if not self._flush_soon:
+            self._flush_soon = True
+            self.loop.call_soon(self._batch_done)
+
+    def _batch_done(self) -> None:
+        self._flush_soon = False
         self._flush()
         if self._unsure:
             self._cancel_if_held()

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from pyroute2 import AsyncIPRoute, NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_LINK
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 
 log = logging.getLogger("ipfailover.netif")
 
@@ -896,17 +896,37 @@ async def carrier_up() -> AsyncIterator[str]:
 
     Listens to the kernel's link notifications (RTMGRP_LINK); runs until cancelled.
     """
+    async for kind, ifname in link_events(addresses=False):
+        if kind == "carrier-up":
+            yield ifname
+
+
+async def link_events(*, addresses: bool = True) -> AsyncIterator[tuple[str, str]]:
+    """Yield ``("carrier-up", ifname)`` each time an interface's carrier comes back
+    (IFF_LOWER_UP turns on) and, with ``addresses``, ``("addresses", "")`` after each batch of
+    address changes (one for a burst, however many addresses it changed).
+
+    One netlink socket subscribed to the kernel's notifications (RTMGRP_LINK, and the address
+    groups): nothing is polled, so an idle daemon spends nothing here. Runs until cancelled.
+    """
     seen: dict[int, bool] = {}
+    groups = RTMGRP_LINK | (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR if addresses else 0)
     async with _netlink() as ipr:
-        await ipr.bind(groups=RTMGRP_LINK)
+        await ipr.bind(groups=groups)
         async for link in await ipr.link("dump"):
             seen[link["index"]] = bool(link["flags"] & IFF_LOWER_UP)
         while True:
+            changed = False
             async for msg in ipr.get():
-                if msg.get("event") != "RTM_NEWLINK":
+                event = msg.get("event")
+                if event in ("RTM_NEWADDR", "RTM_DELADDR"):
+                    changed = True
+                if event != "RTM_NEWLINK":
                     continue
                 up = bool(msg["flags"] & IFF_LOWER_UP)
                 was = seen.get(msg["index"])
                 seen[msg["index"]] = up
                 if up and was is False:
-                    yield str(msg.get_attr("IFLA_IFNAME"))
+                    yield "carrier-up", str(msg.get_attr("IFLA_IFNAME"))
+            if changed:
+                yield "addresses", ""
