@@ -47,7 +47,7 @@ from ipfailover.core.monitor import (
 from ipfailover.core.wire import Dropped
 from ipfailover.failover import executor as transition
 from ipfailover.mail import outbox as mail
-from ipfailover.shell import control, netif
+from ipfailover.shell import announce, control, linkwatch, netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks
 from ipfailover.shell import sysctl as hostconf
@@ -128,7 +128,7 @@ class Failoverd:
         self.notices = episodes.NetworkNotices(settle=episodes.settle_time(cfg.effective_deadtime))
         self.notices_timer = daemon.Timer(loop, self._on_notices_timer)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._watches: list[netif.LinkWatch] = []  # while holding: other MACs claiming ours
+        self._watches: list[linkwatch.LinkWatch] = []  # while holding: other MACs claiming ours
         self._blocked_why = ""  # while BLOCKED: why, in words (BLOCKED_WHY)
 
     @classmethod
@@ -357,7 +357,7 @@ class Failoverd:
         self._flush()
 
     async def _announce(self, a: netif.Assignment, cfg: config.Config) -> None:
-        await netif.announce(a, cfg.garp_count, cfg.garp_interval)
+        await announce.announce(a, cfg.garp_count, cfg.garp_interval)
 
     def _transition_counts(self) -> dict[str, dict[str, int]]:
         """{action: {outcome: count}} since start-up."""
@@ -565,9 +565,9 @@ class Failoverd:
 
     async def _probe(self, ev: Probe) -> None:
         """Probe the link for the addresses to be taken; tell the core what answered."""
-        wait = netif.probe_wait(self.core.cfg.deadtime)
+        wait = linkwatch.probe_wait(self.core.cfg.deadtime)
         try:
-            answers, ok = await netif.probe(self.assignments, wait)
+            answers, ok = await linkwatch.probe(self.assignments, wait)
         except Exception as e:  # a bug must not leave the core probing forever
             log.exception("probe failed")
             self.events("probe-error", logging.ERROR, error=repr(e))
@@ -646,7 +646,7 @@ class Failoverd:
                 self._spawn(self._announce_once(a))
 
     async def _announce_once(self, a: netif.Assignment) -> None:
-        await netif.announce(a, 1, 0.0)
+        await announce.announce(a, 1, 0.0)
 
     def _watch(self, on: bool) -> None:
         """Watch the held addresses' interfaces for other MACs claiming them (or stop)."""
@@ -654,7 +654,7 @@ class Failoverd:
             for ifname in sorted({a.ifname for a in self.assignments}):
                 try:
                     self._watches.append(
-                        netif.LinkWatch(ifname, _own_macs(ifname), self._on_claim, self.loop)
+                        linkwatch.LinkWatch(ifname, _own_macs(ifname), self._on_claim, self.loop)
                     )
                 except OSError as e:
                     self.events("watch-error", logging.WARNING, interface=ifname, error=e)

@@ -20,7 +20,7 @@ from ipfailover import __version__
 from ipfailover.core import auth, config
 from ipfailover.core.sender import Announce, AnnounceDeferred, Sender, SenderConfig
 from ipfailover.core.wire import Dropped
-from ipfailover.shell import control, netif
+from ipfailover.shell import announce, control, linkwatch, netif
 from ipfailover.shell import runtime as daemon
 
 log = logging.getLogger("ipfailover.heartbeatd")
@@ -110,7 +110,7 @@ class Heartbeatd:
         fail (an overrun), subscribe again, and look the targets up again meanwhile."""
         while not self.stopped.is_set():
             try:
-                async for kind, ifname in netif.link_events():
+                async for kind, ifname in linkwatch.link_events():
                     if kind == "addresses":
                         self._addresses_changed.set()
                     elif any(a.ifname == ifname for a in await announced_addresses(self.cfg)):
@@ -289,9 +289,8 @@ class Heartbeatd:
             listener=ev.listener or None,
             addresses=" ".join(str(a) for a in addrs),
         )
-        await asyncio.gather(
-            *(netif.announce(a, self.cfg.garp_count, self.cfg.garp_interval) for a in addrs)
-        )
+        # one packet socket for them all, paced: the heartbeats keep their schedule meanwhile
+        await announce.announce_all(addrs, self.cfg.garp_count, self.cfg.garp_interval)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,7 +44,7 @@ from typing import Any
 
 import pytest
 
-from ipfailover.shell.netif import build_garp, build_unsolicited_na
+from ipfailover.core.packets import build_garp, build_unsolicited_na
 
 NODE_V4 = "203.0.113.20"
 NODE_V6 = "2001:db8:1::20"
@@ -135,7 +135,7 @@ class Outcome:
 _RUNNER = """\
 import asyncio, json, logging, sys
 from ipaddress import ip_address as ip
-from ipfailover.shell import netif
+from ipfailover.shell import announce, netif
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
 async def main():
 {body}
@@ -367,7 +367,7 @@ def _take_over_and_announce(topo: Topology, vip: str, prefixlen: int) -> int:
     assert netif_add(topo.node, vip)
     time.sleep(0.3)
     assert (neighbour(topo.client, "c0", vip) or {}).get("lladdr") == old_mac
-    body = f'return await netif.announce(await netif.resolve("n0", ip({vip!r}), None), 1, 0.0)'
+    body = f'return await announce.announce(await netif.resolve("n0", ip({vip!r}), None), 1, 0.0)'
     return int(ok(netif_in(topo.node, body)))
 
 
@@ -457,7 +457,7 @@ def test_announcements_on_the_wire(topo: Topology, vip: str) -> None:
                 import time
                 a = await netif.resolve("n0", ip({vip!r}), None)
                 started = time.monotonic()
-                sent = await netif.announce(a, 3, 0.2)
+                sent = await announce.announce(a, 3, 0.2)
                 return [sent, time.monotonic() - started]
                 """,
             )
@@ -500,11 +500,11 @@ def test_announce_on_a_down_link_returns_zero(topo: Topology, vip: str) -> None:
         topo.node,
         f"""
         a = await netif.resolve("n0", ip({vip!r}), None)
-        return await netif.announce(a, 2, 0.05)
+        return await announce.announce(a, 2, 0.05)
         """,
     )
     assert ok(outcome) == 0
-    assert "ipfailover.shell.netif" in outcome.log and "not" in outcome.log
+    assert "ipfailover.netif" in outcome.log and "not" in outcome.log
 
 
 def test_announce_skips_loopback(topo: Topology) -> None:
@@ -512,7 +512,7 @@ def test_announce_skips_loopback(topo: Topology) -> None:
         topo.node,
         """
         a = await netif.resolve("lo", ip("127.0.0.1"), None)
-        return await netif.announce(a, 3, 0.0)
+        return await announce.announce(a, 3, 0.0)
         """,
     )
     assert ok(outcome) == 0

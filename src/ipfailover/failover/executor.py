@@ -27,13 +27,14 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ipfailover.mail import outbox as mail
-from ipfailover.shell import control, netif
+from ipfailover.shell import announce as announcing
+from ipfailover.shell import control, netbatch, netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks
 from ipfailover.shell.scripts import Phase, ScriptResult, Status
@@ -145,8 +146,37 @@ class AddressBackend(Protocol):
     async def announce(self, a: netif.Assignment, count: int, interval: float) -> int: ...
 
 
+@runtime_checkable
+class BatchBackend(AddressBackend, Protocol):
+    """A backend that changes and announces many addresses at once (one netlink socket, one
+    packet socket): what a takeover of a thousand addresses needs to stay within 0.1 s."""
+
+    async def add_all(
+        self, addresses: Sequence[netif.Assignment]
+    ) -> list[bool | netif.NetifError]: ...
+
+    async def delete_all(
+        self, addresses: Sequence[netif.Assignment]
+    ) -> list[bool | netif.NetifError]: ...
+
+    def announcer(self, addresses: Sequence[netif.Assignment]) -> announcing.Announcer: ...
+
+
 class NetlinkBackend:
-    """The real thing: :mod:`ipfailover.shell.netif` in the current network namespace."""
+    """The real thing: :mod:`ipfailover.shell.netif` in the current network namespace, with
+    the requests of the current addresses encoded once (:class:`netbatch.AddressBatch`)."""
+
+    def __init__(self) -> None:
+        self._batch: netbatch.AddressBatch | None = None
+
+    def prepare(self, addresses: Sequence[netif.Assignment]) -> None:
+        """Encode the requests for these addresses now, off the takeover's path."""
+        self._batch_for(addresses).prepare()
+
+    def _batch_for(self, addresses: Sequence[netif.Assignment]) -> netbatch.AddressBatch:
+        if self._batch is None or self._batch.assignments != tuple(addresses):
+            self._batch = netbatch.AddressBatch(addresses)
+        return self._batch
 
     async def add(self, a: netif.Assignment) -> bool:
         return await netif.add(a)
@@ -155,7 +185,18 @@ class NetlinkBackend:
         return await netif.delete(a)
 
     async def announce(self, a: netif.Assignment, count: int, interval: float) -> int:
-        return await netif.announce(a, count, interval)
+        return await announcing.announce(a, count, interval)
+
+    async def add_all(self, addresses: Sequence[netif.Assignment]) -> list[bool | netif.NetifError]:
+        return await self._batch_for(addresses).add()
+
+    async def delete_all(
+        self, addresses: Sequence[netif.Assignment]
+    ) -> list[bool | netif.NetifError]:
+        return await self._batch_for(addresses).delete()
+
+    def announcer(self, addresses: Sequence[netif.Assignment]) -> announcing.Announcer:
+        return announcing.Announcer(addresses)
 
 
 class Notifier(Protocol):
@@ -327,16 +368,29 @@ class Executor:
             more = len(lines) - OUTPUT_LOG_LINES
             self.events("script-output", level, script=r.name, text=f"[{more} more lines]")
 
+    async def _changes(self, add: bool) -> list[bool | netif.NetifError]:
+        """Add (or delete) every address: in one batch if the backend can, else one by one."""
+        if isinstance(self.backend, BatchBackend):
+            batch = self.backend.add_all if add else self.backend.delete_all
+            return await batch(self.addresses)
+        change = self.backend.add if add else self.backend.delete
+        out: list[bool | netif.NetifError] = []
+        for a in self.addresses:
+            try:
+                out.append(await change(a))
+            except netif.NetifError as e:
+                out.append(e)
+        return out
+
     async def _add_all(self, rec: TransitionRecord) -> list[netif.Assignment]:
         began = self._now()
         held = []
-        for a in self.addresses:
-            try:
-                await self.backend.add(a)
+        for a, r in zip(self.addresses, await self._changes(add=True), strict=True):
+            if isinstance(r, netif.NetifError):
+                rec.errors.append(str(r))
+                self.events("acquire-error", logging.ERROR, address=a, error=r)
+            else:
                 held.append(a)
-            except netif.NetifError as e:
-                rec.errors.append(str(e))
-                self.events("acquire-error", logging.ERROR, address=a, error=e)
         rec.changed_at = self._now() - rec.started
         self._step(rec, "add-addresses", began, f"{len(held)}/{len(self.addresses)} added")
         if not held:
@@ -347,12 +401,10 @@ class Executor:
 
     async def _delete_all(self, rec: TransitionRecord) -> bool:
         began = self._now()
-        for a in self.addresses:
-            try:
-                await self.backend.delete(a)
-            except netif.NetifError as e:
-                rec.errors.append(str(e))
-                self.events("release-error", logging.ERROR, address=a, error=e)
+        for a, r in zip(self.addresses, await self._changes(add=False), strict=True):
+            if isinstance(r, netif.NetifError):
+                rec.errors.append(str(r))
+                self.events("release-error", logging.ERROR, address=a, error=r)
         rec.changed_at = self._now() - rec.started
         failed, total = len(rec.errors), len(self.addresses)
         self._step(rec, "delete-addresses", began, f"{total - failed}/{total} deleted")
@@ -366,6 +418,15 @@ class Executor:
         """Send the first announcement for every address now; the rest in the background."""
         began = self._now()
         count = self.announcing.count
+        if isinstance(self.backend, BatchBackend):
+            # one packet socket for every address, paced (see shell/announce.py)
+            announcer = self.backend.announcer(held)
+            sent = await announcer.round(1, count)
+            self._step(rec, "announce", began, f"first of {count} sent for {sent}/{len(held)}")
+            self.events("announced", round=1, of=count, sent=f"{sent}/{len(held)}")
+            if count > 1:
+                self._background_task(self._announce_rounds(announcer))
+            return
         results = await asyncio.gather(
             *(self.backend.announce(a, 1, 0.0) for a in held), return_exceptions=True
         )
@@ -377,9 +438,20 @@ class Executor:
         self.events("announced", round=1, of=count, sent=f"{sent}/{len(held)}")
         if count > 1:
             for a in held:
-                task = asyncio.get_running_loop().create_task(self._announce_rest(a))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._background_task(self._announce_rest(a))
+
+    def _background_task(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _announce_rounds(self, announcer: announcing.Announcer) -> None:
+        count, interval = self.announcing.count, self.announcing.interval
+        try:
+            await asyncio.sleep(interval)
+            await announcer.rounds(count, interval, first=2)
+        except Exception as e:  # a bug in the sender must not go unseen
+            self.events("announce-error", logging.ERROR, error=e)
 
     async def _announce_rest(self, a: netif.Assignment) -> None:
         count, interval = self.announcing.count, self.announcing.interval
