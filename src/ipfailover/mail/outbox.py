@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.policy
-import email.utils
 import errno
 import fcntl
 import functools
@@ -40,22 +38,23 @@ import json
 import logging
 import os
 import secrets
-import smtplib
 import socket
-import ssl
 import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ipfailover.core import auth, config, episodes
 from ipfailover.shell import control
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks
+
+if TYPE_CHECKING:  # smtplib, ssl and email are imported when a mail is built or sent: a
+    # failoverd that never mails never loads them (start-up time, memory)
+    from email.message import EmailMessage
 
 log = logging.getLogger("ipfailover.mail")
 T = TypeVar("T")
@@ -287,6 +286,10 @@ def notify_program_problem(cfg: config.Config) -> str | None:
 
 def build_message(notice: Notice, settings: MailSettings, node: str, now: float) -> EmailMessage:
     """The RFC 5322 message for ``notice`` (CRLF line endings, ready for SMTP)."""
+    import email.policy
+    import email.utils
+    from email.message import EmailMessage
+
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = email.utils.formataddr((f"ipfailover on {node}", settings.sender))
     msg["To"] = ", ".join(settings.recipients)
@@ -560,6 +563,9 @@ class SmtpDelivery:
     via: str = "smtp"
 
     async def deliver(self, item: SpoolItem) -> None:
+        import smtplib
+        import ssl
+
         credentials = read_credentials(self.credentials_file) if self.credentials_file else None
         try:
             refused = await in_daemon_thread(lambda: self._send(item, credentials))
@@ -578,6 +584,9 @@ class SmtpDelivery:
             )
 
     def _send(self, item: SpoolItem, credentials: tuple[str, str] | None) -> dict[str, Any]:
+        import smtplib
+        import ssl
+
         with smtplib.SMTP(
             self.host, self.port, timeout=self.timeout, local_hostname=socket.gethostname()
         ) as smtp:
@@ -596,6 +605,8 @@ class SmtpDelivery:
 
 
 def _smtp_error(e: BaseException) -> str:
+    import smtplib
+
     if isinstance(e, smtplib.SMTPResponseException):
         text = e.smtp_error.decode("utf-8", "replace") if isinstance(e.smtp_error, bytes) else ""
         return f"{e.smtp_code} {text}".strip()
