@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import errno
 import gc
 import logging
@@ -577,6 +578,9 @@ class UdpEndpoint:
         for name in {n for _, n in self.devices}:
             with contextlib.suppress(OSError):
                 bound.add(socket.if_nametoindex(name))
+        if bound != self._bound:
+            for sock in self.socks.values():
+                _drop_from(sock, bound)
         self._bound = bound
         return problems
 
@@ -622,6 +626,34 @@ class UdpEndpoint:
             self.send_errors += 1  # link down, no route: the peer will notice the silence
             self.last_send_error = e.strerror or str(e)
             return False
+
+
+SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
+SKF_AD_IFINDEX = -0x1000 + 8  # classic BPF: load the receiving interface's index
+
+
+def _drop_from(sock: socket.socket, ifindexes: Iterable[int]) -> None:
+    """Have the kernel drop, on a wildcard socket, what arrives on these interfaces (they have
+    sockets of their own, which get a copy): without it every broadcast heartbeat is read twice,
+    once only to be ignored. _drain still ignores such a copy should the filter be missing."""
+    indexes = sorted(ifindexes)[:64]
+    if not indexes:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+        return
+    n = len(indexes)
+    program = [(0x20, 0, 0, SKF_AD_IFINDEX & 0xFFFFFFFF)]  # ld ifindex
+    for i, index in enumerate(indexes):  # jeq index: drop, else next
+        program.append((0x15, n - i, 0, index))
+    program += [(0x06, 0, 0, 0xFFFF), (0x06, 0, 0, 0)]  # accept; drop
+    code = b"".join(struct.pack("HBBI", *insn) for insn in program)
+    buf = ctypes.create_string_buffer(code)
+    fprog = struct.pack("HP", len(program), ctypes.addressof(buf))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError as e:
+        log.warning("cannot filter the wildcard socket (%s): copies are ignored instead", e)
 
 
 def _prepare(
