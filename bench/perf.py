@@ -55,7 +55,15 @@ _daemon_command = iplab.daemon_command
 _keepalived_argv = keepalived_lab.keepalived_argv
 
 
+PROFILE_DIR: Path | None = None  # --profile: every daemon runs under cProfile, stats here
+_profiles = iter(range(1, 1 << 30))
+
+
 def niced_daemon_command(name: str) -> list[str]:
+    if PROFILE_DIR is not None and name in ("heartbeatd", "failoverd"):
+        out = PROFILE_DIR / f"{name}-{next(_profiles)}.prof"
+        return [*NICE, sys.executable, "-m", "cProfile", "-o", str(out), "-m",
+                f"ipfailover.{name}"]  # fmt: skip
     return [*NICE, *_daemon_command(name)]
 
 
@@ -280,6 +288,14 @@ def scale_addresses() -> list[tuple[str, str, int]]:
     return out
 
 
+def client_samples(pairs: Sequence[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Four addresses the client (on pub0 only) can reach: the first and last IPv4 and IPv6."""
+    pub = [p for p in pairs if p[0] == "pub0"]
+    v4 = [p for p in pub if ":" not in p[1]]
+    v6 = [p for p in pub if ":" in p[1]]
+    return [v4[0], v4[-1], v6[0], v6[-1]]
+
+
 def add_on(lab: Lab, node: Node, pairs: Sequence[tuple[str, str, int]]) -> None:
     batch = "".join(f"addr add {a}/{p} dev {ifname}{' nodad' if ':' in a else ''}\n"
                     for ifname, a, p in pairs)  # fmt: skip
@@ -332,9 +348,18 @@ def sample_switch(client: Sequence[Any], start: float) -> float | None:
 
 
 def scale_ipfailover(interval: float) -> dict[str, Any]:
+    res: dict[str, Any] = {"software": "ipfailover", "interval": interval}
+    try:
+        _scale_ipfailover(interval, res)
+    except iplab.LabError as e:  # keep what was measured before
+        res["error"] = str(e)[:2000]
+    return res
+
+
+def _scale_ipfailover(interval: float, res: dict[str, Any]) -> None:
     pairs = scale_addresses()
-    samples = [pairs[0], pairs[len(pairs) // 3], pairs[-2], pairs[-1]]
-    res: dict[str, Any] = {"software": "ipfailover", "interval": interval, "pairs": len(pairs)}
+    samples = client_samples(pairs)
+    res["pairs"] = len(pairs)
     with Lab() as lab:
         add_on(lab, Node.PRIMARY, pairs)
         spec = " ".join(f"{ifname}:{a}" for ifname, a, _ in pairs)
@@ -380,6 +405,7 @@ def scale_ipfailover(interval: float) -> dict[str, Any]:
             "duration": float(done.fields["duration"]),
             "changed_at": float(done.fields["changed-at"]),
             "monitor_first_to_last": round(max(adds) - min(adds), 4) if adds else None,
+            "monitor_first_after_pull": round(min(adds) - start, 4) if adds else None,
             "monitor_changes": len(adds),
             # (S's challenges to a silent primary back off by design: no schedule to keep)
             "client_switch": [sample_switch(c.between(start), start) for c in clients],
@@ -388,10 +414,14 @@ def scale_ipfailover(interval: float) -> dict[str, Any]:
         mark = time.monotonic()
         lab.cable(Node.PRIMARY, Network.PUBLIC, up=True)
         lab.cable(Node.PRIMARY, Network.PRIVATE, up=True)
-        done = fd.wait_event("release-done", 30.0, since=mark)
+        res["release"] = {"flaps": None}
+        try:
+            done = fd.wait_event("release-done", 30.0, since=mark)
+        finally:
+            res["release"]["flaps"] = len(fd.events("holddown-start", since=mark))
         time.sleep(1.5)
         dels = [t for t in monitor.times(done.t - 2.0)]
-        res["release"] = {
+        res["release"] |= {
             "duration": float(done.fields["duration"]),
             "changed_at": float(done.fields["changed-at"]),
             "monitor_changes": len(dels),
@@ -399,7 +429,19 @@ def scale_ipfailover(interval: float) -> dict[str, Any]:
             "challenges_s": worst_gap(sniff_s.times(done.t - 1.0, done.t + 1.5), interval),
         }
         hb.stop()
-    return res
+        # the kernel's share: the same 1,024 adds and deletes by `ip -batch` in S, seen by the
+        # same monitor (an upper bound on what any daemon could reach here)
+        for verb in ("add", "del"):
+            mark = time.monotonic()
+            nodad = " nodad" if verb == "add" else ""
+            batch = "".join(f"addr {verb} {a}/{p} dev {ifname}{nodad if ':' in a else ''}\n"
+                            for ifname, a, p in pairs)  # fmt: skip
+            lab.sh_in(Node.SECONDARY, ["ip", "-batch", "-"], stdin=batch, timeout=60)
+            time.sleep(0.5)
+            changes = monitor.times(mark)
+            res[f"ip_batch_{verb}_first_to_last"] = (
+                round(max(changes) - min(changes), 4) if changes else None
+            )
 
 
 def scale_keepalived(interval: float) -> dict[str, Any]:
@@ -409,9 +451,11 @@ def scale_keepalived(interval: float) -> dict[str, Any]:
     vips = "\n".join(f"        {a}/{p} dev {ifname}" for ifname, a, p in pairs)
 
     def render(node: Node, v: keepalived_lab.VrrpSettings) -> str:
+        # one VRRP instance carries one family: the 1,024 (both families) are "excluded"
+        # addresses, which keepalived adds and deletes with the instance without advertising
         text = original_render(node, v)
         return text.replace(
-            f"        {keepalived_lab.VIRTUAL_ADDRESS}/24 dev {Network.PUBLIC.value}", vips
+            "    }\n}\n", f"    }}\n    virtual_ipaddress_excluded {{\n{vips}\n    }}\n}}\n"
         )
 
     original_render = keepalived_lab.render_config
@@ -426,7 +470,7 @@ def scale_keepalived(interval: float) -> dict[str, Any]:
             backup = scenario.start_keepalived(Node.SECONDARY)
             keepalived_lab.wait_line(backup, "Entering BACKUP STATE", 30.0)
             keepalived_lab.wait_line(master, "Entering MASTER STATE", 30.0)
-            samples = [pairs[0], pairs[len(pairs) // 3], pairs[-2], pairs[-1]]
+            samples = client_samples(pairs)
             clients = [
                 lab.start_client(a, duration=60.0, log_name=f"client-{i}")
                 for i, (_, a, _) in enumerate(samples)
@@ -439,6 +483,7 @@ def scale_keepalived(interval: float) -> dict[str, Any]:
             adds = monitor.times(start)
             res["takeover"] = {
                 "monitor_first_to_last": round(max(adds) - min(adds), 4) if adds else None,
+                "monitor_first_after_pull": round(min(adds) - start, 4) if adds else None,
                 "monitor_changes": len(adds),
                 "client_switch": [sample_switch(c.between(start), start) for c in clients],
             }
@@ -453,6 +498,7 @@ def scale_keepalived(interval: float) -> dict[str, Any]:
 def fast(interval: float, runs: int, window: float) -> dict[str, Any]:
     seconds: list[float] = []
     errors: list[str] = []
+    steps: list[dict[str, float]] = []
     for _ in range(runs):
         result = iplab.RunResult(0)
         with Lab() as lab:
@@ -463,12 +509,24 @@ def fast(interval: float, runs: int, window: float) -> dict[str, Any]:
             try:
                 scenario.setup()
                 scenario.pause()
+                start = time.monotonic()
                 phase = scenario.failover()
+                assert scenario.failoverd is not None
+                began = scenario.failoverd.wait_event("acquire-start", 5.0, since=start)
+                done = scenario.failoverd.wait_event("acquire-done", 5.0, since=start)
             except iplab.LabError as e:
                 errors.append(str(e))
                 continue
             if phase.seconds is not None:
                 seconds.append(round(phase.seconds, 4))
+                steps.append(
+                    {
+                        "acquire_start": round(began.t - start, 4),
+                        "acquire_done": round(done.t - start, 4),
+                        "own_work": float(done.fields["duration"]),
+                        "client_switch": round(phase.seconds, 4),
+                    }
+                )
             else:
                 errors.append(str(phase.error))
     idle = idle_ipfailover(interval, window)
@@ -476,6 +534,7 @@ def fast(interval: float, runs: int, window: float) -> dict[str, Any]:
         "interval": interval,
         "failover_runs": seconds,
         "failover_median": statistics.median(seconds) if seconds else None,
+        "steps": steps,
         "errors": errors,
         "idle": idle,
     }
@@ -500,11 +559,12 @@ def plot(results: dict[str, Any], docs: Path, stamp: str) -> list[str]:
             for col, phase in enumerate(phases):
                 ax = axes[row][col]
                 probes = tl["phases"].get(phase, {}).get("probes", [])
-                for who in ("primary", "secondary", None):
+                for level, who in enumerate(("primary", "secondary", None)):
                     xs = [t for t, w in probes if w == who]
-                    ax.scatter(xs, [0] * len(xs), s=6, marker="|", c=colours[who],
+                    ax.scatter(xs, [2 - level] * len(xs), s=8, marker="|", c=colours[who],
                                label=who or "lost")  # fmt: skip
-                ax.set_yticks([])
+                ax.set_yticks([0, 1, 2], ["lost", "S", "P"], fontsize=7)
+                ax.set_ylim(-0.5, 2.5)
                 ax.set_title(f"{tl['software']} {tl['interval']:g} s: {phase}", fontsize=9)
                 ax.set_xlabel("s after the cables changed", fontsize=8)
         axes[0][0].legend(loc="upper right", fontsize=7)
@@ -591,7 +651,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fast-runs", type=int, default=5)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--docs", type=Path, default=REPO / "docs")
+    p.add_argument("--profile", type=Path, help="run the daemons under cProfile, stats here")
     args = p.parse_args(argv)
+    if args.profile is not None:
+        global PROFILE_DIR
+        PROFILE_DIR = args.profile
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         print("bench/perf.py: needs root (network namespaces)", file=sys.stderr)
         return 2

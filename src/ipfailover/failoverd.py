@@ -73,7 +73,7 @@ async def resolve_pairs(cfg: config.Config) -> list[netif.Assignment]:
     missing = await netif.missing_interfaces(p.interface for p in cfg.peer_ip_pairs)
     if missing:
         raise daemon.StartupError(f"{where}: no such interface: {', '.join(sorted(set(missing)))}")
-    return [await netif.resolve(p.interface, p.address, p.prefixlen) for p in cfg.peer_ip_pairs]
+    return await netif.resolve_all((p.interface, p.address, p.prefixlen) for p in cfg.peer_ip_pairs)
 
 
 class Failoverd:
@@ -89,6 +89,10 @@ class Failoverd:
         self.cfg = cfg
         self.loop = loop
         self.assignments = assignments
+        self._ours = frozenset(a.address for a in assignments)  # for the claims of other MACs
+        self._by_text = {str(a.address): a for a in assignments}  # Defend names an address
+        self._plain = tuple(transition.plain(a) for a in assignments)  # for every mail
+        self._claims: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]] = []
         self.events = daemon.EventLog(log)
         self.udp = self._endpoint(cfg, assignments)
         self._bind_networks(networks)
@@ -338,7 +342,11 @@ class Failoverd:
                 if await _quietly(self.events, netif.add(a), "reload-add-error", a):
                     self._spawn(self._announce(a, cfg))
         self.cfg, self.assignments = cfg, assignments
+        self._ours = frozenset(a.address for a in assignments)
+        self._by_text = {str(a.address): a for a in assignments}
+        self._plain = tuple(transition.plain(a) for a in assignments)
         self.executor.addresses = tuple(assignments)
+        self._spawn(self.executor.prepare())
         self.executor.announcing = transition.Announcing(cfg.garp_count, cfg.garp_interval)
         self.scripts = hooks.ScriptFolder.for_config(cfg)
         self.executor.scripts = self.scripts
@@ -556,7 +564,7 @@ class Failoverd:
             node=self.node,
             host=socket.gethostname(),
             peer=self.core.peer_name or str(self.cfg.peer_ip),
-            addresses=tuple(transition.plain(a) for a in self.assignments),
+            addresses=self._plain,
             heard=heard,
             peer_verified=self.core.ever_verified,
         )
@@ -640,10 +648,10 @@ class Failoverd:
         self._spawn(self._notify(notice))
 
     def _defend(self, ev: Defend) -> None:
-        for a in self.assignments:
-            if str(a.address) == ev.address:
-                self.events("address-defended", logging.WARNING, address=a)
-                self._spawn(self._announce_once(a))
+        a = self._by_text.get(ev.address)
+        if a is not None:
+            self.events("address-defended", logging.WARNING, address=a)
+            self._spawn(self._announce_once(a))
 
     async def _announce_once(self, a: netif.Assignment) -> None:
         await announce.announce(a, 1, 0.0)
@@ -664,9 +672,19 @@ class Failoverd:
             self._watches = []
 
     def _on_claim(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, mac: str) -> None:
-        if any(a.address == address for a in self.assignments):
-            self.core.address_claimed(self.loop.time(), str(address), mac)
-            self._flush()
+        # A returning primary announces a thousand addresses in a burst: a set lookup per
+        # frame, and one flush for the batch the watch sockets are draining.
+        if address in self._ours:
+            self._claims.append((address, mac))
+            if len(self._claims) == 1:
+                self.loop.call_soon(self._claims_done)
+
+    def _claims_done(self) -> None:
+        claims, self._claims = self._claims, []
+        now = self.loop.time()
+        for address, mac in claims:
+            self.core.address_claimed(now, str(address), mac)
+        self._flush()
 
     async def _notify(self, notice: mail.Notice) -> None:
         try:
@@ -715,13 +733,10 @@ def _own_macs(ifname: str) -> list[bytes]:
 
 
 async def _any_present(assignments: list[netif.Assignment]) -> bool:
-    for a in assignments:
-        try:
-            if await netif.present(a):
-                return True
-        except netif.NetifError:
-            continue
-    return False
+    try:
+        return any(await netif.present_all(assignments))
+    except netif.NetifError:
+        return False
 
 
 def _monitor_config(cfg: config.Config, key: bytes, networks: tuple[str, ...]) -> MonitorConfig:
@@ -796,7 +811,11 @@ async def _run(
         accept_local.need(a.ifname for a in assignments)
     except hostconf.HostConfError as e:
         raise daemon.StartupError(f"{cfg.path}: {e}") from None
-    present = [a for a in assignments if await netif.present(a)]
+    present = [
+        a
+        for a, there in zip(assignments, await netif.present_all(assignments), strict=True)
+        if there
+    ]
     loop = asyncio.get_running_loop()
     fd = Failoverd(cfg, key, loop, assignments, networks, holding=bool(present))
     fd.lock = lock
@@ -813,6 +832,7 @@ async def _run(
     fd.start()
     await log_check_warnings(cfg, fd.events)
     fd.service.ready(fd._status_line())
+    fd._spawn(fd.executor.prepare())
     await fd.stopped.wait()
     await fd.control.close()
     await fd.close()

@@ -12,6 +12,7 @@ thousand announcements never hold a heartbeat or a challenge up by more than tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import ipaddress
 import logging
@@ -28,6 +29,8 @@ log = logging.getLogger("ipfailover.netif")
 
 BURST_BUDGET = 0.002  # seconds of sending before the event loop gets a turn
 SIOCGIFHWADDR = 0x8927
+SO_SNDBUFFORCE = 32
+SNDBUF = 4 << 20
 _IFREQ = struct.Struct("16sH14s")  # struct ifreq with a struct sockaddr: name, family, data
 
 
@@ -66,6 +69,23 @@ def frames(assignments: Iterable[Assignment]) -> list[tuple[bytes, tuple[Any, ..
     return out
 
 
+_SOCKET: socket.socket | None = None
+
+
+def _packet_socket() -> socket.socket:
+    """The process's one announcing socket (AF_PACKET, protocol 0: it never receives), kept
+    open: closing a packet socket waits for an RCU grace period (5-20 ms), which a defence or a
+    takeover must not pay each time."""
+    global _SOCKET
+    if _SOCKET is None:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):  # a burst of a thousand frames queues at once
+            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF)
+        _SOCKET = sock
+    return _SOCKET
+
+
 class Announcer:
     """Sends the announcements of many addresses, ``count`` rounds ``interval`` apart, from one
     packet socket (protocol 0: it never receives), paced so the event loop keeps its schedule."""
@@ -82,26 +102,24 @@ class Announcer:
         if not self._frames:
             return 0
         try:
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            sock = _packet_socket()
         except OSError as e:
             log.warning("not announcing: cannot open a packet socket: %s", e)
             self.failed += len(self._frames)
             return 0
         sent = 0
-        with sock:
-            sock.setblocking(False)
-            until = time.monotonic() + BURST_BUDGET
-            for frame, destination, a in self._frames:
-                try:
-                    sock.sendto(frame, destination)
-                except OSError as e:  # link down (ENETDOWN, ENXIO), a full queue (ENOBUFS)
-                    self.failed += 1
-                    log.warning("announcement %d/%d for %s not sent: %s", number, of, a, e)
-                else:
-                    sent += 1
-                if time.monotonic() >= until:
-                    await asyncio.sleep(0)
-                    until = time.monotonic() + BURST_BUDGET
+        until = time.monotonic() + BURST_BUDGET
+        for frame, destination, a in self._frames:
+            try:
+                sock.sendto(frame, destination)
+            except OSError as e:  # link down (ENETDOWN, ENXIO), a full queue (ENOBUFS)
+                self.failed += 1
+                log.warning("announcement %d/%d for %s not sent: %s", number, of, a, e)
+            else:
+                sent += 1
+            if time.monotonic() >= until:
+                await asyncio.sleep(0)
+                until = time.monotonic() + BURST_BUDGET
         self.sent += sent
         return sent
 

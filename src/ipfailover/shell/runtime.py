@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import gc
+import importlib
 import logging
 import os
 import signal
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 
 from ipfailover import __version__
 from ipfailover.core import auth, config, wire
-from ipfailover.shell import control, netif, sdnotify
+from ipfailover.shell import control, sdnotify
 
 EXIT_CONFIG = 2
 log = logging.getLogger("ipfailover.daemon")
@@ -692,8 +693,19 @@ def install_signals(
     loop.add_signal_handler(signal.SIGHUP, reload)
 
 
+async def preload(*modules: str) -> None:
+    """Import modules in a worker thread: what a daemon needs only after it is ready (pyroute2,
+    0.1-0.4 s) is loaded while the event loop goes on beating (the import holds the GIL only
+    in short slices)."""
+    missing = [m for m in modules if m not in sys.modules]
+    if missing:
+        await asyncio.to_thread(lambda: [importlib.import_module(m) for m in missing])
+
+
 async def watched_networks(cfg: config.Config) -> tuple[str, ...]:
     """FAILOVER_NETWORKS, or the pairs' interfaces plus those on FAILOVER_PEER_IP's subnet."""
+    from ipfailover.shell import netif
+
     if cfg.networks:
         missing = await netif.missing_interfaces(cfg.networks)
         if missing:
