@@ -135,7 +135,7 @@ class Outcome:
 _RUNNER = """\
 import asyncio, json, logging, sys
 from ipaddress import ip_address as ip
-from ipfailover.shell import announce, netif
+from ipfailover.shell import announce, netbatch, netif
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
 async def main():
 {body}
@@ -339,6 +339,48 @@ def test_deleting_a_primary_keeps_its_secondaries(topo: Topology) -> None:
     remaining = node_addresses(topo)
     assert {("198.51.100.11", 24), (NODE_V4, 24)} <= remaining
     assert ("198.51.100.10", 24) not in remaining
+
+
+def test_a_batch_reports_each_address_as_one_at_a_time_would(topo: Topology) -> None:
+    """netbatch.AddressBatch (a takeover of many addresses: one netlink socket, requests
+    pipelined) tells added / already there / refused / stale interface apart per address, and
+    its delete keeps a deleted primary's secondaries, like netif.add and netif.delete."""
+    ip(topo.node, "addr", "add", "203.0.113.30/24", "dev", "n0")  # already there, exactly
+    ip(topo.node, "-6", "addr", "add", "2001:db8:9::1/64", "dev", "n0", "nodad")  # other prefix
+    body = """
+    pairs = [("n0", ip(a), p) for a, p in (("198.51.100.10", 24), ("2001:db8:1::60", 64),
+             ("203.0.113.30", 24), ("2001:db8:9::1", 48))]
+    got = await netif.resolve_all(pairs)
+    stale = netif.Assignment(ifname="n0", ifindex=got[0].ifindex + 1000,
+                             address=ip("203.0.113.77"), prefixlen=24)
+    batch = netbatch.AddressBatch([*got, stale])
+    added = await batch.add()
+    return [r if isinstance(r, bool) else type(r).__name__ + ": " + str(r) for r in added]
+    """
+    added = ok(netif_in(topo.node, body))
+    assert added[:3] == [True, True, False]
+    assert added[3].startswith("NetifError") and "another prefix length" in added[3]
+    assert added[4].startswith("NetifError") and "re-created" in added[4]
+    there = node_addresses(topo)
+    assert {("198.51.100.10", 24), ("2001:db8:1::60", 64), ("203.0.113.30", 24)} <= there
+    assert ("203.0.113.77", 24) not in there
+    # 198.51.100.10 is its subnet's primary address: the administrator's .11 is a secondary,
+    # which the kernel deletes with it unless promote_secondaries is on (off here, whatever the
+    # host's default that the namespace inherited)
+    ip(topo.node, "addr", "add", "198.51.100.11/24", "dev", "n0")
+    for scope in ("all", "n0"):
+        run("ip", "netns", "exec", topo.node, "sysctl", "-qw",
+            f"net.ipv4.conf.{scope}.promote_secondaries=0")  # fmt: skip
+    body = """
+    pairs = [("n0", ip(a), p) for a, p in (("198.51.100.10", 24), ("2001:db8:1::60", 64),
+             ("2001:db8:1::61", 64))]
+    deleted = await netbatch.AddressBatch(await netif.resolve_all(pairs)).delete()
+    return [r if isinstance(r, bool) else type(r).__name__ for r in deleted]
+    """
+    assert ok(netif_in(topo.node, body)) == [True, True, False]
+    there = node_addresses(topo)
+    assert ("198.51.100.10", 24) not in there and ("2001:db8:1::60", 64) not in there
+    assert {("198.51.100.11", 24), ("203.0.113.30", 24), (NODE_V4, 24)} <= there
 
 
 # --- 3. IPv6 without DAD -----------------------------------------------------------------------
