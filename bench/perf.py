@@ -161,12 +161,72 @@ def idle_keepalived(interval: float, window: float) -> dict[str, Any]:
     }
 
 
+# The floor: two bare asyncio processes in the same lab, exchanging the pair's datagrams (P: a
+# heartbeat to each network's broadcast per interval; S: two copies of a challenge to P on each
+# network per interval, as failoverd's CHALLENGE_COPIES) with no authentication, no state, no
+# logging. What any Python asyncio daemon with this protocol would cost here.
+FLOOR = """
+import asyncio, socket, sys
+role, interval = sys.argv[1], float(sys.argv[2])
+PEERS = {"pub": ("203.0.113.10", "203.0.113.255"), "priv": ("198.51.100.10", "198.51.100.255")}
+async def main():
+    loop = asyncio.get_running_loop()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    s.bind(("0.0.0.0", 1694 if role == "s" else 0))
+    def read():
+        while True:
+            try:
+                s.recvfrom(2048)
+            except BlockingIOError:
+                return
+    loop.add_reader(s.fileno(), read)
+    payload = bytes(96)
+    def tick():
+        for own, bcast in PEERS.values():
+            if role == "p":
+                s.sendto(payload, (bcast, 1694))
+            else:
+                s.sendto(payload, (own, 40000))
+                s.sendto(payload, (own, 40000))
+        loop.call_later(interval, tick)
+    tick()
+    print("start", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def idle_floor(interval: float, window: float) -> dict[str, Any]:
+    with Lab() as lab:
+        procs = {
+            "p": lab.spawn(Node.PRIMARY, [*NICE, sys.executable, "-c", FLOOR, "p", str(interval)],
+                           "floor-p"),
+            "s": lab.spawn(Node.SECONDARY, [*NICE, sys.executable, "-c", FLOOR, "s",
+                           str(interval)], "floor-s"),
+        }  # fmt: skip
+        time.sleep(2.0)
+        pids = {name: proc.pid for name, proc in procs.items()}
+        cpu = cpu_window(pids, window)
+        mem = {name: memory_mb(pid) for name, pid in pids.items()}
+    return {
+        "software": "bare asyncio (floor)",
+        "interval": interval,
+        "window": window,
+        "cpu_ms": cpu,
+        "pair_ms": round(sum(cpu.values()), 1),
+        "memory": mem,
+    }
+
+
 # --- start-up ---------------------------------------------------------------------------------
 
 
 def startup(runs: int) -> dict[str, Any]:
     """exec to READY=1: the bench binds NOTIFY_SOCKET and starts each daemon ``runs`` times."""
     out: dict[str, list[float]] = {"heartbeatd": [], "failoverd": []}
+    cpu: dict[str, list[float]] = {"heartbeatd": [], "failoverd": []}
     with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/notify"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -187,11 +247,20 @@ def startup(runs: int) -> dict[str, Any]:
                         if b"READY=1" in data:
                             break
                     out[name].append(round(time.monotonic() - start, 3))
+                    cpu[name].append(round(runtime_ms(proc.pid) / 1000, 3))
                     proc.stop()
         finally:
             del os.environ["NOTIFY_SOCKET"]
             sock.close()
-    return {name: {"runs": v, "median": statistics.median(v)} for name, v in out.items()}
+    return {
+        name: {
+            "runs": v,
+            "median": statistics.median(v),
+            "cpu_runs": cpu[name],
+            "cpu_median": statistics.median(cpu[name]),
+        }
+        for name, v in out.items()
+    }
 
 
 # --- timelines --------------------------------------------------------------------------------
@@ -622,9 +691,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {r['software']} | {r['interval']:g} s | {per30:.1f} | {cpu} | {rss} "
                      f"| {pss} |")  # fmt: skip
     if "startup" in results and "error" not in results["startup"]:
-        lines += ["", "| start-up, exec to READY (s) | median | runs |", "|---|---|---|"]
+        lines += ["", "| start-up, exec to READY | wall median (s) | runs "
+                  "| CPU to READY, median (s) |", "|---|---|---|---|"]  # fmt: skip
         for name, s in results["startup"].items():
-            lines.append(f"| {name} | {s['median']:.3f} | {s['runs']} |")
+            lines.append(f"| {name} | {s['median']:.3f} | {s['runs']} | {s['cpu_median']:.3f} |")
     for tl in _list(results, "timelines"):
         for phase, p in tl["phases"].items():
             lines.append(
@@ -674,6 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("idle", lambda: [
                 idle_ipfailover(1.0, args.window), idle_keepalived(1.0, args.window),
                 idle_ipfailover(0.1, args.window), idle_keepalived(0.1, args.window),
+                idle_floor(1.0, args.window), idle_floor(0.1, args.window),
             ]),
         ]  # fmt: skip
     if "startup" in args.only:

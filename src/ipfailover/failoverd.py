@@ -51,7 +51,6 @@ from ipfailover.shell import announce, control, linkwatch, netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks
 from ipfailover.shell import sysctl as hostconf
-from ipfailover.tools import check
 
 log = logging.getLogger("ipfailover.failoverd")
 MAIL_STOP_GRACE = 2.0  # seconds a stopping failoverd gives a delivery under way to finish
@@ -764,7 +763,10 @@ async def _quietly(
 
 
 async def log_check_warnings(cfg: config.Config, events: daemon.EventLog) -> None:
-    """What ``ipfailover check`` would warn about (mask/subnet, unsafe scripts), in the log."""
+    """What ``ipfailover check`` would warn about (mask/subnet, unsafe scripts), in the log.
+    Advice, not a condition of running: at start-up it is logged just after READY."""
+    from ipfailover.tools import check
+
     for problem in [*await check.pair_problems(cfg), *check.script_problems(cfg)]:
         level = logging.ERROR if problem.fatal else logging.WARNING
         events("check-error" if problem.fatal else "check-warning", level, problem=problem.text)
@@ -830,8 +832,8 @@ async def _run(
                 await _quietly(fd.events, netif.add(a), "adopt-add-error", a)
         fd.events("adopt", addresses=" ".join(str(a) for a in present))
     fd.start()
-    await log_check_warnings(cfg, fd.events)
     fd.service.ready(fd._status_line())
+    await log_check_warnings(cfg, fd.events)
     fd._spawn(fd.executor.prepare())
     await fd.stopped.wait()
     await fd.control.close()
