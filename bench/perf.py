@@ -483,11 +483,11 @@ def _scale_ipfailover(interval: float, res: dict[str, Any]) -> None:
         mark = time.monotonic()
         lab.cable(Node.PRIMARY, Network.PUBLIC, up=True)
         lab.cable(Node.PRIMARY, Network.PRIVATE, up=True)
-        res["release"] = {"flaps": None}
+        res["release"] = {"holddowns": None}
         try:
             done = fd.wait_event("release-done", 30.0, since=mark)
         finally:
-            res["release"]["flaps"] = len(fd.events("holddown-start", since=mark))
+            res["release"]["holddowns"] = len(fd.events("holddown-start", since=mark))
         time.sleep(1.5)
         dels = [t for t in monitor.times(done.t - 2.0)]
         res["release"] |= {
@@ -497,6 +497,7 @@ def _scale_ipfailover(interval: float, res: dict[str, Any]) -> None:
             "heartbeats_p": worst_gap(sniff_p.times(done.t - 1.0, done.t + 1.5), interval),
             "challenges_s": worst_gap(sniff_s.times(done.t - 1.0, done.t + 1.5), interval),
         }
+        fd.stop()  # releases what it holds
         hb.stop()
         # the kernel's share: the same 1,024 adds and deletes by `ip -batch` in S, seen by the
         # same monitor (an upper bound on what any daemon could reach here)

@@ -7,7 +7,9 @@ A takeover runs, in this order, with nothing overlapping:
 2. ``PreAcq*`` scripts, one after the other; all have finished before any address changes;
 3. the netlink change (add each address);
 4. the first round of announcements (gratuitous ARP / unsolicited NA) for every address taken;
-   the rest of ``FAILOVER_GARP_COUNT`` goes on in the background, ``FAILOVER_GARP_INTERVAL`` apart;
+   the rest of ``FAILOVER_GARP_COUNT`` goes on in the background, ``FAILOVER_GARP_INTERVAL`` apart.
+   With the netlink backend, 3 and 4 go chunk by chunk (shell/netbatch.py): each chunk of
+   addresses is announced as soon as the kernel has added it, while the next is being added;
 5. ``PostAcq*`` scripts;
 6. the mail, queued to the spool (delivery never holds a transition up).
 
@@ -37,6 +39,7 @@ from ipfailover.shell import announce as announcing
 from ipfailover.shell import control, netbatch, netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks
+from ipfailover.shell.announce import Announcer
 from ipfailover.shell.scripts import Phase, ScriptResult, Status
 
 log = logging.getLogger("ipfailover.transition")
@@ -152,7 +155,7 @@ class BatchBackend(AddressBackend, Protocol):
     packet socket): what a takeover of a thousand addresses needs to stay within 0.1 s."""
 
     async def add_all(
-        self, addresses: Sequence[netif.Assignment]
+        self, addresses: Sequence[netif.Assignment], on_chunk: netbatch.OnChunk | None = None
     ) -> list[bool | netif.NetifError]: ...
 
     async def delete_all(
@@ -187,8 +190,10 @@ class NetlinkBackend:
     async def announce(self, a: netif.Assignment, count: int, interval: float) -> int:
         return await announcing.announce(a, count, interval)
 
-    async def add_all(self, addresses: Sequence[netif.Assignment]) -> list[bool | netif.NetifError]:
-        return await self._batch_for(addresses).add()
+    async def add_all(
+        self, addresses: Sequence[netif.Assignment], on_chunk: netbatch.OnChunk | None = None
+    ) -> list[bool | netif.NetifError]:
+        return await self._batch_for(addresses).add(on_chunk)
 
     async def delete_all(
         self, addresses: Sequence[netif.Assignment]
@@ -249,6 +254,9 @@ class Executor:
         self._background: set[asyncio.Task[None]] = set()
         self._mailing: set[asyncio.Task[None]] = set()  # mail being spooled after a transition
         self._last_release_problem: tuple[str, str] | None = None
+        self._announcer: Announcer | None = None  # of the takeover under way
+        self._announced: set[netif.Assignment] = set()  # its first round, chunk by chunk
+        self._first_sent = 0
 
     # Public -------------------------------------------------------------------------------------
 
@@ -314,9 +322,7 @@ class Executor:
         return asyncio.get_running_loop().time()
 
     def _begin(self, action: Action, reason: str, situation: mail.Situation) -> TransitionRecord:
-        rec = TransitionRecord(
-            action, reason, self._plain, self._now(), time.time()
-        )
+        rec = TransitionRecord(action, reason, self._plain, self._now(), time.time())
         self.events(
             f"{action}-start",
             reason=reason,
@@ -390,10 +396,22 @@ class Executor:
             self.events("script-output", level, script=r.name, text=f"[{more} more lines]")
 
     async def _changes(self, add: bool) -> list[bool | netif.NetifError]:
-        """Add (or delete) every address: in one batch if the backend can, else one by one."""
+        """Add (or delete) every address: in one batch if the backend can, else one by one.
+        A batch takeover announces each chunk of addresses as soon as it is added."""
         if isinstance(self.backend, BatchBackend):
-            batch = self.backend.add_all if add else self.backend.delete_all
-            return await batch(self.addresses)
+            if not add:
+                return await self.backend.delete_all(self.addresses)
+            announcer = self._announcer = self.backend.announcer(self.addresses)
+            self._announced = set()
+            self._first_sent = 0
+            count = self.announcing.count
+
+            async def announce(chunk: list[netif.Assignment]) -> None:
+                if count:
+                    self._first_sent += await announcer.send(chunk, 1, count)
+                    self._announced.update(chunk)
+
+            return await self.backend.add_all(self.addresses, announce)
         change = self.backend.add if add else self.backend.delete
         out: list[bool | netif.NetifError] = []
         for a in self.addresses:
@@ -440,9 +458,12 @@ class Executor:
         began = self._now()
         count = self.announcing.count
         if isinstance(self.backend, BatchBackend):
-            # one packet socket for every address, paced (see shell/announce.py)
-            announcer = self.backend.announcer(held)
-            sent = await announcer.round(1, count)
+            # one packet socket for every address, paced (see shell/announce.py); most were
+            # announced chunk by chunk as they were added, the rest (adopted ones) now
+            announcer = self._announcer or self.backend.announcer(held)
+            rest = [a for a in held if a not in self._announced]
+            sent = self._first_sent + await announcer.send(rest, 1, count)
+            announcer.assignments = tuple(held)
             self._step(rec, "announce", began, f"first of {count} sent for {sent}/{len(held)}")
             self.events("announced", round=1, of=count, sent=f"{sent}/{len(held)}")
             if count > 1:

@@ -51,22 +51,14 @@ def interface_mac(ifname: str) -> bytes | None:
     return mac
 
 
-def frames(assignments: Iterable[Assignment]) -> list[tuple[bytes, tuple[Any, ...], Assignment]]:
-    """(frame, packet-socket destination, assignment) for each address that can be announced."""
-    macs: dict[str, bytes | None] = {}
-    out: list[tuple[bytes, tuple[Any, ...], Assignment]] = []
-    for a in assignments:
-        if a.ifname not in macs:
-            macs[a.ifname] = interface_mac(a.ifname)
-        mac = macs[a.ifname]
-        if mac is None:
-            continue
-        if isinstance(a.address, ipaddress.IPv4Address):
-            out.append((packets.build_garp(mac, a.address), (a.ifname, packets.ETH_P_ARP), a))
-        else:
-            frame = packets.build_na_frame(mac, a.address)
-            out.append((frame, (a.ifname, packets.ETH_P_IPV6), a))
-    return out
+Frame = tuple[bytes, tuple[Any, ...], Assignment]  # frame, packet-socket destination, address
+
+
+def frame(a: Assignment, mac: bytes) -> Frame:
+    """The announcement of ``a`` from ``mac``, and where the packet socket sends it."""
+    if isinstance(a.address, ipaddress.IPv4Address):
+        return packets.build_garp(mac, a.address), (a.ifname, packets.ETH_P_ARP), a
+    return packets.build_na_frame(mac, a.address), (a.ifname, packets.ETH_P_IPV6), a
 
 
 _SOCKET: socket.socket | None = None
@@ -88,35 +80,43 @@ def _packet_socket() -> socket.socket:
 
 class Announcer:
     """Sends the announcements of many addresses, ``count`` rounds ``interval`` apart, from one
-    packet socket (protocol 0: it never receives), paced so the event loop keeps its schedule."""
+    packet socket (protocol 0: it never receives), paced so the event loop keeps its schedule.
+    Each address's frame is built once, when it is first sent."""
 
     def __init__(self, assignments: Sequence[Assignment]) -> None:
         self.assignments = tuple(assignments)
-        self._frames = frames(self.assignments)
+        self._frames: dict[Assignment, Frame | None] = {}
+        self._macs: dict[str, bytes | None] = {}
         self.sent = 0
         self.failed = 0
 
+    def _frame(self, a: Assignment) -> Frame | None:
+        if a not in self._frames:
+            if a.ifname not in self._macs:
+                self._macs[a.ifname] = interface_mac(a.ifname)
+            mac = self._macs[a.ifname]
+            self._frames[a] = None if mac is None else frame(a, mac)
+        return self._frames[a]
+
     async def round(self, number: int = 1, of: int = 1) -> int:
-        """One announcement for every address, the event loop getting a turn every
-        BURST_BUDGET seconds; returns how many were sent."""
-        if not self._frames:
-            return 0
-        try:
-            sock = _packet_socket()
-        except OSError as e:
-            log.warning("not announcing: cannot open a packet socket: %s", e)
-            self.failed += len(self._frames)
-            return 0
+        """One announcement for every address; returns how many were sent."""
+        return await self.send(self.assignments, number, of)
+
+    async def send(self, assignments: Iterable[Assignment], number: int = 1, of: int = 1) -> int:
+        """One announcement for each of ``assignments`` (a chunk just added, or all of them),
+        the event loop getting a turn every BURST_BUDGET seconds; returns how many were sent."""
         sent = 0
         until = time.monotonic() + BURST_BUDGET
-        for frame, destination, a in self._frames:
-            try:
-                sock.sendto(frame, destination)
-            except OSError as e:  # link down (ENETDOWN, ENXIO), a full queue (ENOBUFS)
-                self.failed += 1
-                log.warning("announcement %d/%d for %s not sent: %s", number, of, a, e)
-            else:
-                sent += 1
+        for a in assignments:
+            f = self._frame(a)
+            if f is not None:
+                try:
+                    _packet_socket().sendto(f[0], f[1])
+                except OSError as e:  # link down (ENETDOWN, ENXIO), a full queue (ENOBUFS)
+                    self.failed += 1
+                    log.warning("announcement %d/%d for %s not sent: %s", number, of, a, e)
+                else:
+                    sent += 1
             if time.monotonic() >= until:
                 await asyncio.sleep(0)
                 until = time.monotonic() + BURST_BUDGET

@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ RCVBUF = 1 << 20
 
 
 Outcome = bool | NetifError
+OnChunk = Callable[[list[Assignment]], Awaitable[object]]
 
 
 def _encode(a: Assignment, kind: int) -> bytes:
@@ -88,10 +89,12 @@ class AddressBatch:
             self._requests[kind] = [_encode(a, kind) for a in self.assignments]
         return self._requests[kind]
 
-    async def add(self) -> list[Outcome]:
+    async def add(self, on_chunk: OnChunk | None = None) -> list[Outcome]:
         """Add every address; per address True (added), False (exactly it was there already),
-        or a NetifError (the interface is gone or re-created, or the kernel refused)."""
-        out = await self._send(RTM_NEWADDR, self._indexes_ok())
+        or a NetifError (the interface is gone or re-created, or the kernel refused).
+        ``on_chunk`` is awaited after each chunk with the addresses it added (the takeover
+        announces them at once, while the next chunks are still being added)."""
+        out = await self._send(RTM_NEWADDR, self._indexes_ok(), on_chunk)
         exists = [i for i, r in enumerate(out) if r is _EXISTS]
         for i in exists:  # rare (adopting after a restart): tell "there" from "another prefix"
             a = self.assignments[i]
@@ -158,7 +161,7 @@ class AddressBatch:
                 out.append(None)
         return out
 
-    async def _send(self, kind: int, todo: list[Any]) -> list[Any]:
+    async def _send(self, kind: int, todo: list[Any], on_chunk: OnChunk | None = None) -> list[Any]:
         """Send the requests of the addresses whose entry in ``todo`` is None; fill in each
         one's outcome. Errors of the socket itself become a NetifError for those addresses."""
         requests = self._encoded(kind)
@@ -181,6 +184,8 @@ class AddressBatch:
                         parts.append(bytes(data))
                     sock.send(b"".join(parts))
                     await _read_acks(loop, sock, seqs, out, kind, self.assignments)
+                    if on_chunk is not None:
+                        await on_chunk([self.assignments[i] for i in chunk if out[i] is True])
                     await asyncio.sleep(0)  # the loop's turn: timers, datagrams
         except OSError as e:
             for i in wanted:

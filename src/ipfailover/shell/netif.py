@@ -14,6 +14,7 @@ Neighbour Advertisement), :mod:`ipfailover.shell.linkwatch` probes and watches t
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import importlib.util
@@ -403,19 +404,27 @@ async def addresses_on_subnets_of(targets: Iterable[IPAddress]) -> list[Assignme
     """Every global address of each interface one of whose subnets contains a target.
 
     One dump of links and one of addresses, so an interface that comes or goes meanwhile is
-    simply in the answer or not; NetifError only if netlink itself fails.
+    simply in the answer or not; NetifError only if netlink itself fails. The dump is read and
+    parsed in a worker thread (pyroute2's synchronous IPRoute): with a thousand addresses that
+    is tens of milliseconds of Python, which would otherwise hold the event loop up in one
+    piece; in a thread the loop gets the interpreter back every few milliseconds.
     """
-    wanted = list(targets)
+    return await asyncio.to_thread(_addresses_on_subnets_of, list(targets))
+
+
+def _addresses_on_subnets_of(wanted: list[IPAddress]) -> list[Assignment]:
+    from pyroute2.iproute.linux import IPRoute
+
     try:
-        async with _netlink() as ipr:
-            names = {
-                link["index"]: str(link.get_attr("IFLA_IFNAME"))
-                async for link in await ipr.link("dump")
-            }
-            found = [(msg["index"], _Addr.from_msg(msg)) async for msg in await ipr.addr("dump")]
+        with IPRoute(ext_ack=True, strict_check=True) as ipr:
+            names = {link["index"]: str(link.get_attr("IFLA_IFNAME")) for link in ipr.link("dump")}
+            found = [(msg["index"], _Addr.from_msg(msg)) for msg in ipr.addr("dump")]
     except (NetlinkError, OSError) as e:
         raise NetifError(f"cannot list addresses: {e}") from e
-    carriers = {i for i, x in found if any(t in x.network() for t in wanted)}
+    carriers: set[int] = set()
+    for i, x in found:  # an interface is a carrier once: no network built for the rest
+        if i not in carriers and any(t in x.network() for t in wanted):
+            carriers.add(i)
     return [
         Assignment(ifname=names[i], ifindex=i, address=x.address, prefixlen=x.prefixlen)
         for i, x in found
