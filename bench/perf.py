@@ -600,7 +600,12 @@ def fast(interval: float, runs: int, window: float) -> dict[str, Any]:
             else:
                 errors.append(str(phase.error))
     idle = idle_ipfailover(interval, window)
+    try:
+        keepalived = idle_keepalived(interval, window)
+    except iplab.LabError as e:
+        keepalived = {"error": str(e)[:500]}
     return {
+        "keepalived_idle": keepalived,
         "interval": interval,
         "failover_runs": seconds,
         "failover_median": statistics.median(seconds) if seconds else None,
@@ -644,26 +649,33 @@ def plot(results: dict[str, Any], docs: Path, stamp: str) -> list[str]:
         plt.close(fig)
         written.append(path.name)
     idle = _list(results, "idle")
+    before = [{**r, "software": "before"} for r in _list(results.get("before", {}), "idle")
+              if r["software"] == "ipfailover"]  # fmt: skip
     if idle:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-        labels = [f"{r['software']}\n{r['interval']:g} s" for r in idle]
-        per30 = [r["pair_ms"] * 30 / r["window"] for r in idle]
-        ax1.bar(labels, per30, color=["tab:blue" if r["software"] == "ipfailover"
-                                      else "tab:gray" for r in idle])  # fmt: skip
+        rows = sorted(
+            [*before, *idle], key=lambda r: (-r["interval"], _ORDER.get(r["software"], 9))
+        )
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+        labels = [f"{_SHORT.get(r['software'], r['software'])}\n{r['interval']:g} s" for r in rows]
+        per30 = [r["pair_ms"] * 30 / r["window"] for r in rows]
+        bars = ax1.bar(range(len(rows)), per30,
+                       color=[_COLOURS.get(r["software"], "tab:gray") for r in rows])  # fmt: skip
+        ax1.bar_label(bars, fmt="%.0f", fontsize=7)
+        ax1.set_xticks(range(len(rows)), labels, fontsize=7)
         ax1.set_ylabel("pair CPU per 30 s (ms, schedstat)")
         ax1.set_yscale("log")
         names, rss, pss = [], [], []
-        for r in idle:
+        for r in sorted([*before, *idle], key=lambda r: _ORDER.get(r["software"], 9)):
             if r["interval"] != idle[0]["interval"]:
                 continue
             for name, m in r["memory"].items():
-                names.append(f"{r['software']}\n{name}")
+                names.append(f"{_SHORT.get(r['software'], r['software'])}\n{name}")
                 rss.append(m["rss"])
                 pss.append(m["pss"])
         xs = range(len(names))
         ax2.bar([x - 0.2 for x in xs], rss, width=0.4, label="RSS")
         ax2.bar([x + 0.2 for x in xs], pss, width=0.4, label="PSS")
-        ax2.set_xticks(list(xs), names, fontsize=7)
+        ax2.set_xticks(list(xs), names, fontsize=6)
         ax2.set_ylabel("MB")
         ax2.axhline(25, color="red", lw=0.8, ls="--")
         ax2.legend()
@@ -675,6 +687,12 @@ def plot(results: dict[str, Any], docs: Path, stamp: str) -> list[str]:
     return written
 
 
+_SHORT = {"bare asyncio (floor)": "floor", "before": "ipfailover\nbefore"}
+_ORDER = {"before": 0, "ipfailover": 1, "keepalived": 2, "bare asyncio (floor)": 3}
+_COLOURS = {"before": "tab:red", "ipfailover": "tab:blue", "keepalived": "tab:gray",
+            "bare asyncio (floor)": "tab:olive"}  # fmt: skip
+
+
 def _list(results: dict[str, Any], key: str) -> list[Any]:
     value = results.get(key, [])
     return value if isinstance(value, list) else []
@@ -684,7 +702,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"Run {results['date']} on {results['machine']}; command: `{results['command']}`", ""]
     lines += ["| idle pair | interval | CPU per 30 s (ms) | per daemon (ms / window) | RSS MB "
               "| PSS MB |", "|---|---|---|---|---|---|"]  # fmt: skip
-    for r in _list(results, "idle"):
+    before = [{**r, "software": "ipfailover before"} for r in _list(results.get("before", {}),
+              "idle") if r["software"] == "ipfailover"]  # fmt: skip
+    for r in [*before, *_list(results, "idle")]:
         per30 = r["pair_ms"] * 30 / r["window"]
         cpu = ", ".join(f"{k} {v:g}" for k, v in r["cpu_ms"].items())
         rss = ", ".join(f"{k} {m['rss']:g}" for k, m in r["memory"].items())
@@ -710,7 +730,9 @@ def markdown(results: dict[str, Any]) -> str:
         f = results["fast"]
         lines += ["", f"FAILOVER_INTERVAL={f['interval']:g}: failover median "
                   f"{f['failover_median']} s over {f['failover_runs']}; idle pair CPU "
-                  f"{f['idle']['pair_ms'] * 30 / f['idle']['window']:.1f} ms per 30 s; "
+                  f"{f['idle']['pair_ms'] * 30 / f['idle']['window']:.1f} ms per 30 s "
+                  f"(keepalived's pair: {f['keepalived_idle'].get('pair_ms', 'n/a')} ms per "
+                  f"{f['keepalived_idle'].get('window', '?')} s); "
                   f"errors: {f['errors']}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -723,7 +745,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--docs", type=Path, default=REPO / "docs")
     p.add_argument("--profile", type=Path, help="run the daemons under cProfile, stats here")
+    p.add_argument("--before", type=Path, help="a JSON of an earlier run, plotted alongside")
+    p.add_argument("--replot", type=Path, help="only redo the table and plots of this JSON")
     args = p.parse_args(argv)
+    if args.replot is not None:
+        results = json.loads(args.replot.read_text())
+        if args.before is not None:
+            results["before"] = json.loads(args.before.read_text())
+        results["plots"] = plot(results, args.docs, "")
+        text = markdown(results)
+        args.replot.with_suffix(".md").write_text(text)
+        print(text)
+        return 0
     if args.profile is not None:
         global PROFILE_DIR
         PROFILE_DIR = args.profile
@@ -771,6 +804,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"perf-{stamp}.json").write_text(json.dumps(results, indent=1) + "\n")
+    if args.before is not None:
+        results["before"] = json.loads(args.before.read_text())
     results["plots"] = plot(results, args.docs, stamp)
     text = markdown(results)
     (args.out / f"perf-{stamp}.md").write_text(text)
