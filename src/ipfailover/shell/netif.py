@@ -17,50 +17,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import importlib.util
 import ipaddress
 import logging
-import sys
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
+# (ipfailover.shell, imported first, made `pyroute2` the light package: see its __init__)
+from pyroute2.iproute.linux import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
 from ipfailover.core.packets import ALL_NODES, IPAddress
-
-
-def _light_pyroute2() -> None:
-    """Let the daemons import only the parts of pyroute2 they use.
-
-    ``pyroute2/__init__.py`` imports the whole library (NDB with sqlite, IPDB, conntrack,
-    ethtool, ...): about 5 MB of RSS and 0.1-0.4 s of start-up a daemon never uses. The package
-    module is created without running it, and runs it only when a name that is not a submodule
-    is asked of it (``from pyroute2 import NDB`` elsewhere in the process still works).
-    """
-    if "pyroute2" in sys.modules:
-        return
-    spec = importlib.util.find_spec("pyroute2")
-    if spec is None or spec.loader is None:
-        return
-    module = importlib.util.module_from_spec(spec)
-    loader = spec.loader
-
-    def __getattr__(name: str) -> Any:
-        try:
-            return importlib.import_module(f"pyroute2.{name}")
-        except ModuleNotFoundError:
-            pass
-        del module.__getattr__  # the real package from now on
-        loader.exec_module(module)
-        return getattr(module, name)
-
-    module.__getattr__ = __getattr__  # type: ignore[method-assign]
-    sys.modules["pyroute2"] = module
-
-
-_light_pyroute2()
-from pyroute2.iproute.linux import AsyncIPRoute  # noqa: E402
-from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
 
 log = logging.getLogger("ipfailover.netif")
 
