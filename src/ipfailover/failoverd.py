@@ -46,11 +46,10 @@ from ipfailover.core.monitor import (
 )
 from ipfailover.core.wire import Dropped
 from ipfailover.failover import executor as transition
-from ipfailover.shell import control, netif
+from ipfailover.shell import announce, control, linkwatch, netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks
 from ipfailover.shell import sysctl as hostconf
-from ipfailover.tools import check
 
 log = logging.getLogger("ipfailover.failoverd")
 MAIL_STOP_GRACE = 2.0  # seconds a stopping failoverd gives a delivery under way to finish
@@ -72,7 +71,7 @@ async def resolve_pairs(cfg: config.Config) -> list[netif.Assignment]:
     missing = await netif.missing_interfaces(p.interface for p in cfg.peer_ip_pairs)
     if missing:
         raise daemon.StartupError(f"{where}: no such interface: {', '.join(sorted(set(missing)))}")
-    return [await netif.resolve(p.interface, p.address, p.prefixlen) for p in cfg.peer_ip_pairs]
+    return await netif.resolve_all((p.interface, p.address, p.prefixlen) for p in cfg.peer_ip_pairs)
 
 
 class Failoverd:
@@ -88,6 +87,10 @@ class Failoverd:
         self.cfg = cfg
         self.loop = loop
         self.assignments = assignments
+        self._ours = frozenset(a.address for a in assignments)  # for the claims of other MACs
+        self._by_text = {str(a.address): a for a in assignments}  # Defend names an address
+        self._plain = tuple(transition.plain(a) for a in assignments)  # for every mail
+        self._claims: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]] = []
         self.events = daemon.EventLog(log)
         self.udp = self._endpoint(cfg, assignments)
         self._bind_networks(networks)
@@ -127,7 +130,7 @@ class Failoverd:
         self.notices = episodes.NetworkNotices(settle=episodes.settle_time(cfg.effective_deadtime))
         self.notices_timer = daemon.Timer(loop, self._on_notices_timer)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._watches: list[netif.LinkWatch] = []  # while holding: other MACs claiming ours
+        self._watches: list[linkwatch.LinkWatch] = []  # while holding: other MACs claiming ours
         self._blocked_why = ""  # while BLOCKED: why, in words (BLOCKED_WHY)
 
     @classmethod
@@ -337,7 +340,11 @@ class Failoverd:
                 if await _quietly(self.events, netif.add(a), "reload-add-error", a):
                     self._spawn(self._announce(a, cfg))
         self.cfg, self.assignments = cfg, assignments
+        self._ours = frozenset(a.address for a in assignments)
+        self._by_text = {str(a.address): a for a in assignments}
+        self._plain = tuple(transition.plain(a) for a in assignments)
         self.executor.addresses = tuple(assignments)
+        self._spawn(self.executor.prepare())
         self.executor.announcing = transition.Announcing(cfg.garp_count, cfg.garp_interval)
         self.scripts = hooks.ScriptFolder.for_config(cfg)
         self.executor.scripts = self.scripts
@@ -356,7 +363,7 @@ class Failoverd:
         self._flush()
 
     async def _announce(self, a: netif.Assignment, cfg: config.Config) -> None:
-        await netif.announce(a, cfg.garp_count, cfg.garp_interval)
+        await announce.announce(a, cfg.garp_count, cfg.garp_interval)
 
     def _transition_counts(self) -> dict[str, dict[str, int]]:
         """{action: {outcome: count}} since start-up."""
@@ -555,7 +562,7 @@ class Failoverd:
             node=self.node,
             host=socket.gethostname(),
             peer=self.core.peer_name or str(self.cfg.peer_ip),
-            addresses=tuple(transition.plain(a) for a in self.assignments),
+            addresses=self._plain,
             heard=heard,
             peer_verified=self.core.ever_verified,
         )
@@ -564,9 +571,9 @@ class Failoverd:
 
     async def _probe(self, ev: Probe) -> None:
         """Probe the link for the addresses to be taken; tell the core what answered."""
-        wait = netif.probe_wait(self.core.cfg.deadtime)
+        wait = linkwatch.probe_wait(self.core.cfg.deadtime)
         try:
-            answers, ok = await netif.probe(self.assignments, wait)
+            answers, ok = await linkwatch.probe(self.assignments, wait)
         except Exception as e:  # a bug must not leave the core probing forever
             log.exception("probe failed")
             self.events("probe-error", logging.ERROR, error=repr(e))
@@ -639,13 +646,13 @@ class Failoverd:
         self._spawn(self._notify(notice))
 
     def _defend(self, ev: Defend) -> None:
-        for a in self.assignments:
-            if str(a.address) == ev.address:
-                self.events("address-defended", logging.WARNING, address=a)
-                self._spawn(self._announce_once(a))
+        a = self._by_text.get(ev.address)
+        if a is not None:
+            self.events("address-defended", logging.WARNING, address=a)
+            self._spawn(self._announce_once(a))
 
     async def _announce_once(self, a: netif.Assignment) -> None:
-        await netif.announce(a, 1, 0.0)
+        await announce.announce(a, 1, 0.0)
 
     def _watch(self, on: bool) -> None:
         """Watch the held addresses' interfaces for other MACs claiming them (or stop)."""
@@ -653,7 +660,7 @@ class Failoverd:
             for ifname in sorted({a.ifname for a in self.assignments}):
                 try:
                     self._watches.append(
-                        netif.LinkWatch(ifname, _own_macs(ifname), self._on_claim, self.loop)
+                        linkwatch.LinkWatch(ifname, _own_macs(ifname), self._on_claim, self.loop)
                     )
                 except OSError as e:
                     self.events("watch-error", logging.WARNING, interface=ifname, error=e)
@@ -663,9 +670,19 @@ class Failoverd:
             self._watches = []
 
     def _on_claim(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, mac: str) -> None:
-        if any(a.address == address for a in self.assignments):
-            self.core.address_claimed(self.loop.time(), str(address), mac)
-            self._flush()
+        # A returning primary announces a thousand addresses in a burst: a set lookup per
+        # frame, and one flush for the batch the watch sockets are draining.
+        if address in self._ours:
+            self._claims.append((address, mac))
+            if len(self._claims) == 1:
+                self.loop.call_soon(self._claims_done)
+
+    def _claims_done(self) -> None:
+        claims, self._claims = self._claims, []
+        now = self.loop.time()
+        for address, mac in claims:
+            self.core.address_claimed(now, str(address), mac)
+        self._flush()
 
     async def _notify(self, notice: mail.Notice) -> None:
         try:
@@ -714,13 +731,10 @@ def _own_macs(ifname: str) -> list[bytes]:
 
 
 async def _any_present(assignments: list[netif.Assignment]) -> bool:
-    for a in assignments:
-        try:
-            if await netif.present(a):
-                return True
-        except netif.NetifError:
-            continue
-    return False
+    try:
+        return any(await netif.present_all(assignments))
+    except netif.NetifError:
+        return False
 
 
 def _monitor_config(cfg: config.Config, key: bytes, networks: tuple[str, ...]) -> MonitorConfig:
@@ -748,7 +762,10 @@ async def _quietly(
 
 
 async def log_check_warnings(cfg: config.Config, events: daemon.EventLog) -> None:
-    """What ``ipfailover check`` would warn about (mask/subnet, unsafe scripts), in the log."""
+    """What ``ipfailover check`` would warn about (mask/subnet, unsafe scripts), in the log.
+    Advice, not a condition of running: at start-up it is logged just after READY."""
+    from ipfailover.tools import check
+
     for problem in [*await check.pair_problems(cfg), *check.script_problems(cfg)]:
         level = logging.ERROR if problem.fatal else logging.WARNING
         events("check-error" if problem.fatal else "check-warning", level, problem=problem.text)
@@ -795,7 +812,11 @@ async def _run(
         accept_local.need(a.ifname for a in assignments)
     except hostconf.HostConfError as e:
         raise daemon.StartupError(f"{cfg.path}: {e}") from None
-    present = [a for a in assignments if await netif.present(a)]
+    present = [
+        a
+        for a, there in zip(assignments, await netif.present_all(assignments), strict=True)
+        if there
+    ]
     loop = asyncio.get_running_loop()
     fd = Failoverd(cfg, key, loop, assignments, networks, holding=bool(present))
     fd.lock = lock
@@ -810,8 +831,9 @@ async def _run(
                 await _quietly(fd.events, netif.add(a), "adopt-add-error", a)
         fd.events("adopt", addresses=" ".join(str(a) for a in present))
     fd.start()
-    await log_check_warnings(cfg, fd.events)
     fd.service.ready(fd._status_line())
+    await log_check_warnings(cfg, fd.events)
+    fd._spawn(fd.executor.prepare())
     await fd.stopped.wait()
     await fd.control.close()
     await fd.close()

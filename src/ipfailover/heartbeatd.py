@@ -9,29 +9,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ipaddress
 import logging
 import os
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipfailover import __version__
 from ipfailover.core import auth, config
 from ipfailover.core.sender import Announce, AnnounceDeferred, Sender, SenderConfig
 from ipfailover.core.wire import Dropped
-from ipfailover.shell import control, netif
+from ipfailover.shell import control
 from ipfailover.shell import runtime as daemon
 
+if TYPE_CHECKING:
+    from ipfailover.shell import netif
+
 log = logging.getLogger("ipfailover.heartbeatd")
+#: Imported after READY, in a worker thread (daemon.preload): sending heartbeats needs none of
+#: them, and pyroute2 alone is most of the start-up time.
+NET_MODULES = ("ipfailover.shell.netif", "ipfailover.shell.announce", "ipfailover.shell.linkwatch")
 SEND_FAILURE_EVERY = 10.0  # seconds between send-failed lines for one target
+HELD_RECHECK = 60.0  # seconds: the held targets are looked up at least this often
 
 
 async def announced_addresses(cfg: config.Config) -> list[netif.Assignment]:
     """This node's own addresses to re-announce: every global address, IPv4 and IPv6, on each
     interface one of whose subnets contains a heartbeat target (the public and private networks
     of Apple's setup)."""
+    await daemon.preload(*NET_MODULES)
+    from ipfailover.shell import netif
+
     return await netif.addresses_on_subnets_of(cfg.bcast_ips)
 
 
@@ -62,6 +70,10 @@ class Heartbeatd:
         self._tasks: set[asyncio.Task[None]] = set()
         self._send_failures: dict[str, tuple[float | None, int]] = {}  # target -> (logged, since)
         self._unsure: dict[asyncio.Task[None], str] = {}  # announcements a holder cancels
+        self._flush_soon = False  # a flush is queued for the end of this batch of datagrams
+        self._addresses_changed = asyncio.Event()
+        self._own: list[netif.Assignment] | None = None  # the last dump, until a change
+        self._own_lock = asyncio.Lock()  # set by watch_links: look the targets up
 
     def snapshot(self) -> dict[str, Any]:
         """The status this daemon reports (docs/status.md)."""
@@ -102,17 +114,27 @@ class Heartbeatd:
         self._flush()
 
     async def watch_links(self) -> None:
-        """Re-announce when a cable comes back on an interface that carries our heartbeats.
-        Supervised: if the kernel's notifications fail (an overrun), subscribe again."""
+        """Re-announce when a cable comes back on an interface that carries our heartbeats, and
+        have the held targets looked up again when addresses change (watch_held_targets).
+        Event-driven (kernel notifications, nothing polled). Supervised: if the notifications
+        fail (an overrun), subscribe again, and look the targets up again meanwhile."""
+        await daemon.preload(*NET_MODULES)
+        from ipfailover.shell import linkwatch
+
         while not self.stopped.is_set():
             try:
-                async for ifname in netif.carrier_up():
-                    if any(a.ifname == ifname for a in await announced_addresses(self.cfg)):
+                async for kind, ifname in linkwatch.link_events():
+                    if kind == "addresses":
+                        self._own = None
+                        self._addresses_changed.set()
+                    elif any(a.ifname == ifname for a in await self.own_addresses()):
                         self.events("link-up", interface=ifname)
                         self.core.link_up(self.loop.time())
                         self._flush()
             except Exception as e:  # logged, and the watch starts over
                 self.events("link-watch-error", logging.WARNING, error=repr(e))
+                self._own = None
+                self._addresses_changed.set()  # a change may have been missed
                 await asyncio.sleep(1.0)
 
     async def watch_held_targets(self) -> None:
@@ -120,14 +142,18 @@ class Heartbeatd:
         failoverd took the peer's address over), a datagram to it would be delivered here and
         never leave the host, and the returning peer would hear nothing on that network. Send
         it to the link instead, as failoverd does for its challenges (netif.unicast_substitute:
-        the subnet's broadcast, or all-nodes). Looked up every interval (at most every second)
-        while a target is a unicast address, every second otherwise."""
+        the subnet's broadcast, or all-nodes). Looked up at start-up and again whenever the
+        kernel reports an address change (watch_links), at the latest every HELD_RECHECK
+        seconds; never polled per interval."""
         failed = ""  # the last error logged, so that a lasting one is logged once
+        await daemon.preload(*NET_MODULES)
+        from ipfailover.shell import netif
+
         while not self.stopped.is_set():
-            every = 1.0
+            self._addresses_changed.clear()
             try:
                 targets = set(self.cfg.bcast_ips)
-                held = await netif.addresses_on_subnets_of(targets)
+                held = await self.own_addresses()
                 redirects: dict[str, tuple[Any, ...]] = {}
                 for a in held:
                     sub = netif.unicast_substitute(a) if a.address in targets else None
@@ -139,20 +165,18 @@ class Heartbeatd:
                 for target in sorted(old.keys() - redirects.keys()):
                     self.events("target-released", target=target)
                 self.udp.redirects = redirects
-                broadcasts = {
-                    ipaddress.ip_network((a.address, a.prefixlen), strict=False).broadcast_address
-                    for a in held
-                }
-                if any(t.version == 6 or t not in broadcasts for t in targets):
-                    every = min(1.0, self.cfg.interval)
             except Exception as e:  # logged once; the targets are sent to as configured meanwhile
                 if repr(e) != failed:
                     self.events("target-watch-error", logging.WARNING, error=repr(e))
                 failed = repr(e)
+                self._addresses_changed.set()  # try again after a second
+                await asyncio.sleep(1.0)
             else:
                 failed = ""
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopped.wait(), every)
+            try:
+                await asyncio.wait_for(self._addresses_changed.wait(), HELD_RECHECK)
+            except TimeoutError:
+                self._own = None  # the safety re-check dumps again
 
     def _on_timer(self) -> None:
         self.core.handle_timer(self.loop.time())
@@ -161,6 +185,14 @@ class Heartbeatd:
     def _on_datagram(self, dg: daemon.Datagram) -> None:
         self.core.receive_datagram(dg.data, dg.addr, self.loop.time())
         daemon.answer_local_boots(self.core, self.cfg.run_dir, self.loop.time())
+        # One flush for the batch the socket readers are draining (the challenge copies of
+        # every network arrive together), not one per datagram.
+        if not self._flush_soon:
+            self._flush_soon = True
+            self.loop.call_soon(self._batch_done)
+
+    def _batch_done(self) -> None:
+        self._flush_soon = False
         self._flush()
         if self._unsure:
             self._cancel_if_held()
@@ -202,6 +234,7 @@ class Heartbeatd:
             self.udp.start(self.loop, self._on_datagram)
         self.core.reconfigure(_sender_config(cfg, key), self.loop.time())
         self.cfg = cfg
+        self._own = None  # the targets may have changed
         self.events(
             "reload-done",
             targets=" ".join(f"{h}:{p}" for h, p in self.core.cfg.targets),
@@ -265,9 +298,21 @@ class Heartbeatd:
             suppressed=hidden or None,
         )
 
+    async def own_addresses(self) -> list[netif.Assignment]:
+        """announced_addresses, dumped once and kept until the kernel reports an address change
+        (watch_links): the start-up announcement and the held-target lookup share one dump,
+        which with a thousand addresses is most of their cost."""
+        async with self._own_lock:
+            if self._own is None:
+                self._own = await announced_addresses(self.cfg)
+            return self._own
+
     async def _announce(self, ev: Announce) -> None:
+        await daemon.preload(*NET_MODULES)
+        from ipfailover.shell import announce, netif
+
         try:
-            addrs = await announced_addresses(self.cfg)
+            addrs = await self.own_addresses()
         except netif.NetifError as e:
             self.events("announce-error", logging.ERROR, reason=ev.reason, error=e)
             return
@@ -277,9 +322,8 @@ class Heartbeatd:
             listener=ev.listener or None,
             addresses=" ".join(str(a) for a in addrs),
         )
-        await asyncio.gather(
-            *(netif.announce(a, self.cfg.garp_count, self.cfg.garp_interval) for a in addrs)
-        )
+        # one packet socket for them all, paced: the heartbeats keep their schedule meanwhile
+        await announce.announce_all(addrs, self.cfg.garp_count, self.cfg.garp_interval)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,7 +44,7 @@ from typing import Any
 
 import pytest
 
-from ipfailover.shell.netif import build_garp, build_unsolicited_na
+from ipfailover.core.packets import build_garp, build_unsolicited_na
 
 NODE_V4 = "203.0.113.20"
 NODE_V6 = "2001:db8:1::20"
@@ -135,7 +135,7 @@ class Outcome:
 _RUNNER = """\
 import asyncio, json, logging, sys
 from ipaddress import ip_address as ip
-from ipfailover.shell import netif
+from ipfailover.shell import announce, netbatch, netif
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
 async def main():
 {body}
@@ -341,6 +341,48 @@ def test_deleting_a_primary_keeps_its_secondaries(topo: Topology) -> None:
     assert ("198.51.100.10", 24) not in remaining
 
 
+def test_a_batch_reports_each_address_as_one_at_a_time_would(topo: Topology) -> None:
+    """netbatch.AddressBatch (a takeover of many addresses: one netlink socket, requests
+    pipelined) tells added / already there / refused / stale interface apart per address, and
+    its delete keeps a deleted primary's secondaries, like netif.add and netif.delete."""
+    ip(topo.node, "addr", "add", "203.0.113.30/24", "dev", "n0")  # already there, exactly
+    ip(topo.node, "-6", "addr", "add", "2001:db8:9::1/64", "dev", "n0", "nodad")  # other prefix
+    body = """
+    pairs = [("n0", ip(a), p) for a, p in (("198.51.100.10", 24), ("2001:db8:1::60", 64),
+             ("203.0.113.30", 24), ("2001:db8:9::1", 48))]
+    got = await netif.resolve_all(pairs)
+    stale = netif.Assignment(ifname="n0", ifindex=got[0].ifindex + 1000,
+                             address=ip("203.0.113.77"), prefixlen=24)
+    batch = netbatch.AddressBatch([*got, stale])
+    added = await batch.add()
+    return [r if isinstance(r, bool) else type(r).__name__ + ": " + str(r) for r in added]
+    """
+    added = ok(netif_in(topo.node, body))
+    assert added[:3] == [True, True, False]
+    assert added[3].startswith("NetifError") and "another prefix length" in added[3]
+    assert added[4].startswith("NetifError") and "re-created" in added[4]
+    there = node_addresses(topo)
+    assert {("198.51.100.10", 24), ("2001:db8:1::60", 64), ("203.0.113.30", 24)} <= there
+    assert ("203.0.113.77", 24) not in there
+    # 198.51.100.10 is its subnet's primary address: the administrator's .11 is a secondary,
+    # which the kernel deletes with it unless promote_secondaries is on (off here, whatever the
+    # host's default that the namespace inherited)
+    ip(topo.node, "addr", "add", "198.51.100.11/24", "dev", "n0")
+    for scope in ("all", "n0"):
+        run("ip", "netns", "exec", topo.node, "sysctl", "-qw",
+            f"net.ipv4.conf.{scope}.promote_secondaries=0")  # fmt: skip
+    body = """
+    pairs = [("n0", ip(a), p) for a, p in (("198.51.100.10", 24), ("2001:db8:1::60", 64),
+             ("2001:db8:1::61", 64))]
+    deleted = await netbatch.AddressBatch(await netif.resolve_all(pairs)).delete()
+    return [r if isinstance(r, bool) else type(r).__name__ for r in deleted]
+    """
+    assert ok(netif_in(topo.node, body)) == [True, True, False]
+    there = node_addresses(topo)
+    assert ("198.51.100.10", 24) not in there and ("2001:db8:1::60", 64) not in there
+    assert {("198.51.100.11", 24), ("203.0.113.30", 24), (NODE_V4, 24)} <= there
+
+
 # --- 3. IPv6 without DAD -----------------------------------------------------------------------
 
 
@@ -367,7 +409,7 @@ def _take_over_and_announce(topo: Topology, vip: str, prefixlen: int) -> int:
     assert netif_add(topo.node, vip)
     time.sleep(0.3)
     assert (neighbour(topo.client, "c0", vip) or {}).get("lladdr") == old_mac
-    body = f'return await netif.announce(await netif.resolve("n0", ip({vip!r}), None), 1, 0.0)'
+    body = f'return await announce.announce(await netif.resolve("n0", ip({vip!r}), None), 1, 0.0)'
     return int(ok(netif_in(topo.node, body)))
 
 
@@ -457,7 +499,7 @@ def test_announcements_on_the_wire(topo: Topology, vip: str) -> None:
                 import time
                 a = await netif.resolve("n0", ip({vip!r}), None)
                 started = time.monotonic()
-                sent = await netif.announce(a, 3, 0.2)
+                sent = await announce.announce(a, 3, 0.2)
                 return [sent, time.monotonic() - started]
                 """,
             )
@@ -500,7 +542,7 @@ def test_announce_on_a_down_link_returns_zero(topo: Topology, vip: str) -> None:
         topo.node,
         f"""
         a = await netif.resolve("n0", ip({vip!r}), None)
-        return await netif.announce(a, 2, 0.05)
+        return await announce.announce(a, 2, 0.05)
         """,
     )
     assert ok(outcome) == 0
@@ -512,7 +554,7 @@ def test_announce_skips_loopback(topo: Topology) -> None:
         topo.node,
         """
         a = await netif.resolve("lo", ip("127.0.0.1"), None)
-        return await netif.announce(a, 3, 0.0)
+        return await announce.announce(a, 3, 0.0)
         """,
     )
     assert ok(outcome) == 0

@@ -94,10 +94,10 @@ def announce_from(lab: Lab, node: Node, address: str) -> None:
     """The old primary re-announces its address (one gratuitous ARP), as a hung host might."""
     code = (
         "import asyncio, ipaddress\n"
-        "from ipfailover.shell import netif\n"
+        "from ipfailover.shell import announce, netif\n"
         "async def main():\n"
         f"    a = await netif.resolve('pub0', ipaddress.ip_address('{address}'), None)\n"
-        "    assert await netif.announce(a, 1, 0.0) == 1\n"
+        "    assert await announce.announce(a, 1, 0.0) == 1\n"
         "asyncio.run(main())\n"
     )
     subprocess.run(

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipfailover.shell.netif import (
-    Assignment,
+from ipfailover.core.packets import (
     build_arp_probe,
     build_garp,
     build_neighbour_solicitation,
@@ -18,9 +17,10 @@ from ipfailover.shell.netif import (
     icmpv6_checksum,
     multicast_mac,
     parse_claim,
-    probe_wait,
     solicited_node,
 )
+from ipfailover.shell.linkwatch import probe_wait
+from ipfailover.shell.netif import Assignment
 
 MAC = bytes.fromhex("020000a1b2c3")
 

@@ -42,6 +42,30 @@ def test_unicast_to_a_watched_interface_queues_on_its_own_socket_only() -> None:
         udp.close()
 
 
+def test_the_wildcard_socket_is_not_woken_by_broadcast_copies_from_a_watched_interface() -> None:
+    """A broadcast reaches the interface's own socket and the wildcard one; the kernel drops
+    the wildcard's copy (a socket filter), so the daemon does not read it only to ignore it."""
+    port = free_udp_port()
+    udp = daemon.UdpEndpoint(port, broadcast=True, families=(socket.AF_INET,), per_device=True)
+    try:
+        assert udp.bind_devices(["lo"]) == []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            out.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            out.sendto(b"b", ("127.255.255.255", port))
+        own = udp.devices[(socket.AF_INET, "lo")]
+        own.settimeout(1.0)
+        assert own.recv(64) == b"b"
+        with pytest.raises(BlockingIOError):  # no copy queued on the wildcard socket
+            udp.socks[socket.AF_INET].recv(64)
+        assert udp.bind_devices([]) == []  # no interface of its own: the wildcard gets all
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            out.sendto(b"c", ("127.0.0.1", port))
+        udp.socks[socket.AF_INET].settimeout(1.0)
+        assert udp.socks[socket.AF_INET].recv(64) == b"c"
+    finally:
+        udp.close()
+
+
 def test_datagrams_on_a_watched_interface_reach_the_daemon_once() -> None:
     port = free_udp_port()
 

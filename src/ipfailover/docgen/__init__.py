@@ -1,2 +1,1 @@
-"""Build-time generators that read every program's parser: man pages and shell completion.
-"""
+"""Build-time generators that read every program's parser: man pages and shell completion."""

@@ -7,7 +7,9 @@ A takeover runs, in this order, with nothing overlapping:
 2. ``PreAcq*`` scripts, one after the other; all have finished before any address changes;
 3. the netlink change (add each address);
 4. the first round of announcements (gratuitous ARP / unsolicited NA) for every address taken;
-   the rest of ``FAILOVER_GARP_COUNT`` goes on in the background, ``FAILOVER_GARP_INTERVAL`` apart;
+   the rest of ``FAILOVER_GARP_COUNT`` goes on in the background, ``FAILOVER_GARP_INTERVAL`` apart.
+   With the netlink backend, 3 and 4 go chunk by chunk (shell/netbatch.py): each chunk of
+   addresses is announced as soon as the kernel has added it, while the next is being added;
 5. ``PostAcq*`` scripts;
 6. the mail, queued to the spool (delivery never holds a transition up).
 
@@ -27,15 +29,17 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ipfailover import mail
-from ipfailover.shell import control, netif
+from ipfailover.shell import announce as announcing
+from ipfailover.shell import control, netbatch, netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks
+from ipfailover.shell.announce import Announcer
 from ipfailover.shell.scripts import Phase, ScriptResult, Status
 
 log = logging.getLogger("ipfailover.transition")
@@ -145,8 +149,37 @@ class AddressBackend(Protocol):
     async def announce(self, a: netif.Assignment, count: int, interval: float) -> int: ...
 
 
+@runtime_checkable
+class BatchBackend(AddressBackend, Protocol):
+    """A backend that changes and announces many addresses at once (one netlink socket, one
+    packet socket): what a takeover of a thousand addresses needs to stay within 0.1 s."""
+
+    async def add_all(
+        self, addresses: Sequence[netif.Assignment], on_chunk: netbatch.OnChunk | None = None
+    ) -> list[bool | netif.NetifError]: ...
+
+    async def delete_all(
+        self, addresses: Sequence[netif.Assignment]
+    ) -> list[bool | netif.NetifError]: ...
+
+    def announcer(self, addresses: Sequence[netif.Assignment]) -> announcing.Announcer: ...
+
+
 class NetlinkBackend:
-    """The real thing: :mod:`ipfailover.shell.netif` in the current network namespace."""
+    """The real thing: :mod:`ipfailover.shell.netif` in the current network namespace, with
+    the requests of the current addresses encoded once (:class:`netbatch.AddressBatch`)."""
+
+    def __init__(self) -> None:
+        self._batch: netbatch.AddressBatch | None = None
+
+    def prepare(self, addresses: Sequence[netif.Assignment]) -> None:
+        """Encode the requests for these addresses now, off the takeover's path."""
+        self._batch_for(addresses).prepare()
+
+    def _batch_for(self, addresses: Sequence[netif.Assignment]) -> netbatch.AddressBatch:
+        if self._batch is None or self._batch.assignments != tuple(addresses):
+            self._batch = netbatch.AddressBatch(addresses)
+        return self._batch
 
     async def add(self, a: netif.Assignment) -> bool:
         return await netif.add(a)
@@ -155,7 +188,20 @@ class NetlinkBackend:
         return await netif.delete(a)
 
     async def announce(self, a: netif.Assignment, count: int, interval: float) -> int:
-        return await netif.announce(a, count, interval)
+        return await announcing.announce(a, count, interval)
+
+    async def add_all(
+        self, addresses: Sequence[netif.Assignment], on_chunk: netbatch.OnChunk | None = None
+    ) -> list[bool | netif.NetifError]:
+        return await self._batch_for(addresses).add(on_chunk)
+
+    async def delete_all(
+        self, addresses: Sequence[netif.Assignment]
+    ) -> list[bool | netif.NetifError]:
+        return await self._batch_for(addresses).delete()
+
+    def announcer(self, addresses: Sequence[netif.Assignment]) -> announcing.Announcer:
+        return announcing.Announcer(addresses)
 
 
 class Notifier(Protocol):
@@ -194,6 +240,9 @@ class Executor:
         spool_timeout: float = SPOOL_TIMEOUT,
     ) -> None:
         self.node = node
+        self._addresses: tuple[netif.Assignment, ...] = ()
+        self._texts: tuple[str, str] = ("", "")
+        self._plain: tuple[str, ...] = ()
         self.addresses = tuple(addresses)
         self.scripts = scripts
         self.backend = backend
@@ -205,8 +254,23 @@ class Executor:
         self._background: set[asyncio.Task[None]] = set()
         self._mailing: set[asyncio.Task[None]] = set()  # mail being spooled after a transition
         self._last_release_problem: tuple[str, str] | None = None
+        self._announcer: Announcer | None = None  # of the takeover under way
+        self._announced: set[netif.Assignment] = set()  # its first round, chunk by chunk
+        self._first_sent = 0
 
     # Public -------------------------------------------------------------------------------------
+
+    @property
+    def addresses(self) -> tuple[netif.Assignment, ...]:
+        return self._addresses
+
+    @addresses.setter
+    def addresses(self, addresses: Sequence[netif.Assignment]) -> None:
+        """The addresses to take over; their texts for the log and the records are made once
+        here, not at every transition (a thousand addresses: milliseconds each time)."""
+        self._addresses = tuple(addresses)
+        self._plain = tuple(plain(a) for a in self._addresses)
+        self._texts = (" ".join(str(a) for a in self._addresses), " ".join(self._plain))
 
     async def acquire(
         self, reason: str, situation: mail.Situation, *, gate: bool = True
@@ -235,6 +299,12 @@ class Executor:
                     await self._phase(rec, Phase.POST_REL, situation)
             return await self._finish(rec, situation)
 
+    async def prepare(self) -> None:
+        """Encode the netlink requests of the current addresses in a worker thread (about
+        70 us each with pyroute2), so that a takeover of many addresses does not."""
+        if isinstance(self.backend, NetlinkBackend):
+            await asyncio.to_thread(self.backend.prepare, self.addresses)
+
     async def drain(self) -> None:
         """Wait for the background announcements and mail spooling (a one-shot command must not
         cut them short)."""
@@ -252,14 +322,12 @@ class Executor:
         return asyncio.get_running_loop().time()
 
     def _begin(self, action: Action, reason: str, situation: mail.Situation) -> TransitionRecord:
-        rec = TransitionRecord(
-            action, reason, tuple(plain(a) for a in self.addresses), self._now(), time.time()
-        )
+        rec = TransitionRecord(action, reason, self._plain, self._now(), time.time())
         self.events(
             f"{action}-start",
             reason=reason,
             peer=situation.peer,
-            addresses=" ".join(str(a) for a in self.addresses),
+            addresses=self._texts[0],
             folder=self.scripts.path,
         )
         return rec
@@ -327,16 +395,41 @@ class Executor:
             more = len(lines) - OUTPUT_LOG_LINES
             self.events("script-output", level, script=r.name, text=f"[{more} more lines]")
 
+    async def _changes(self, add: bool) -> list[bool | netif.NetifError]:
+        """Add (or delete) every address: in one batch if the backend can, else one by one.
+        A batch takeover announces each chunk of addresses as soon as it is added."""
+        if isinstance(self.backend, BatchBackend):
+            if not add:
+                return await self.backend.delete_all(self.addresses)
+            announcer = self._announcer = self.backend.announcer(self.addresses)
+            self._announced = set()
+            self._first_sent = 0
+            count = self.announcing.count
+
+            async def announce(chunk: list[netif.Assignment]) -> None:
+                if count:
+                    self._first_sent += await announcer.send(chunk, 1, count)
+                    self._announced.update(chunk)
+
+            return await self.backend.add_all(self.addresses, announce)
+        change = self.backend.add if add else self.backend.delete
+        out: list[bool | netif.NetifError] = []
+        for a in self.addresses:
+            try:
+                out.append(await change(a))
+            except netif.NetifError as e:
+                out.append(e)
+        return out
+
     async def _add_all(self, rec: TransitionRecord) -> list[netif.Assignment]:
         began = self._now()
         held = []
-        for a in self.addresses:
-            try:
-                await self.backend.add(a)
+        for a, r in zip(self.addresses, await self._changes(add=True), strict=True):
+            if isinstance(r, netif.NetifError):
+                rec.errors.append(str(r))
+                self.events("acquire-error", logging.ERROR, address=a, error=r)
+            else:
                 held.append(a)
-            except netif.NetifError as e:
-                rec.errors.append(str(e))
-                self.events("acquire-error", logging.ERROR, address=a, error=e)
         rec.changed_at = self._now() - rec.started
         self._step(rec, "add-addresses", began, f"{len(held)}/{len(self.addresses)} added")
         if not held:
@@ -347,12 +440,10 @@ class Executor:
 
     async def _delete_all(self, rec: TransitionRecord) -> bool:
         began = self._now()
-        for a in self.addresses:
-            try:
-                await self.backend.delete(a)
-            except netif.NetifError as e:
-                rec.errors.append(str(e))
-                self.events("release-error", logging.ERROR, address=a, error=e)
+        for a, r in zip(self.addresses, await self._changes(add=False), strict=True):
+            if isinstance(r, netif.NetifError):
+                rec.errors.append(str(r))
+                self.events("release-error", logging.ERROR, address=a, error=r)
         rec.changed_at = self._now() - rec.started
         failed, total = len(rec.errors), len(self.addresses)
         self._step(rec, "delete-addresses", began, f"{total - failed}/{total} deleted")
@@ -366,6 +457,18 @@ class Executor:
         """Send the first announcement for every address now; the rest in the background."""
         began = self._now()
         count = self.announcing.count
+        if isinstance(self.backend, BatchBackend):
+            # one packet socket for every address, paced (see shell/announce.py); most were
+            # announced chunk by chunk as they were added, the rest (adopted ones) now
+            announcer = self._announcer or self.backend.announcer(held)
+            rest = [a for a in held if a not in self._announced]
+            sent = self._first_sent + await announcer.send(rest, 1, count)
+            announcer.assignments = tuple(held)
+            self._step(rec, "announce", began, f"first of {count} sent for {sent}/{len(held)}")
+            self.events("announced", round=1, of=count, sent=f"{sent}/{len(held)}")
+            if count > 1:
+                self._background_task(self._announce_rounds(announcer))
+            return
         results = await asyncio.gather(
             *(self.backend.announce(a, 1, 0.0) for a in held), return_exceptions=True
         )
@@ -377,9 +480,20 @@ class Executor:
         self.events("announced", round=1, of=count, sent=f"{sent}/{len(held)}")
         if count > 1:
             for a in held:
-                task = asyncio.get_running_loop().create_task(self._announce_rest(a))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._background_task(self._announce_rest(a))
+
+    def _background_task(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _announce_rounds(self, announcer: announcing.Announcer) -> None:
+        count, interval = self.announcing.count, self.announcing.interval
+        try:
+            await asyncio.sleep(interval)
+            await announcer.rounds(count, interval, first=2)
+        except Exception as e:  # a bug in the sender must not go unseen
+            self.events("announce-error", logging.ERROR, error=e)
 
     async def _announce_rest(self, a: netif.Assignment) -> None:
         count, interval = self.announcing.count, self.announcing.interval

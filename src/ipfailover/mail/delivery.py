@@ -15,9 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import smtplib
 import socket
-import ssl
 import stat
 import threading
 from collections.abc import Callable
@@ -148,6 +146,9 @@ class SmtpDelivery:
     via: str = "smtp"
 
     async def deliver(self, item: SpoolItem) -> None:
+        import smtplib  # smtplib and ssl only when a mail is sent (start-up time, memory)
+        import ssl
+
         credentials = read_credentials(self.credentials_file) if self.credentials_file else None
         try:
             refused = await in_daemon_thread(lambda: self._send(item, credentials))
@@ -166,6 +167,9 @@ class SmtpDelivery:
             )
 
     def _send(self, item: SpoolItem, credentials: tuple[str, str] | None) -> dict[str, Any]:
+        import smtplib
+        import ssl
+
         with smtplib.SMTP(
             self.host, self.port, timeout=self.timeout, local_hostname=socket.gethostname()
         ) as smtp:
@@ -184,6 +188,8 @@ class SmtpDelivery:
 
 
 def _smtp_error(e: BaseException) -> str:
+    import smtplib
+
     if isinstance(e, smtplib.SMTPResponseException):
         text = e.smtp_error.decode("utf-8", "replace") if isinstance(e.smtp_error, bytes) else ""
         return f"{e.smtp_code} {text}".strip()

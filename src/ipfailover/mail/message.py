@@ -9,17 +9,19 @@ delivered.
 
 from __future__ import annotations
 
-import email.policy
-import email.utils
 import os
 import socket
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ipfailover.core import config
 from ipfailover.mail.notice import Notice
 from ipfailover.mail.spool import SpoolItem
+
+if TYPE_CHECKING:  # email is imported when a mail is built: a failoverd that never mails never
+    # loads it (start-up time, memory)
+    from email.message import EmailMessage
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ class MailSettings:
 
 def build_message(notice: Notice, settings: MailSettings, node: str, now: float) -> EmailMessage:
     """The RFC 5322 message for ``notice`` (CRLF line endings, ready for SMTP)."""
+    import email.policy
+    import email.utils
+    from email.message import EmailMessage
+
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = email.utils.formataddr((f"ipfailover on {node}", settings.sender))
     msg["To"] = ", ".join(settings.recipients)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import errno
+import gc
+import importlib
 import logging
 import os
 import signal
@@ -25,7 +28,7 @@ from typing import Any, Protocol
 
 from ipfailover import __version__
 from ipfailover.core import auth, config, wire
-from ipfailover.shell import control, netif, sdnotify
+from ipfailover.shell import control, sdnotify
 
 EXIT_CONFIG = 2
 log = logging.getLogger("ipfailover.daemon")
@@ -400,8 +403,15 @@ class Service:
         interval = sdnotify.watchdog_interval()
         self._feed_every = None if interval is None else interval / 2
         self._feeding = False
+        self._frozen = False
 
     def ready(self, status: str) -> None:
+        if not self._frozen:
+            # What start-up built (modules, config, sockets) lives as long as the daemon: out
+            # of the cyclic collector's reach, so a full collection no longer walks it all
+            # (tens of milliseconds each, every few seconds at a 0.1 s interval).
+            gc.freeze()
+            self._frozen = True
         sdnotify.notify(READY=1, STATUS=status)
         if self._feed_every is not None and not self._feeding:
             self._feeding = True  # one chain, however often we become ready again
@@ -569,6 +579,9 @@ class UdpEndpoint:
         for name in {n for _, n in self.devices}:
             with contextlib.suppress(OSError):
                 bound.add(socket.if_nametoindex(name))
+        if bound != self._bound:
+            for sock in self.socks.values():
+                _drop_from(sock, bound)
         self._bound = bound
         return problems
 
@@ -616,6 +629,34 @@ class UdpEndpoint:
             return False
 
 
+SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
+SKF_AD_IFINDEX = -0x1000 + 8  # classic BPF: load the receiving interface's index
+
+
+def _drop_from(sock: socket.socket, ifindexes: Iterable[int]) -> None:
+    """Have the kernel drop, on a wildcard socket, what arrives on these interfaces (they have
+    sockets of their own, which get a copy): without it every broadcast heartbeat is read twice,
+    once only to be ignored. _drain still ignores such a copy should the filter be missing."""
+    indexes = sorted(ifindexes)[:64]
+    if not indexes:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+        return
+    n = len(indexes)
+    program = [(0x20, 0, 0, SKF_AD_IFINDEX & 0xFFFFFFFF)]  # ld ifindex
+    for i, index in enumerate(indexes):  # jeq index: drop, else next
+        program.append((0x15, n - i, 0, index))
+    program += [(0x06, 0, 0, 0xFFFF), (0x06, 0, 0, 0)]  # accept; drop
+    code = b"".join(struct.pack("HBBI", *insn) for insn in program)
+    buf = ctypes.create_string_buffer(code)
+    fprog = struct.pack("HP", len(program), ctypes.addressof(buf))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError as e:
+        log.warning("cannot filter the wildcard socket (%s): copies are ignored instead", e)
+
+
 def _prepare(
     sock: socket.socket, family: int, port: int, broadcast: bool, *, reuse_port: bool = False
 ) -> None:
@@ -652,8 +693,19 @@ def install_signals(
     loop.add_signal_handler(signal.SIGHUP, reload)
 
 
+async def preload(*modules: str) -> None:
+    """Import modules in a worker thread: what a daemon needs only after it is ready (pyroute2,
+    0.1-0.4 s) is loaded while the event loop goes on beating (the import holds the GIL only
+    in short slices)."""
+    missing = [m for m in modules if m not in sys.modules]
+    if missing:
+        await asyncio.to_thread(lambda: [importlib.import_module(m) for m in missing])
+
+
 async def watched_networks(cfg: config.Config) -> tuple[str, ...]:
     """FAILOVER_NETWORKS, or the pairs' interfaces plus those on FAILOVER_PEER_IP's subnet."""
+    from ipfailover.shell import netif
+
     if cfg.networks:
         missing = await netif.missing_interfaces(cfg.networks)
         if missing:

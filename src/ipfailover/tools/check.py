@@ -62,10 +62,13 @@ async def pair_problems(cfg: config.Config) -> list[Problem]:
     for name in sorted(missing):
         var = "FAILOVER_NETWORKS" if name in cfg.networks else "FAILOVER_PEER_IP_PAIRS"
         out.append(Problem(f"{_where(cfg, var)}: no such interface: {name}", True))
+    addresses: dict[str, list[netif.Assignment]] = {}  # one dump per interface, not per pair
     for pair in cfg.peer_ip_pairs:
         if pair.interface in missing:
             continue
-        own = await netif.interface_addresses(pair.interface)
+        if pair.interface not in addresses:
+            addresses[pair.interface] = await netif.interface_addresses(pair.interface)
+        own = addresses[pair.interface]
         nets = [
             ipaddress.ip_network(f"{a.address}/{a.prefixlen}", strict=False)
             for a in own
