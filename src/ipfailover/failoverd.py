@@ -39,6 +39,7 @@ from ipfailover.core.monitor import (
     NetworkEvent,
     PeerWarning,
     Probe,
+    Reclaim,
     Release,
     State,
     StateChanged,
@@ -64,7 +65,8 @@ BLOCKED_WHY = {
     Trigger.ANSWERS_REFUSED: "its address still answers after its heartbeats stopped, and "
     "FAILOVER_TAKE_ANSWERING=no: taking over once it stops answering",
 }
-WATCHED = frozenset({State.ACTIVE, State.HOLDDOWN})  # states in which we watch for conflicts
+# states in which we watch for conflicts
+WATCHED = frozenset({State.ACTIVE, State.HOLDDOWN, State.HANDBACK})
 
 
 async def resolve_pairs(cfg: config.Config) -> list[netif.Assignment]:
@@ -440,6 +442,11 @@ class Failoverd:
             self._address_conflict(ev)
         elif isinstance(ev, Defend):
             self._defend(ev)
+        elif isinstance(ev, Reclaim):
+            # a hand-back was abandoned after the primary may have announced: ours again
+            self.events("reclaim", logging.WARNING, addresses=self._addresses())
+            for a in self.assignments:
+                self._spawn(self._announce_once(a))
         elif isinstance(ev, auth.NameCollision):
             daemon.log_collision(self.events, ev)
             notice = mail.collision_notice(ev, self._situation(), time.time())

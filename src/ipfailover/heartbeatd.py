@@ -270,6 +270,8 @@ class Heartbeatd:
             addrs = await announced_addresses(self.cfg)
         except netif.NetifError as e:
             self.events("announce-error", logging.ERROR, reason=ev.reason, error=e)
+            if ev.handback:  # unconfirmed: the secondary releases first after its bound
+                self.core.handback_announced(self.loop.time(), ev.handback, ok=False)
             return
         self.events(
             "announce",
@@ -277,9 +279,18 @@ class Heartbeatd:
             listener=ev.listener or None,
             addresses=" ".join(str(a) for a in addrs),
         )
-        await asyncio.gather(
-            *(netif.announce(a, self.cfg.garp_count, self.cfg.garp_interval) for a in addrs)
-        )
+        count, interval = self.cfg.garp_count, self.cfg.garp_interval
+        if ev.handback and count > 0:
+            # Make before break: the first round out, then confirm, so that the secondary
+            # deletes the addresses only once clients have been told where they are.
+            await asyncio.gather(*(netif.announce(a, 1, 0.0) for a in addrs))
+            self.core.handback_announced(self.loop.time(), ev.handback)
+            self._flush()
+            if count == 1:
+                return
+            await asyncio.sleep(interval)
+            count -= 1
+        await asyncio.gather(*(netif.announce(a, count, interval) for a in addrs))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -257,11 +257,20 @@ def test_holding_flag_turning_off_announces_when_released_was_lost() -> None:
     ]
 
 
-def test_no_unicast_answer_to_a_listener_that_holds_our_address() -> None:
+def test_a_listener_that_holds_our_address_is_answered_at_once_but_not_by_unicast() -> None:
+    """No unicast to it (an ARP request from the shared address would pull clients back before
+    the hand-back), but a beat to every target at once, not at the next interval: a returning
+    primary's hold-down starts one round trip after the holder's challenge. The regular beats
+    keep their schedule."""
     s = make()
     s.handle_timer(0.0)
     s.datagrams_to_send()
     s.receive_datagram(challenge(s, 1, b"n" * 8, holding=True), LISTENER, 0.1)
-    assert s.datagrams_to_send() == []  # the next broadcast beat carries its nonce
-    s.handle_timer(1.0)
-    assert all(m.echoes == (b"n" * 8,) for m, _ in sent(s))
+    out = sent(s)
+    assert [a for _, a in out] == list(TARGETS)
+    assert all(m.echoes == (b"n" * 8,) for m, _ in out)
+    assert s.get_timer() == pytest.approx(1.0)
+    s.receive_datagram(challenge(s, 2, b"m" * 8, holding=True), LISTENER, 0.5)
+    assert [m.echoes for m, _ in sent(s)] == [(b"m" * 8,)] * len(TARGETS)
+    s.receive_datagram(challenge(s, 2, b"m" * 8, holding=True), LISTENER, 0.5)  # its copy
+    assert sent(s) == []

@@ -51,6 +51,7 @@ class State(enum.Enum):
     ACQUIRING = "acquiring"  # the shell is taking the addresses over
     ACTIVE = "active"  # holding; the primary is silent
     HOLDDOWN = "holddown"  # holding; the primary is back, waiting out the failback delay
+    HANDBACK = "handback"  # holding; the primary was asked to announce first (make before break)
     RELEASING = "releasing"  # the shell is handing the addresses back
     DECLINED = "declined"  # a takeover was refused (Test said no, or it failed); waits for the peer
     STOPPING = "stopping"  # releasing because we are shutting down
@@ -66,6 +67,8 @@ class Trigger(enum.Enum):
     PEER_LEAVING = "peer-leaving"
     PEER_HEARD = "peer-heard"
     HOLDDOWN_EXPIRED = "holddown-expired"
+    ANNOUNCED = "announced"  # the primary confirmed it announced its addresses (ANNOUNCED)
+    HANDBACK_TIMEOUT = "handback-timeout"  # no confirmation within the bound: release anyway
     ACQUIRED = "acquired"
     ACQUIRE_DECLINED = "acquire-declined"
     RETRY = "retry"
@@ -99,8 +102,14 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (S.ACTIVE, T.SHUTDOWN): S.STOPPING,
     (S.HOLDDOWN, T.PEER_SILENT): S.ACTIVE,
     (S.HOLDDOWN, T.PEER_LEAVING): S.ACTIVE,
-    (S.HOLDDOWN, T.HOLDDOWN_EXPIRED): S.RELEASING,
+    (S.HOLDDOWN, T.HOLDDOWN_EXPIRED): S.HANDBACK,
     (S.HOLDDOWN, T.SHUTDOWN): S.STOPPING,
+    # make before break: the primary announces first, then we delete (docs/protocol.md)
+    (S.HANDBACK, T.ANNOUNCED): S.RELEASING,
+    (S.HANDBACK, T.HANDBACK_TIMEOUT): S.RELEASING,  # today's order: delete, then RELEASED
+    (S.HANDBACK, T.PEER_SILENT): S.ACTIVE,
+    (S.HANDBACK, T.PEER_LEAVING): S.ACTIVE,
+    (S.HANDBACK, T.SHUTDOWN): S.STOPPING,
     (S.RELEASING, T.RELEASED): S.STANDBY,
     (S.RELEASING, T.RELEASE_DECLINED): S.ACTIVE,
     (S.DECLINED, T.PEER_HEARD): S.STANDBY,
@@ -122,12 +131,26 @@ PROBE_VERDICTS = frozenset(
 
 #: States in which the addresses are (or are being made) ours.
 HOLDING = frozenset(
-    {State.ACQUIRING, State.ACTIVE, State.HOLDDOWN, State.RELEASING, State.STOPPING}
+    {
+        State.ACQUIRING,
+        State.ACTIVE,
+        State.HOLDDOWN,
+        State.HANDBACK,
+        State.RELEASING,
+        State.STOPPING,
+    }
 )
 #: States in which the shell is carrying out a transition; a shutdown waits for them.
 BUSY = frozenset({State.ACQUIRING, State.RELEASING, State.STOPPING})
 
 RELEASED_COPIES = 3  # RELEASED is sent this many times, one challenge period apart
+HANDBACK_COPIES = 2  # HANDBACK goes out this many times to each network, back to back
+# How long a hand-back waits for the primary's ANNOUNCED before it releases anyway (today's
+# order): one challenge period, within these bounds. A live primary answers in a round trip plus
+# its first announcement (milliseconds); the wait keeps a lost request or answer, or a primary
+# that does not know HANDBACK, within the failback budget of one interval after the hold-down.
+HANDBACK_WAIT_MIN = 0.05
+HANDBACK_WAIT_MAX = 0.25
 MAX_SOURCES = 16  # unverified (address, boot) pairs remembered per network
 MAX_BOOTS = 8  # anti-replay windows kept for unverified boots (the verified boot's is pinned)
 MAX_BOOT_STATES = 256  # boot ids whose challenge schedule is remembered (least recently heard go)
@@ -224,6 +247,14 @@ class Release:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Reclaim:
+    """A hand-back was abandoned (the primary fell silent or left after we asked it to
+    announce): it may have announced our held addresses, so announce them all again now."""
+
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class StateChanged:
     old: State
     new: State
@@ -271,6 +302,7 @@ Event = (
     | AddressAnswers
     | AddressConflict
     | Defend
+    | Reclaim
     | auth.NameCollision
 )
 
@@ -382,6 +414,8 @@ class Monitor:
         self._round_heard = float("-inf")  # the evidence of the last one counted
         self._released_due: list[float] = []
         self._release_id = b""
+        self._handback_id = b""  # the id of the last HANDBACK we sent
+        self._handback_until: float | None = None  # while HANDBACK: when we release anyway
         self._stop_pending = False
         self._retry_at: float | None = None
         self._warned_boots: OrderedDict[bytes, None] = OrderedDict()
@@ -542,7 +576,7 @@ class Monitor:
         again: expected, we hand it back soon; counted only. Outside those states, ignored.
         """
         self._now = max(self._now, now)
-        if self.state is State.HOLDDOWN:
+        if self.state in (State.HOLDDOWN, State.HANDBACK):
             self.counters["claims.holddown"] += 1
             return
         if self.state is not State.ACTIVE:
@@ -615,6 +649,8 @@ class Monitor:
             times.append(deadline)
         if self.state is State.HOLDDOWN and self._holddown_until is not None:
             times.append(self._holddown_until)
+        if self.state is State.HANDBACK and self._handback_until is not None:
+            times.append(self._handback_until)
         if (
             self.state is State.DECLINED
             and self._retry_at is not None
@@ -657,7 +693,7 @@ class Monitor:
             self._dropped(err, addr, network, now)
 
     def _receive(self, msg: wire.Message, addr: Addr, network: str, now: float) -> None:
-        if msg.type not in (wire.MsgType.HEARTBEAT, wire.MsgType.LEAVING):
+        if msg.type not in (wire.MsgType.HEARTBEAT, wire.MsgType.LEAVING, wire.MsgType.ANNOUNCED):
             raise wire.RemoteProtocolError(wire.Reason.UNEXPECTED, f"{msg.type.name} to failoverd")
         # Our own datagrams are known by boot id, not by name: a clone may share the name.
         who = self.identity.classify(msg.sender, msg.boot_id, now)
@@ -679,6 +715,9 @@ class Monitor:
         if msg.boot_id in self._retired:
             # the primary has since restarted: what its earlier boot sent is history
             raise wire.RemoteProtocolError(wire.Reason.REPLAY, "from an earlier boot")
+        if msg.type is wire.MsgType.ANNOUNCED:
+            self._announced(msg, now)
+            return
         if not self._window(msg.sender, msg.boot_id).accept(msg.seq):
             raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"seq {msg.seq} seen or too old")
         peer = self._peers.setdefault(network, _PeerNet())
@@ -698,6 +737,11 @@ class Monitor:
         self._note_peer_boot(msg, now)
         was_alive = network in self.detector.networks and self._counts_as_alive(network, now)
         self.detector.heard(network, evidence, now, msg.interval)
+        if self.state in (State.ACTIVE, State.DECLINED) and evidence <= self.since:
+            # The primary is back, but it echoes a nonce from before we took over (a cable came
+            # back): it missed our latest challenges. Challenge it at once, not at the next
+            # round, so that its return costs one round trip.
+            self._challenge_now(peer, addr, msg.boot_id, source, now)
         if self.state is State.HOLDDOWN and evidence >= self._round_heard + self.cfg.period / 2:
             self._round_heard = evidence  # a new round heard (not the same one on another network)
             self._rounds_heard += 1
@@ -721,6 +765,23 @@ class Monitor:
             self.detector.forget()
             if (self.state, Trigger.PEER_LEAVING) in TRANSITIONS:
                 self._fire(Trigger.PEER_LEAVING, now)
+
+    def _announced(self, msg: wire.Message, now: float) -> None:
+        """The primary confirms that it announced its addresses, as our HANDBACK asked: only
+        from the verified primary's boot, to our boot, for the hand-back under way."""
+        if msg.boot_id != self.peer_boot or msg.echo_boot != self.boot_id:
+            raise wire.RemoteProtocolError(
+                wire.Reason.STALE, "ANNOUNCED not from the verified primary to this boot"
+            )
+        if not self._handback_id or msg.nonce != self._handback_id:
+            raise wire.RemoteProtocolError(wire.Reason.STALE, "ANNOUNCED answers no hand-back")
+        if self.state is not State.HANDBACK:
+            self.counters["announced-late"] += 1  # its copy, or after we released anyway
+            return
+        if not self._window(msg.sender, msg.boot_id).accept(msg.seq):
+            raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"seq {msg.seq} seen or too old")
+        self.counters["announced"] += 1
+        self._fire(Trigger.ANNOUNCED, now)
 
     def _peer_matches(self, sender: str) -> bool:
         """The primary is FAILOVER_PEER_NAME if set; otherwise the name pinned by the first verified
@@ -949,6 +1010,27 @@ class Monitor:
         )
         return wire.encode(msg, self.cfg.key)
 
+    def _send_handback(self) -> None:
+        """Ask the primary to announce its addresses before we delete ours (make before
+        break), on every network where we verified it."""
+        if self.peer_boot is None:
+            return
+        msg = wire.Message(
+            type=wire.MsgType.HANDBACK,
+            sender=self.cfg.node,
+            boot_id=self.boot_id,
+            seq=self._next_seq(),
+            interval=self.cfg.period,
+            nonce=self._handback_id,
+            echo_boot=self.peer_boot,
+            echo_seq=self.peer_seq,
+        )
+        data = wire.encode(msg, self.cfg.key)
+        for peer in self._peers.values():
+            if peer.verified:
+                self._out += [(data, peer.verified)] * HANDBACK_COPIES
+        self.counters["handback-sent"] += 1
+
     def _send_released(self) -> None:
         if self.peer_boot is None:
             return
@@ -1006,6 +1088,12 @@ class Monitor:
             self._reprobe_at = now + max(REPROBE_MIN, self.cfg.period)
         elif new is State.HOLDDOWN:
             self._start_holddown(now)
+        elif new is State.HANDBACK:
+            self._handback_id = self._rng(wire.NONCE_SIZE)
+            self._handback_until = now + handback_wait(self.cfg.period)
+            self._send_handback()
+        elif new is State.ACTIVE and old is State.HANDBACK:
+            self._events.append(Reclaim(at=now))
         elif new is State.RELEASING:
             self._events.append(Release(reason=Trigger.PEER_HEARD, at=now))
         elif new is State.STOPPING:
@@ -1088,7 +1176,17 @@ class Monitor:
                 self.counters["holddown-restarts"] += 1
                 self._start_holddown(now)
                 self._rounds_heard = 0
+        if self.state is State.HANDBACK:
+            if not det.any_alive(now):
+                return Trigger.PEER_SILENT
+            if self._handback_until is not None and now >= self._handback_until:
+                return Trigger.HANDBACK_TIMEOUT
         return None
+
+
+def handback_wait(period: float) -> float:
+    """How long a hand-back waits for ANNOUNCED before it releases anyway."""
+    return min(max(period, HANDBACK_WAIT_MIN), HANDBACK_WAIT_MAX)
 
 
 def _answers(answers: Mapping[str, Iterable[str]]) -> Answers:

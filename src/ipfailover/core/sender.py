@@ -2,11 +2,17 @@
 
 Every interval it sends a HEARTBEAT to each target (broadcast or unicast). Each heartbeat echoes
 the latest nonce of every listener (a failoverd that sent us a CHALLENGE), which is what lets the
-listener tell a live heartbeat from a replayed one (see :mod:`ipfailover.core.monitor`). On RELEASED
-from a listener that held our addresses it asks the shell to re-announce them (Apple's "tickle"),
-and so it does on SIGHUP, shortly after start-up and when a cable comes back -- unless a
-listener's challenge says it still holds them, in which case the RELEASED that follows its
-hand-back triggers the announcement. On a graceful stop it sends LEAVING.
+listener tell a live heartbeat from a replayed one (see :mod:`ipfailover.core.monitor`). A
+listener that holds our addresses is answered at once with a beat to every target (never a unicast
+to it, see :meth:`Sender._challenged`), so that a returning primary is verified within a round trip.
+
+The hand-back is made before it is broken: a listener that holds our addresses and wants to give
+them back sends HANDBACK; we ask the shell to announce them (:class:`Announce` with ``handback``),
+and once the shell has sent the first round (:meth:`Sender.handback_announced`) we confirm with
+ANNOUNCED; only then does the listener delete them. On RELEASED from a listener that held our
+addresses we announce them again (Apple's "tickle"), and so we do on SIGHUP, shortly after start-up
+and when a cable comes back -- unless a listener's challenge says it still holds them, in which
+case its hand-back triggers the announcement. On a graceful stop it sends LEAVING.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ MAX_HELD = 8  # datagrams held while the shell looks up this host's boot ids
 REPLY_RATE = 4  # immediate beats to new listeners per interval (a token bucket), burst twice that
 ANNOUNCE_WAIT_BEATS = 3  # after start-up or a cable's return, announce once a listener has told us
 #                          whether it holds our addresses, or after this many intervals (+1 s)
+MAX_HANDBACKS = 16  # hand-back ids remembered (copies and replays of one are not acted on twice)
+HANDBACK_ADDRS = 4  # addresses one hand-back is confirmed to (one per network it came over)
+CONFIRM_COPIES = 2  # ANNOUNCED goes out twice to each, back to back, against a single loss
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,9 +53,11 @@ class SenderConfig:
 class Announce:
     """Re-announce (gratuitous ARP / unsolicited NA) our own addresses now."""
 
-    reason: str  # "start", "released" or "sighup"
+    reason: str  # "start", "carrier", "released", "handback" or "sighup"
     at: float
     listener: str = ""
+    # a hand-back: once the first round is out, call Sender.handback_announced(now, handback)
+    handback: bytes = b""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +79,16 @@ class _Listener:
     expires: float
     holding: bool
     echo_seq: int = 0  # the highest of our sequence numbers its challenges echoed
+
+
+@dataclass
+class _Handback:
+    """A listener's request to announce our addresses before it lets them go."""
+
+    listener: tuple[str, bytes]
+    seq: int  # the HANDBACK's sequence number, echoed in our ANNOUNCED
+    addrs: list[Addr]  # where its copies came from: each gets the confirmation
+    confirmed: bool = False
 
 
 Event = Announce | AnnounceDeferred | wire.Dropped | auth.NameCollision
@@ -94,6 +115,7 @@ class Sender:
         self._held: list[tuple[wire.Message, Addr]] = []
         self._replies = auth.TokenBucket(REPLY_RATE / cfg.interval, 2 * REPLY_RATE, now)
         self._release_ids: OrderedDict[bytes, None] = OrderedDict()
+        self._handbacks: OrderedDict[bytes, _Handback] = OrderedDict()
         self._out: list[tuple[bytes, Addr]] = []
         self._events: list[Event] = []
         # (since, deadline, why) of an announcement waiting to hear whether a listener holds our
@@ -144,6 +166,7 @@ class Sender:
             "listeners": len(self._listeners),
             "retired": len(self._retired),
             "release_ids": len(self._release_ids),
+            "handbacks": len(self._handbacks),
             "held": len(self._held),
         }
 
@@ -181,6 +204,20 @@ class Sender:
 
     def tickle(self, now: float, reason: str = "sighup") -> None:
         self._events.append(Announce(reason=reason, at=now))
+
+    def handback_announced(self, now: float, handback: bytes, ok: bool = True) -> None:
+        """The shell sent the first round of the announcement that ``handback`` asked for
+        (``ok``), or could not: confirm it to the listener, which then lets our addresses go.
+        Without a confirmation the listener falls back to releasing first after a bound."""
+        hb = self._handbacks.get(handback)
+        if hb is None or hb.confirmed or self.stopped:
+            return
+        if not ok:
+            self.counters["handback-announce-failed"] += 1
+            return
+        hb.confirmed = True
+        self.counters["handbacks-confirmed"] += 1
+        self._confirm(handback, hb, hb.addrs)
 
     # Outputs -----------------------------------------------------------------------------------
 
@@ -255,6 +292,8 @@ class Sender:
             self._challenged(msg, addr, now)
         elif msg.type is wire.MsgType.RELEASED:
             self._released(msg, now)
+        elif msg.type is wire.MsgType.HANDBACK:
+            self._handback(msg, addr, now)
         else:
             raise wire.RemoteProtocolError(wire.Reason.UNEXPECTED, f"{msg.type.name} to heartbeatd")
 
@@ -288,6 +327,8 @@ class Sender:
             self._listeners.move_to_end(key)
             self.counters["challenges"] += 1
             self._heard_listener(now)
+            if msg.holding:
+                self._answer_holder(now)
             return
         retired = self._retired.get(key)
         if retired is not None and msg.seq <= retired[0]:
@@ -307,13 +348,27 @@ class Sender:
         self.counters["challenges"] += 1
         self._note_collision(msg, addr, now)
         self._heard_listener(now)
-        if not self.stopped and not msg.holding and self._replies.take(now):
+        if msg.holding:
+            self._answer_holder(now)
+        elif not self.stopped and self._replies.take(now):
             # A new listener (or a restarted one): answer at once so it verifies us without
             # waiting a whole interval. Only new entries get this, so a flood cannot amplify.
-            # Not while it holds our address: a unicast to it may need an ARP request, whose
-            # sender is that shared address, and every client that hears it would come back to
-            # us before the hand-back; the next broadcast beat carries the nonce instead.
             self._out.append((self._beat(wire.MsgType.HEARTBEAT), addr))
+
+    def _answer_holder(self, now: float) -> None:
+        """A listener that holds our addresses challenged us: beat to every target now, besides
+        the regular beats (whose schedule does not move). Never a unicast to it: that may need
+        an ARP request, whose sender is the shared address, and every client that hears it
+        would come back to us before the hand-back; a beat to the targets is what we send every
+        interval anyway. Without this, a returning primary waited up to an interval for its
+        next beat to echo the holder's challenge before the hold-down could start. It costs a
+        beat per challenge only while a listener holds our addresses and hears us (the
+        hold-down), within the same budget as the answers to new listeners."""
+        if self.stopped or not self._replies.take(now):
+            return
+        self.counters["holder-answers"] += 1
+        for target in self.cfg.targets:
+            self._out.append((self._beat(wire.MsgType.HEARTBEAT), target))
 
     def _heard_listener(self, now: float) -> None:
         """A challenge after start-up or a cable's return tells us what we waited to know."""
@@ -370,3 +425,53 @@ class Sender:
             self._release_ids.popitem(last=False)
         self.counters["released"] += 1
         self._events.append(Announce(reason="released", at=now, listener=msg.sender))
+
+    def _handback(self, msg: wire.Message, addr: Addr, now: float) -> None:
+        """A listener that holds our addresses asks us to announce them before it lets go.
+
+        Accepted only if it echoes our boot and a recent beat (as RELEASED), comes from a
+        listener boot whose latest challenge says it holds our addresses, and is newer than that
+        challenge: a replay is refused once the listener's next challenge has arrived, and its
+        copies (the same id over another network) are acted on once."""
+        if not self._echoes_recent_beat(msg):
+            raise wire.RemoteProtocolError(wire.Reason.STALE, "HANDBACK echoes no recent beat")
+        key = (msg.sender, msg.boot_id)
+        entry = self._listeners.get(key)
+        if entry is None or not entry.holding:
+            raise wire.RemoteProtocolError(
+                wire.Reason.UNEXPECTED, "HANDBACK from a listener that does not hold our addresses"
+            )
+        hb = self._handbacks.get(msg.nonce)
+        if hb is not None and hb.listener == key:
+            self.counters["handback-copies"] += 1
+            if addr not in hb.addrs and len(hb.addrs) < HANDBACK_ADDRS:
+                hb.addrs.append(addr)
+                if hb.confirmed:
+                    self._confirm(msg.nonce, hb, [addr])
+            return
+        if hb is not None or msg.seq <= entry.seq:
+            raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"HANDBACK seq {msg.seq}")
+        self._handbacks[msg.nonce] = _Handback(listener=key, seq=msg.seq, addrs=[addr])
+        while len(self._handbacks) > MAX_HANDBACKS:
+            self._handbacks.popitem(last=False)
+        self.counters["handbacks"] += 1
+        self._events.append(
+            Announce(reason="handback", at=now, listener=msg.sender, handback=msg.nonce)
+        )
+
+    def _confirm(self, handback: bytes, hb: _Handback, addrs: list[Addr]) -> None:
+        """ANNOUNCED to each of ``addrs``: bound to the listener's boot and its HANDBACK."""
+        for addr in addrs:
+            self.seq += 1
+            msg = wire.Message(
+                type=wire.MsgType.ANNOUNCED,
+                sender=self.cfg.node,
+                boot_id=self.boot_id,
+                seq=self.seq,
+                interval=self.cfg.interval,
+                nonce=handback,
+                echo_boot=hb.listener[1],
+                echo_seq=hb.seq,
+            )
+            data = wire.encode(msg, self.cfg.key)
+            self._out += [(data, addr)] * CONFIRM_COPIES
