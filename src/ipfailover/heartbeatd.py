@@ -178,6 +178,8 @@ class Heartbeatd:
         self._unsure.clear()
 
     def _on_hup(self) -> None:
+        if self.core.stopped:
+            return  # stopping: the core takes no more announcements
         self.service.reloading()
         self.reload()
         self.core.tickle(self.loop.time(), "sighup")
@@ -209,6 +211,8 @@ class Heartbeatd:
         )
 
     def _on_stop(self) -> None:
+        if self.core.stopped:
+            return  # a second SIGTERM: LEAVING went out already
         self.service.stopping()
         self.core.leave(self.loop.time())
         self.events("leaving", node=self.core.cfg.node)

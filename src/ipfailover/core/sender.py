@@ -13,10 +13,17 @@ ANNOUNCED; only then does the listener delete them. On RELEASED from a listener 
 addresses we announce them again (Apple's "tickle"), and so we do on SIGHUP, shortly after start-up
 and when a cable comes back -- unless a listener's challenge says it still holds them, in which
 case its hand-back triggers the announcement. On a graceful stop it sends LEAVING.
+
+Its states are in :data:`TRANSITIONS`, as the monitor's are: ``awaiting`` (beating; an
+announcement waits to hear whether a listener holds our addresses), ``beating`` and ``left``
+(LEAVING sent: nothing more is sent or announced). A move the table does not have raises
+:class:`LocalProtocolError` (a bug in the shell: ``tickle`` or ``leave`` after ``leave``).
+Datagrams that arrive after ``leave`` are counted and ignored: they are the peer's, not a bug.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -26,6 +33,36 @@ from ipfailover.core import auth, wire
 
 Addr = wire.Addr
 RandomBytes = Callable[[int], bytes]
+LocalProtocolError = wire.LocalProtocolError
+
+
+class State(enum.Enum):
+    AWAITING = "awaiting"  # beating; an announcement waits to hear whether a listener holds ours
+    BEATING = "beating"
+    LEFT = "left"  # LEAVING sent (a graceful stop): nothing more is sent or announced
+
+
+class Trigger(enum.Enum):
+    LISTENER_HEARD = "listener-heard"  # a challenge after the wait began: announce or defer
+    ANNOUNCE_DUE = "announce-due"  # no listener told us within the wait: announce
+    LINK_UP = "link-up"  # a cable came back: wait for a listener again, then announce
+    TICKLE = "tickle"  # SIGHUP: announce now
+    LEAVE = "leave"  # graceful stop
+
+
+S, T = State, Trigger
+TRANSITIONS: dict[tuple[State, Trigger], State] = {
+    (S.AWAITING, T.LISTENER_HEARD): S.BEATING,
+    (S.AWAITING, T.ANNOUNCE_DUE): S.BEATING,
+    (S.AWAITING, T.LINK_UP): S.AWAITING,  # the wait starts over, for the cable's reason
+    (S.AWAITING, T.TICKLE): S.AWAITING,
+    (S.AWAITING, T.LEAVE): S.LEFT,
+    (S.BEATING, T.LINK_UP): S.AWAITING,
+    (S.BEATING, T.TICKLE): S.BEATING,
+    (S.BEATING, T.LEAVE): S.LEFT,
+    (S.LEFT, T.LINK_UP): S.LEFT,  # a carrier event races the stop: nothing to announce
+}
+del S, T
 
 MAX_LISTENERS = 16  # (listener, boot) entries echoed; at most MAX_ECHOES fit a heartbeat
 BOOTS_PER_LISTENER = 4
@@ -104,7 +141,7 @@ class Sender:
         self.boot_id = rng(wire.BOOT_ID_SIZE)
         self.seq = 0
         self.counters: Counter[str] = Counter()
-        self.stopped = False
+        self.state = State.AWAITING
         self._next_beat = now
         self._listeners: OrderedDict[tuple[str, bytes], _Listener] = OrderedDict()
         # (listener, boot) -> (its highest challenge seq, the highest of ours it echoed), kept
@@ -123,11 +160,17 @@ class Sender:
         self._pending_announce: tuple[float, float, str] | None = None
         self._await_listeners(now, "start")
 
+    @property
+    def stopped(self) -> bool:
+        """LEAVING was sent (state ``left``)."""
+        return self.state is State.LEFT
+
     # Inputs ------------------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
-        if self._pending_announce is not None and now >= self._pending_announce[1]:
-            self._decide_announce(now)
+        pending = self._pending_announce
+        if self.state is State.AWAITING and pending is not None and now >= pending[1]:
+            self._fire(Trigger.ANNOUNCE_DUE, now)
         if self.stopped or now < self._next_beat:
             return
         self._expire(now)
@@ -141,6 +184,9 @@ class Sender:
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         try:
             msg = wire.decode(data, self.cfg.key)
+            if self.stopped:
+                self.counters["after-leaving"] += 1  # we left: nothing to answer or announce
+                return
             self._receive(msg, addr, now)
         except wire.RemoteProtocolError as err:
             self._dropped(err, addr, now)
@@ -177,14 +223,8 @@ class Sender:
         )
 
     def leave(self, now: float) -> None:
-        """Graceful stop: tell every target we are leaving; no heartbeat follows."""
-        if self.stopped:
-            return
-        self._expire(now)
-        for target in self.cfg.targets:
-            for _ in range(LEAVING_COPIES):
-                self._out.append((self._beat(wire.MsgType.LEAVING), target))
-        self.stopped = True
+        """Graceful stop: tell every target we are leaving; no heartbeat follows. Once only."""
+        self._fire(Trigger.LEAVE, now)
 
     def reconfigure(self, cfg: SenderConfig, now: float) -> None:
         """Apply a reloaded configuration: new targets, interval or key from the next beat on.
@@ -197,13 +237,12 @@ class Sender:
 
     def link_up(self, now: float) -> None:
         """A cable came back: announce our addresses shortly, unless a listener then says it
-        still holds them (its RELEASED will trigger the announcement instead)."""
-        if not self.stopped:
-            self._await_listeners(now, "carrier")
-            self._next_beat = min(self._next_beat, now)  # beat now: listeners answer at once
+        still holds them (its hand-back will trigger the announcement instead)."""
+        self._fire(Trigger.LINK_UP, now)
 
     def tickle(self, now: float, reason: str = "sighup") -> None:
-        self._events.append(Announce(reason=reason, at=now))
+        """Announce our addresses now (SIGHUP: Apple's tickle). Not after :meth:`leave`."""
+        self._fire(Trigger.TICKLE, now, reason)
 
     def handback_announced(self, now: float, handback: bytes, ok: bool = True) -> None:
         """The shell sent the first round of the announcement that ``handback`` asked for
@@ -244,6 +283,28 @@ class Sender:
         return [(name, e.holding, e.updated) for (name, _), e in self._listeners.items()]
 
     # Internals ---------------------------------------------------------------------------------
+
+    def _fire(self, trigger: Trigger, now: float, reason: str = "") -> None:
+        new = TRANSITIONS.get((self.state, trigger))
+        if new is None:
+            raise LocalProtocolError(
+                f"sender: no transition from {self.state.name} on {trigger.name}"
+            )
+        old, self.state = self.state, new
+        self.counters[f"transitions.{trigger.value}"] += 1
+        if trigger is Trigger.LEAVE:
+            self._pending_announce = None
+            self._expire(now)
+            for target in self.cfg.targets:
+                for _ in range(LEAVING_COPIES):
+                    self._out.append((self._beat(wire.MsgType.LEAVING), target))
+        elif trigger is Trigger.TICKLE:
+            self._events.append(Announce(reason=reason, at=now))
+        elif trigger is Trigger.LINK_UP and new is State.AWAITING:
+            self._await_listeners(now, "carrier")
+            self._next_beat = min(self._next_beat, now)  # beat now: listeners answer at once
+        elif old is State.AWAITING and new is State.BEATING:
+            self._decide_announce(now)
 
     def _await_listeners(self, now: float, reason: str) -> None:
         deadline = now + ANNOUNCE_WAIT_BEATS * self.cfg.interval + 1.0
@@ -372,8 +433,9 @@ class Sender:
 
     def _heard_listener(self, now: float) -> None:
         """A challenge after start-up or a cable's return tells us what we waited to know."""
-        if self._pending_announce is not None and now >= self._pending_announce[0]:
-            self._decide_announce(now)
+        pending = self._pending_announce
+        if self.state is State.AWAITING and pending is not None and now >= pending[0]:
+            self._fire(Trigger.LISTENER_HEARD, now)
 
     def _note_collision(self, msg: wire.Message, addr: Addr, now: float) -> None:
         """A fresh challenge under our own name from a boot that is not this host's: another
