@@ -172,10 +172,38 @@ MAX_CONFLICT_MACS = 4  # distinct MACs remembered (and reported) per episode
 #: Answers to a probe: (address, MACs that answered for it), sorted; empty if none answered.
 Answers = tuple[tuple[str, tuple[str, ...]], ...]
 
-# What a probe found, as handed to the scripts (IPFAILOVER_PROBE) and shown by status.
-PROBE_ANSWERED = "answered"  # some address answered from another MAC
-PROBE_SILENT = "silent"  # no address answered
-PROBE_FAILED = "failed"  # the shell could not probe (no socket, not Ethernet): as silent
+RETRY_MAX = 60.0  # seconds: the longest wait before trying a failed takeover again
+MAX_CASCADE = 4  # triggers one input may fire in a row; more means the table does not settle
+
+
+class ProbeResult(enum.StrEnum):
+    """What a probe found, as handed to the scripts (IPFAILOVER_PROBE) and shown by status."""
+
+    NONE = ""  # no probe yet (or none before this takeover: a graceful handover)
+    ANSWERED = "answered"  # some address answered from another MAC
+    SILENT = "silent"  # no address answered
+    FAILED = "failed"  # the shell could not probe (no socket, not Ethernet): as silent
+
+
+PROBE_ANSWERED = ProbeResult.ANSWERED
+PROBE_SILENT = ProbeResult.SILENT
+PROBE_FAILED = ProbeResult.FAILED
+
+
+class NetworkKind(enum.StrEnum):
+    """What happened on one network (the values are the log's and the mail's words)."""
+
+    VERIFIED = "verified"  # the first verified heartbeat on it after silence
+    ANOMALY = "anomaly"  # silent while another network is alive (Apple's one-network rule)
+    RECOVERED = "recovered"  # heard again after an anomaly
+
+
+class AcquireOutcome(enum.Enum):
+    """How a takeover the monitor asked for ended (``acquire_done``)."""
+
+    DONE = "done"  # the addresses are ours (all, or some of them)
+    DECLINED = "declined"  # Test said no: wait in DECLINED until the primary is heard
+    FAILED = "failed"  # the change failed: tried again, backing off, while the primary is silent
 
 
 class LocalProtocolError(RuntimeError):
@@ -195,8 +223,17 @@ class Acquire:
 
     reason: Trigger
     at: float
-    probe: str = ""
+    probe: ProbeResult = ProbeResult.NONE
     answering: Answers = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcquireRetry:
+    """A takeover failed (it was not vetoed): it is tried again after ``after`` seconds if the
+    primary is still silent then (a back-off doubling from the dead time, at most RETRY_MAX)."""
+
+    after: float
+    at: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -264,10 +301,9 @@ class StateChanged:
 
 @dataclass(frozen=True, kw_only=True)
 class NetworkEvent:
-    """``kind`` is "verified" (first verified heartbeat on a network after silence), "anomaly" or
-    "recovered" (Apple's one-network rule)."""
+    """``kind``: see :class:`NetworkKind`."""
 
-    kind: str
+    kind: NetworkKind
     network: str
     at: float
 
@@ -292,6 +328,7 @@ class PeerWarning:
 
 Event = (
     Acquire
+    | AcquireRetry
     | Release
     | StateChanged
     | NetworkEvent
@@ -418,6 +455,7 @@ class Monitor:
         self._handback_until: float | None = None  # while HANDBACK: when we release anyway
         self._stop_pending = False
         self._retry_at: float | None = None
+        self._failed_takeovers = 0  # in a row: the retry back-off doubles with each
         self._warned_boots: OrderedDict[bytes, None] = OrderedDict()
         self._left_boots: OrderedDict[bytes, None] = OrderedDict()
         self._retired: OrderedDict[bytes, None] = OrderedDict()  # the primary's earlier boots
@@ -430,7 +468,7 @@ class Monitor:
         self._held: list[tuple[wire.Message, Addr, str]] = []
         # Evidence before a takeover (docs/safety.md)
         self.ever_verified = False  # a heartbeat of the primary was verified since start-up
-        self.probe_result = ""  # PROBE_* of the last probe that finished; "" before any
+        self.probe_result = ProbeResult.NONE  # of the last probe that finished
         self.probe_at: float | None = None  # when it finished
         self.answering: Answers = ()  # what answered it
         self._probe_reason = Trigger.PEER_SILENT  # why we are probing (the takeover's reason)
@@ -500,12 +538,44 @@ class Monitor:
             self._start_probe(now)
         self._evaluate(now)
 
-    def acquire_done(self, now: float, ok: bool, retry_after: float | None = None) -> None:
-        """The shell finished the takeover (``ok``), or refused or failed it."""
-        # A takeover that failed (rather than one Test said no to) is tried again after
-        # ``retry_after`` seconds if the primary is still silent then.
-        self._retry_at = None if ok or retry_after is None else now + retry_after
-        self._fire(Trigger.ACQUIRED if ok else Trigger.ACQUIRE_DECLINED, now)
+    def acquire_done(
+        self,
+        now: float,
+        outcome: AcquireOutcome | bool | None = None,
+        retry_after: float | None = None,
+        *,
+        ok: bool | None = None,
+    ) -> None:
+        """The shell finished the takeover: :class:`AcquireOutcome`. A FAILED one is tried again
+        while the primary stays silent, after the dead time, then twice that, and so on up to
+        RETRY_MAX (:class:`AcquireRetry` says when); DONE or DECLINED starts the count over.
+
+        The older form still works: ``ok=True`` is DONE; ``ok=False`` with ``retry_after`` is
+        FAILED, retried after exactly that; ``ok=False`` without it is DECLINED."""
+        if outcome is None:
+            outcome = ok
+        if outcome is None:
+            raise LocalProtocolError("acquire_done needs an outcome")
+        if isinstance(outcome, bool):
+            if outcome:
+                outcome = AcquireOutcome.DONE
+            else:
+                failed = retry_after is not None
+                outcome = AcquireOutcome.FAILED if failed else AcquireOutcome.DECLINED
+        trigger = Trigger.ACQUIRED if outcome is AcquireOutcome.DONE else Trigger.ACQUIRE_DECLINED
+        if (self.state, trigger) not in TRANSITIONS:
+            raise LocalProtocolError(f"no transition from {self.state.name} on {trigger.name}")
+        self._retry_at = None
+        if outcome is AcquireOutcome.FAILED:
+            self._failed_takeovers += 1
+            after = retry_after
+            if after is None:
+                after = min(RETRY_MAX, self.cfg.deadtime * 2 ** (self._failed_takeovers - 1))
+            self._retry_at = now + after
+            self._events.append(AcquireRetry(after=after, at=now))
+        else:
+            self._failed_takeovers = 0
+        self._fire(trigger, now)
         self._evaluate(now)
 
     def probe_done(
@@ -758,7 +828,7 @@ class Monitor:
         self.peer_interval = msg.interval
         self.counters[f"heartbeats.{network}"] += 1
         if not was_alive and self._counts_as_alive(network, now):
-            self._events.append(NetworkEvent(kind="verified", network=network, at=now))
+            self._events.append(NetworkEvent(kind=NetworkKind.VERIFIED, network=network, at=now))
         if msg.type is wire.MsgType.LEAVING:
             self.counters["leaving"] += 1
             _bounded_add(self._left_boots, msg.boot_id, MAX_RETIRED)
@@ -1113,13 +1183,20 @@ class Monitor:
             self._fire(Trigger.SHUTDOWN, now)
 
     def _evaluate(self, now: float) -> None:
-        """Fire whatever the detector's view implies now (a bounded cascade)."""
+        """Fire whatever the detector's view implies now: a cascade that must settle within
+        MAX_CASCADE triggers (one that does not is a bug in the table: it raises)."""
         for change, network in self.detector.changes(now):
-            self._events.append(NetworkEvent(kind=change.value, network=network, at=now))
-        for _ in range(4):
+            kind = NetworkKind(change.value)
+            self._events.append(NetworkEvent(kind=kind, network=network, at=now))
+        fired: list[Trigger] = []
+        for _ in range(MAX_CASCADE + 1):
             trigger = self._due_trigger(now)
             if trigger is None:
                 return
+            if len(fired) == MAX_CASCADE:
+                chain = " ".join(t.value for t in [*fired, trigger])
+                raise LocalProtocolError(f"triggers do not settle in {self.state.name}: {chain}")
+            fired.append(trigger)
             self._fire(trigger, now)
 
     def _counts_as_alive(self, network: str, now: float) -> bool:

@@ -86,11 +86,21 @@ class SenderConfig:
     targets: tuple[Addr, ...]
 
 
+class AnnounceReason(enum.StrEnum):
+    """Why we announce (the values are the log's words)."""
+
+    START = "start"  # after start-up
+    CARRIER = "carrier"  # a cable came back
+    SIGHUP = "sighup"  # Apple's tickle
+    HANDBACK = "handback"  # a listener is about to hand them back and asked for this first
+    RELEASED = "released"  # a listener handed them back
+
+
 @dataclass(frozen=True, kw_only=True)
 class Announce:
     """Re-announce (gratuitous ARP / unsolicited NA) our own addresses now."""
 
-    reason: str  # "start", "carrier", "released", "handback" or "sighup"
+    reason: AnnounceReason
     at: float
     listener: str = ""
     # a hand-back: once the first round is out, call Sender.handback_announced(now, handback)
@@ -104,7 +114,7 @@ class AnnounceDeferred:
     fight it for them)."""
 
     listener: str
-    reason: str
+    reason: AnnounceReason
     at: float
 
 
@@ -157,8 +167,8 @@ class Sender:
         self._events: list[Event] = []
         # (since, deadline, why) of an announcement waiting to hear whether a listener holds our
         # addresses: the first challenge after `since` decides, or the deadline does
-        self._pending_announce: tuple[float, float, str] | None = None
-        self._await_listeners(now, "start")
+        self._pending_announce: tuple[float, float, AnnounceReason] | None = None
+        self._await_listeners(now, AnnounceReason.START)
 
     @property
     def stopped(self) -> bool:
@@ -240,7 +250,7 @@ class Sender:
         still holds them (its hand-back will trigger the announcement instead)."""
         self._fire(Trigger.LINK_UP, now)
 
-    def tickle(self, now: float, reason: str = "sighup") -> None:
+    def tickle(self, now: float, reason: str = AnnounceReason.SIGHUP) -> None:
         """Announce our addresses now (SIGHUP: Apple's tickle). Not after :meth:`leave`."""
         self._fire(Trigger.TICKLE, now, reason)
 
@@ -299,14 +309,14 @@ class Sender:
                 for _ in range(LEAVING_COPIES):
                     self._out.append((self._beat(wire.MsgType.LEAVING), target))
         elif trigger is Trigger.TICKLE:
-            self._events.append(Announce(reason=reason, at=now))
+            self._events.append(Announce(reason=AnnounceReason(reason), at=now))
         elif trigger is Trigger.LINK_UP and new is State.AWAITING:
-            self._await_listeners(now, "carrier")
+            self._await_listeners(now, AnnounceReason.CARRIER)
             self._next_beat = min(self._next_beat, now)  # beat now: listeners answer at once
         elif old is State.AWAITING and new is State.BEATING:
             self._decide_announce(now)
 
-    def _await_listeners(self, now: float, reason: str) -> None:
+    def _await_listeners(self, now: float, reason: AnnounceReason) -> None:
         deadline = now + ANNOUNCE_WAIT_BEATS * self.cfg.interval + 1.0
         self._pending_announce = (now, deadline, reason)
 
@@ -383,7 +393,9 @@ class Sender:
             self._note_collision(msg, addr, now)
             if entry.holding and not msg.holding:
                 # It let go, and its RELEASED was lost (that one clears the flag first).
-                self._events.append(Announce(reason="released", at=now, listener=msg.sender))
+                self._events.append(
+                    Announce(reason=AnnounceReason.RELEASED, at=now, listener=msg.sender)
+                )
             entry.holding = msg.holding
             self._listeners.move_to_end(key)
             self.counters["challenges"] += 1
@@ -486,7 +498,7 @@ class Sender:
         if len(self._release_ids) > 16:
             self._release_ids.popitem(last=False)
         self.counters["released"] += 1
-        self._events.append(Announce(reason="released", at=now, listener=msg.sender))
+        self._events.append(Announce(reason=AnnounceReason.RELEASED, at=now, listener=msg.sender))
 
     def _handback(self, msg: wire.Message, addr: Addr, now: float) -> None:
         """A listener that holds our addresses asks us to announce them before it lets go.
@@ -518,7 +530,9 @@ class Sender:
             self._handbacks.popitem(last=False)
         self.counters["handbacks"] += 1
         self._events.append(
-            Announce(reason="handback", at=now, listener=msg.sender, handback=msg.nonce)
+            Announce(
+                reason=AnnounceReason.HANDBACK, at=now, listener=msg.sender, handback=msg.nonce
+            )
         )
 
     def _confirm(self, handback: bytes, hb: _Handback, addrs: list[Addr]) -> None:
