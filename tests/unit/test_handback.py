@@ -340,3 +340,24 @@ def test_handback_and_announced_round_trip_on_the_wire() -> None:
             echo_seq=3,
         )
         assert wire.decode(wire.encode(msg, KEY), KEY) == msg
+
+
+def test_two_heartbeats_answering_one_challenge_are_one_round_of_the_holddown() -> None:
+    """heartbeatd answers a holder's challenge at once and echoes it again in its next regular
+    beat: one round, not two. Counted twice, five rounds heard of ten made a hold-down steady
+    (and a flapping primary got its addresses back while it still flapped)."""
+    m, hand = holding_monitor(failback=10.0)
+    m.handle_timer(0.0)
+    hand.beat((), 0.05)  # stale: answered at once with a challenge
+    n = hand.nonce()
+    hand.beat((n,), 0.1)  # the hold-down starts: until 10.1
+    hand.beat((n,), 0.7)
+    for k in range(1, 10):
+        m.handle_timer(float(k))
+        n = hand.nonce()
+        if k % 2 == 0:  # every other round answered, twice
+            hand.beat((n,), k + 0.1)
+            hand.beat((n,), k + 0.7)
+    m.handle_timer(10.1)
+    assert m.state is State.HOLDDOWN  # five rounds of ten: not steady, it starts over
+    assert m.counters["holddown-restarts"] == 1

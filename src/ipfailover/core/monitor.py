@@ -449,6 +449,8 @@ class Monitor:
         self._holddown_until: float | None = None
         self._rounds_heard = 0  # rounds of the hold-down in which the primary was heard
         self._round_heard = float("-inf")  # the evidence of the last one counted
+        self._round_issued = float("-inf")  # and the issue time of the nonce it echoed
+        self._echo_issued = float("-inf")  # the issue time of the nonce the last heartbeat echoed
         self._released_due: list[float] = []
         self._release_id = b""
         self._handback_id = b""  # the id of the last HANDBACK we sent
@@ -812,8 +814,16 @@ class Monitor:
             # back): it missed our latest challenges. Challenge it at once, not at the next
             # round, so that its return costs one round trip.
             self._challenge_now(peer, addr, msg.boot_id, source, now)
-        if self.state is State.HOLDDOWN and evidence >= self._round_heard + self.cfg.period / 2:
-            self._round_heard = evidence  # a new round heard (not the same one on another network)
+        self._echo_issued = max(self._nonces[e] for e in msg.echoes if e in self._nonces)
+        if (
+            self.state is State.HOLDDOWN
+            and evidence >= self._round_heard + self.cfg.period / 2
+            and self._echo_issued > self._round_issued
+        ):
+            # A new round heard: not the same one on another network, nor a second heartbeat
+            # echoing the same challenge (heartbeatd answers a holder's challenge at once, and
+            # its regular beat echoes that challenge again up to a period later)
+            self._round_heard, self._round_issued = evidence, self._echo_issued
             self._rounds_heard += 1
         self._events.append(
             Heard(
@@ -1216,6 +1226,7 @@ class Monitor:
         self._holddown_until = now + self.cfg.failback_delay
         self._rounds_heard = 1  # the heartbeat that started it
         self._round_heard = self.detector.last_evidence() or now
+        self._round_issued = self._echo_issued
 
     def _steady(self) -> bool:
         """The primary was heard in at least STEADY_SHARE of the hold-down's rounds: a hold-down
