@@ -30,6 +30,8 @@ from ipfailover.core.monitor import (
     DEFEND_INTERVAL,
     REPROBE_MIN,
     Acquire,
+    AcquireOutcome,
+    AcquireRetry,
     AddressAnswers,
     AddressConflict,
     Defend,
@@ -39,6 +41,7 @@ from ipfailover.core.monitor import (
     NetworkEvent,
     PeerWarning,
     Probe,
+    Reclaim,
     Release,
     State,
     StateChanged,
@@ -54,7 +57,6 @@ from ipfailover.shell import sysctl as hostconf
 log = logging.getLogger("ipfailover.failoverd")
 MAIL_STOP_GRACE = 2.0  # seconds a stopping failoverd gives a delivery under way to finish
 HISTORY = 50  # transitions kept in memory (for the status command)
-RETRY_MAX = 60.0  # seconds: the longest wait before trying a failed takeover again
 #: Why failoverd holds back (state BLOCKED), by the trigger that blocked it (docs/safety.md).
 BLOCKED_WHY = {
     Trigger.ANSWERS_NEVER_VERIFIED: "its address answers, but no heartbeat was ever verified: "
@@ -62,7 +64,8 @@ BLOCKED_WHY = {
     Trigger.ANSWERS_REFUSED: "its address still answers after its heartbeats stopped, and "
     "FAILOVER_TAKE_ANSWERING=no: taking over once it stops answering",
 }
-WATCHED = frozenset({State.ACTIVE, State.HOLDDOWN})  # states in which we watch for conflicts
+# states in which we watch for conflicts
+WATCHED = frozenset({State.ACTIVE, State.HOLDDOWN, State.HANDBACK})
 
 
 async def resolve_pairs(cfg: config.Config) -> list[netif.Assignment]:
@@ -104,7 +107,6 @@ class Failoverd:
         self.lock: transition.ManagerLock | None = None
         self.accept_local: hostconf.AcceptLocal | None = None
         self._changing = asyncio.Lock()  # transitions and reloads take turns
-        self._failed_takeovers = 0
         self.timer = daemon.Timer(loop, self._on_timer)
         self.stopped = asyncio.Event()
         self._last_sender: str | None = None  # the sender of the latest verified heartbeat
@@ -446,6 +448,13 @@ class Failoverd:
             self._address_conflict(ev)
         elif isinstance(ev, Defend):
             self._defend(ev)
+        elif isinstance(ev, AcquireRetry):
+            self.events("acquire-retry", logging.WARNING, after=ev.after)
+        elif isinstance(ev, Reclaim):
+            # a hand-back was abandoned after the primary may have announced: ours again
+            self.events("reclaim", logging.WARNING, addresses=self._addresses())
+            for a in self.assignments:
+                self._spawn(self._announce_once(a))
         elif isinstance(ev, auth.NameCollision):
             daemon.log_collision(self.events, ev)
             notice = mail.collision_notice(ev, self._situation(), time.time())
@@ -498,13 +507,16 @@ class Failoverd:
         self._work = None
         if acquire:
             # A takeover that failed (netlink) is tried again with a growing back-off while
-            # the primary stays silent; one that Test said no to waits for the primary.
-            self._failed_takeovers = self._failed_takeovers + 1 if failed and not ok else 0
-            retry = None
-            if self._failed_takeovers:
-                retry = min(RETRY_MAX, self.core.cfg.deadtime * 2 ** (self._failed_takeovers - 1))
-                self.events("acquire-retry", logging.WARNING, after=retry)
-            self.core.acquire_done(self.loop.time(), ok=ok, retry_after=retry)
+            # the primary stays silent (the core's AcquireRetry); one that Test said no to
+            # waits for the primary.
+            outcome = (
+                AcquireOutcome.DONE
+                if ok
+                else AcquireOutcome.FAILED
+                if failed
+                else AcquireOutcome.DECLINED
+            )
+            self.core.acquire_done(self.loop.time(), outcome)
         else:
             self.core.release_done(self.loop.time(), ok=ok)
         self._flush()

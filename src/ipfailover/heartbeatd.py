@@ -210,6 +210,8 @@ class Heartbeatd:
         self._unsure.clear()
 
     def _on_hup(self) -> None:
+        if self.core.stopped:
+            return  # stopping: the core takes no more announcements
         self.service.reloading()
         self.reload()
         self.core.tickle(self.loop.time(), "sighup")
@@ -242,6 +244,8 @@ class Heartbeatd:
         )
 
     def _on_stop(self) -> None:
+        if self.core.stopped:
+            return  # a second SIGTERM: LEAVING went out already
         self.service.stopping()
         self.core.leave(self.loop.time())
         self.events("leaving", node=self.core.cfg.node)
@@ -315,6 +319,8 @@ class Heartbeatd:
             addrs = await self.own_addresses()
         except netif.NetifError as e:
             self.events("announce-error", logging.ERROR, reason=ev.reason, error=e)
+            if ev.handback:  # unconfirmed: the secondary releases first after its bound
+                self.core.handback_announced(self.loop.time(), ev.handback, ok=False)
             return
         self.events(
             "announce",
@@ -323,7 +329,18 @@ class Heartbeatd:
             addresses=" ".join(str(a) for a in addrs),
         )
         # one packet socket for them all, paced: the heartbeats keep their schedule meanwhile
-        await announce.announce_all(addrs, self.cfg.garp_count, self.cfg.garp_interval)
+        count, interval = self.cfg.garp_count, self.cfg.garp_interval
+        if ev.handback and count > 0:
+            # Make before break: the first round out, then confirm, so that the secondary
+            # deletes the addresses only once clients have been told where they are.
+            await announce.announce_all(addrs, 1, 0.0)
+            self.core.handback_announced(self.loop.time(), ev.handback)
+            self._flush()
+            if count == 1:
+                return
+            await asyncio.sleep(interval)
+            count -= 1
+        await announce.announce_all(addrs, count, interval)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -317,6 +317,30 @@ def test_failback_after_both_cables_return(start_pair: Callable[..., Pair]) -> N
     pair.failback(restored, SLACK)
 
 
+@pytest.mark.parametrize(
+    "timing",
+    [Timing(interval=1.0, deadtime=3.0, failback_delay=1.0), Timing(0.1, 0.3, 1.0)],
+    ids=["1s", "0.1s"],
+)
+def test_failback_loses_no_probe(start_pair: Callable[..., Pair], timing: Timing) -> None:
+    """Make before break (issue 10): the primary announces, confirms, and only then does the
+    secondary delete; a client probing every 10 ms loses nothing on the way home. Before, the
+    secondary deleted first and the primary announced after RELEASED: 1-3 probes lost."""
+    pair = start_pair(timing)
+    pair.failover()
+    restored = pair.cables(True, *BOTH)
+    bound = LINKWATCH + timing.interval + timing.failback_delay + SLACK
+    done = pair.failoverd.wait_event("release-done", bound, since=restored, reason="peer-heard")
+    announced = pair.heartbeatd.wait_event("announce", SLACK, since=restored, reason="handback")
+    assert pair.failoverd.find_event("state", since=restored, trigger="announced") is not None
+    assert announced.t <= done.t
+    home = pair.client.wait_settled(PRIMARY, restored, timeout=5.0, quiet=1.0)
+    assert home is not None, "the client did not come home to the primary"
+    seen = answers(pair.client, restored, home.sent + 0.5)
+    assert seen[None] == 0, f"probes lost on failback: {seen}"
+    assert set(seen) == {PRIMARY, SECONDARY}
+
+
 def test_failback_when_only_the_private_cable_returns(start_pair: Callable[..., Pair]) -> None:
     """Apple's test, at the default timings: the private cable first, then the public one."""
     pair = start_pair(DEFAULTS)

@@ -93,6 +93,10 @@ class Sim:
         self._tie = itertools.count()
         self._busy = False
         self.veto_acquire = False  # the Test script says no
+        # heartbeatd's first round of announcements for a hand-back takes this long, and is
+        # confirmed (False: it cannot announce, so it never confirms)
+        self.announce_delay = 0.002
+        self.confirm_handback = True
         # the boot ids in each host's FAILOVER_RUN_DIR besides the daemon's own (see the shells)
         self.primary_boots: frozenset[bytes] = frozenset()
         self.secondary_boots: frozenset[bytes] = frozenset()
@@ -165,6 +169,10 @@ class Sim:
                 if self.sender.wants_local_boots:
                     self.sender.set_local_boots(self.primary_boots, t)
                 self._flush_sender()
+        elif kind == "handback-announced":
+            if self.primary_alive:
+                self.sender.handback_announced(t, payload)  # type: ignore[arg-type]
+                self._flush_sender()
         elif kind == "acquire-done":
             assert self.monitor is not None
             self._busy = False
@@ -189,6 +197,9 @@ class Sim:
         while (ev := self.sender.next_event()) is not None:
             if isinstance(ev, Announce):
                 self.rec.announces.append((ev.at, ev.reason))
+                if ev.handback and self.confirm_handback:
+                    at = self.now + self.announce_delay
+                    self._push(at, "handback-announced", ev.handback)
         timer = self.sender.get_timer()
         if timer is not None:
             self._push(max(timer, self.now), "sender-timer", None)

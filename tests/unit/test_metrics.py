@@ -61,3 +61,12 @@ def test_endpoint_serves_over_http() -> None:
     text = asyncio.run(main())
     assert "ipfailover_heartbeats_sent_total 7.0" in text
     assert 'ipfailover_rejected_datagrams_total{reason="malformed"} 3.0' in text
+
+
+def test_every_monitor_state_has_a_gauge() -> None:
+    """The gauge's states are listed by hand (the metrics module does not import the core's
+    enums for one tuple); a new state must be added there too."""
+    from ipfailover.core.monitor import State
+    from ipfailover.shell.metrics import STATES
+
+    assert list(STATES) == [s.value for s in State if s is not State.STOPPED]

@@ -105,7 +105,7 @@ class OracleSim(Sim):
             sent, echoed = self.truth.sent[data], max(issued, default=None)
             if msg.type is wire.MsgType.HEARTBEAT:
                 self.truth.delivered.append((t, sent, echoed, net))
-            else:
+            elif msg.type is wire.MsgType.LEAVING:
                 self.truth.leaving.append((t, sent, echoed))
         elif kind == "to-primary":
             data, _ = payload  # type: ignore[misc]

@@ -257,11 +257,69 @@ def test_holding_flag_turning_off_announces_when_released_was_lost() -> None:
     ]
 
 
-def test_no_unicast_answer_to_a_listener_that_holds_our_address() -> None:
+def test_a_listener_that_holds_our_address_is_answered_at_once_but_not_by_unicast() -> None:
+    """No unicast to it (an ARP request from the shared address would pull clients back before
+    the hand-back), but a beat to every target at once, not at the next interval: a returning
+    primary's hold-down starts one round trip after the holder's challenge. The regular beats
+    keep their schedule."""
     s = make()
     s.handle_timer(0.0)
     s.datagrams_to_send()
     s.receive_datagram(challenge(s, 1, b"n" * 8, holding=True), LISTENER, 0.1)
-    assert s.datagrams_to_send() == []  # the next broadcast beat carries its nonce
-    s.handle_timer(1.0)
-    assert all(m.echoes == (b"n" * 8,) for m, _ in sent(s))
+    out = sent(s)
+    assert [a for _, a in out] == list(TARGETS)
+    assert all(m.echoes == (b"n" * 8,) for m, _ in out)
+    assert s.get_timer() == pytest.approx(1.0)
+    s.receive_datagram(challenge(s, 2, b"m" * 8, holding=True), LISTENER, 0.5)
+    assert [m.echoes for m, _ in sent(s)] == [(b"m" * 8,)] * len(TARGETS)
+    s.receive_datagram(challenge(s, 2, b"m" * 8, holding=True), LISTENER, 0.5)  # its copy
+    assert sent(s) == []
+
+
+# The state machine --------------------------------------------------------------------------
+
+
+def test_states_follow_the_one_table() -> None:
+    from ipfailover.core.sender import TRANSITIONS, State
+
+    s = make()
+    assert s.state is State.AWAITING  # the start-up announcement waits for a listener
+    s.receive_datagram(challenge(s, 1, b"n" * 8), LISTENER, 0.1)
+    assert s.state is State.BEATING
+    s.link_up(1.0)
+    assert s.state is State.AWAITING
+    s.tickle(1.1)
+    assert s.state is State.AWAITING
+    s.leave(2.0)
+    assert s.state is State.LEFT and s.stopped
+    assert {new for (_, _), new in TRANSITIONS.items()} == set(State)
+
+
+def test_tickle_and_a_second_leave_after_leaving_raise() -> None:
+    """Before, tickle() after leave() still emitted an announcement and a second leave()
+    passed silently: both are a bug in the shell, and now say so."""
+    from ipfailover.core.sender import LocalProtocolError
+
+    s = make()
+    s.leave(1.0)
+    drain(s)
+    s.datagrams_to_send()
+    with pytest.raises(LocalProtocolError):
+        s.tickle(1.1)
+    with pytest.raises(LocalProtocolError):
+        s.leave(1.2)
+    assert drain(s) == [] and s.datagrams_to_send() == []
+    s.link_up(1.3)  # a carrier event racing the stop: nothing to do, not a bug
+    assert s.get_timer() is None
+
+
+def test_after_leaving_datagrams_announce_nothing() -> None:
+    s = make()
+    s.receive_datagram(challenge(s, 1, b"n" * 8, holding=True), LISTENER, 0.1)
+    s.leave(1.0)
+    drain(s)
+    s.datagrams_to_send()
+    s.receive_datagram(released(s, s.seq), LISTENER, 1.1)
+    s.receive_datagram(challenge(s, 2, b"m" * 8), LISTENER, 1.2)
+    assert drain(s) == [] and s.datagrams_to_send() == []
+    assert s.counters["after-leaving"] == 2

@@ -52,6 +52,7 @@ class State(enum.Enum):
     ACQUIRING = "acquiring"  # the shell is taking the addresses over
     ACTIVE = "active"  # holding; the primary is silent
     HOLDDOWN = "holddown"  # holding; the primary is back, waiting out the failback delay
+    HANDBACK = "handback"  # holding; the primary was asked to announce first (make before break)
     RELEASING = "releasing"  # the shell is handing the addresses back
     DECLINED = "declined"  # a takeover was refused (Test said no, or it failed); waits for the peer
     STOPPING = "stopping"  # releasing because we are shutting down
@@ -67,6 +68,8 @@ class Trigger(enum.Enum):
     PEER_LEAVING = "peer-leaving"
     PEER_HEARD = "peer-heard"
     HOLDDOWN_EXPIRED = "holddown-expired"
+    ANNOUNCED = "announced"  # the primary confirmed it announced its addresses (ANNOUNCED)
+    HANDBACK_TIMEOUT = "handback-timeout"  # no confirmation within the bound: release anyway
     ACQUIRED = "acquired"
     ACQUIRE_DECLINED = "acquire-declined"
     RETRY = "retry"
@@ -100,8 +103,14 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (S.ACTIVE, T.SHUTDOWN): S.STOPPING,
     (S.HOLDDOWN, T.PEER_SILENT): S.ACTIVE,
     (S.HOLDDOWN, T.PEER_LEAVING): S.ACTIVE,
-    (S.HOLDDOWN, T.HOLDDOWN_EXPIRED): S.RELEASING,
+    (S.HOLDDOWN, T.HOLDDOWN_EXPIRED): S.HANDBACK,
     (S.HOLDDOWN, T.SHUTDOWN): S.STOPPING,
+    # make before break: the primary announces first, then we delete (docs/protocol.md)
+    (S.HANDBACK, T.ANNOUNCED): S.RELEASING,
+    (S.HANDBACK, T.HANDBACK_TIMEOUT): S.RELEASING,  # today's order: delete, then RELEASED
+    (S.HANDBACK, T.PEER_SILENT): S.ACTIVE,
+    (S.HANDBACK, T.PEER_LEAVING): S.ACTIVE,
+    (S.HANDBACK, T.SHUTDOWN): S.STOPPING,
     (S.RELEASING, T.RELEASED): S.STANDBY,
     (S.RELEASING, T.RELEASE_DECLINED): S.ACTIVE,
     (S.DECLINED, T.PEER_HEARD): S.STANDBY,
@@ -123,12 +132,26 @@ PROBE_VERDICTS = frozenset(
 
 #: States in which the addresses are (or are being made) ours.
 HOLDING = frozenset(
-    {State.ACQUIRING, State.ACTIVE, State.HOLDDOWN, State.RELEASING, State.STOPPING}
+    {
+        State.ACQUIRING,
+        State.ACTIVE,
+        State.HOLDDOWN,
+        State.HANDBACK,
+        State.RELEASING,
+        State.STOPPING,
+    }
 )
 #: States in which the shell is carrying out a transition; a shutdown waits for them.
 BUSY = frozenset({State.ACQUIRING, State.RELEASING, State.STOPPING})
 
 RELEASED_COPIES = 3  # RELEASED is sent this many times, one challenge period apart
+HANDBACK_COPIES = 2  # HANDBACK goes out this many times to each network, back to back
+# How long a hand-back waits for the primary's ANNOUNCED before it releases anyway (today's
+# order): one challenge period, within these bounds. A live primary answers in a round trip plus
+# its first announcement (milliseconds); the wait keeps a lost request or answer, or a primary
+# that does not know HANDBACK, within the failback budget of one interval after the hold-down.
+HANDBACK_WAIT_MIN = 0.05
+HANDBACK_WAIT_MAX = 0.25
 MAX_SOURCES = 16  # unverified (address, boot) pairs remembered per network
 MAX_BOOTS = 8  # anti-replay windows kept for unverified boots (the verified boot's is pinned)
 MAX_BOOT_STATES = 256  # boot ids whose challenge schedule is remembered (least recently heard go)
@@ -150,10 +173,38 @@ MAX_CONFLICT_MACS = 4  # distinct MACs remembered (and reported) per episode
 #: Answers to a probe: (address, MACs that answered for it), sorted; empty if none answered.
 Answers = tuple[tuple[str, tuple[str, ...]], ...]
 
-# What a probe found, as handed to the scripts (IPFAILOVER_PROBE) and shown by status.
-PROBE_ANSWERED = "answered"  # some address answered from another MAC
-PROBE_SILENT = "silent"  # no address answered
-PROBE_FAILED = "failed"  # the shell could not probe (no socket, not Ethernet): as silent
+RETRY_MAX = 60.0  # seconds: the longest wait before trying a failed takeover again
+MAX_CASCADE = 4  # triggers one input may fire in a row; more means the table does not settle
+
+
+class ProbeResult(enum.StrEnum):
+    """What a probe found, as handed to the scripts (IPFAILOVER_PROBE) and shown by status."""
+
+    NONE = ""  # no probe yet (or none before this takeover: a graceful handover)
+    ANSWERED = "answered"  # some address answered from another MAC
+    SILENT = "silent"  # no address answered
+    FAILED = "failed"  # the shell could not probe (no socket, not Ethernet): as silent
+
+
+PROBE_ANSWERED = ProbeResult.ANSWERED
+PROBE_SILENT = ProbeResult.SILENT
+PROBE_FAILED = ProbeResult.FAILED
+
+
+class NetworkKind(enum.StrEnum):
+    """What happened on one network (the values are the log's and the mail's words)."""
+
+    VERIFIED = "verified"  # the first verified heartbeat on it after silence
+    ANOMALY = "anomaly"  # silent while another network is alive (Apple's one-network rule)
+    RECOVERED = "recovered"  # heard again after an anomaly
+
+
+class AcquireOutcome(enum.Enum):
+    """How a takeover the monitor asked for ended (``acquire_done``)."""
+
+    DONE = "done"  # the addresses are ours (all, or some of them)
+    DECLINED = "declined"  # Test said no: wait in DECLINED until the primary is heard
+    FAILED = "failed"  # the change failed: tried again, backing off, while the primary is silent
 
 
 # Events for the shell ------------------------------------------------------------------------
@@ -169,8 +220,17 @@ class Acquire:
 
     reason: Trigger
     at: float
-    probe: str = ""
+    probe: ProbeResult = ProbeResult.NONE
     answering: Answers = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcquireRetry:
+    """A takeover failed (it was not vetoed): it is tried again after ``after`` seconds if the
+    primary is still silent then (a back-off doubling from the dead time, at most RETRY_MAX)."""
+
+    after: float
+    at: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,6 +281,14 @@ class Release:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Reclaim:
+    """A hand-back was abandoned (the primary fell silent or left after we asked it to
+    announce): it may have announced our held addresses, so announce them all again now."""
+
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class StateChanged:
     old: State
     new: State
@@ -230,10 +298,9 @@ class StateChanged:
 
 @dataclass(frozen=True, kw_only=True)
 class NetworkEvent:
-    """``kind`` is "verified" (first verified heartbeat on a network after silence), "anomaly" or
-    "recovered" (Apple's one-network rule)."""
+    """``kind``: see :class:`NetworkKind`."""
 
-    kind: str
+    kind: NetworkKind
     network: str
     at: float
 
@@ -258,6 +325,7 @@ class PeerWarning:
 
 Event = (
     Acquire
+    | AcquireRetry
     | Release
     | StateChanged
     | NetworkEvent
@@ -268,6 +336,7 @@ Event = (
     | AddressAnswers
     | AddressConflict
     | Defend
+    | Reclaim
     | auth.NameCollision
 )
 
@@ -377,10 +446,15 @@ class Monitor:
         self._holddown_until: float | None = None
         self._rounds_heard = 0  # rounds of the hold-down in which the primary was heard
         self._round_heard = float("-inf")  # the evidence of the last one counted
+        self._round_issued = float("-inf")  # and the issue time of the nonce it echoed
+        self._echo_issued = float("-inf")  # the issue time of the nonce the last heartbeat echoed
         self._released_due: list[float] = []
         self._release_id = b""
+        self._handback_id = b""  # the id of the last HANDBACK we sent
+        self._handback_until: float | None = None  # while HANDBACK: when we release anyway
         self._stop_pending = False
         self._retry_at: float | None = None
+        self._failed_takeovers = 0  # in a row: the retry back-off doubles with each
         self._warned_boots: OrderedDict[bytes, None] = OrderedDict()
         self._left_boots: OrderedDict[bytes, None] = OrderedDict()
         self._retired: OrderedDict[bytes, None] = OrderedDict()  # the primary's earlier boots
@@ -393,7 +467,7 @@ class Monitor:
         self._held: list[tuple[wire.Message, Addr, str]] = []
         # Evidence before a takeover (docs/safety.md)
         self.ever_verified = False  # a heartbeat of the primary was verified since start-up
-        self.probe_result = ""  # PROBE_* of the last probe that finished; "" before any
+        self.probe_result = ProbeResult.NONE  # of the last probe that finished
         self.probe_at: float | None = None  # when it finished
         self.answering: Answers = ()  # what answered it
         self._probe_reason = Trigger.PEER_SILENT  # why we are probing (the takeover's reason)
@@ -463,12 +537,44 @@ class Monitor:
             self._start_probe(now)
         self._evaluate(now)
 
-    def acquire_done(self, now: float, ok: bool, retry_after: float | None = None) -> None:
-        """The shell finished the takeover (``ok``), or refused or failed it."""
-        # A takeover that failed (rather than one Test said no to) is tried again after
-        # ``retry_after`` seconds if the primary is still silent then.
-        self._retry_at = None if ok or retry_after is None else now + retry_after
-        self._fire(Trigger.ACQUIRED if ok else Trigger.ACQUIRE_DECLINED, now)
+    def acquire_done(
+        self,
+        now: float,
+        outcome: AcquireOutcome | bool | None = None,
+        retry_after: float | None = None,
+        *,
+        ok: bool | None = None,
+    ) -> None:
+        """The shell finished the takeover: :class:`AcquireOutcome`. A FAILED one is tried again
+        while the primary stays silent, after the dead time, then twice that, and so on up to
+        RETRY_MAX (:class:`AcquireRetry` says when); DONE or DECLINED starts the count over.
+
+        The older form still works: ``ok=True`` is DONE; ``ok=False`` with ``retry_after`` is
+        FAILED, retried after exactly that; ``ok=False`` without it is DECLINED."""
+        if outcome is None:
+            outcome = ok
+        if outcome is None:
+            raise LocalProtocolError("acquire_done needs an outcome")
+        if isinstance(outcome, bool):
+            if outcome:
+                outcome = AcquireOutcome.DONE
+            else:
+                failed = retry_after is not None
+                outcome = AcquireOutcome.FAILED if failed else AcquireOutcome.DECLINED
+        trigger = Trigger.ACQUIRED if outcome is AcquireOutcome.DONE else Trigger.ACQUIRE_DECLINED
+        if (self.state, trigger) not in TRANSITIONS:
+            raise LocalProtocolError(f"no transition from {self.state.name} on {trigger.name}")
+        self._retry_at = None
+        if outcome is AcquireOutcome.FAILED:
+            self._failed_takeovers += 1
+            after = retry_after
+            if after is None:
+                after = min(RETRY_MAX, self.cfg.deadtime * 2 ** (self._failed_takeovers - 1))
+            self._retry_at = now + after
+            self._events.append(AcquireRetry(after=after, at=now))
+        else:
+            self._failed_takeovers = 0
+        self._fire(trigger, now)
         self._evaluate(now)
 
     def probe_done(
@@ -539,7 +645,7 @@ class Monitor:
         again: expected, we hand it back soon; counted only. Outside those states, ignored.
         """
         self._now = max(self._now, now)
-        if self.state is State.HOLDDOWN:
+        if self.state in (State.HOLDDOWN, State.HANDBACK):
             self.counters["claims.holddown"] += 1
             return
         if self.state is not State.ACTIVE:
@@ -612,6 +718,8 @@ class Monitor:
             times.append(deadline)
         if self.state is State.HOLDDOWN and self._holddown_until is not None:
             times.append(self._holddown_until)
+        if self.state is State.HANDBACK and self._handback_until is not None:
+            times.append(self._handback_until)
         if (
             self.state is State.DECLINED
             and self._retry_at is not None
@@ -654,7 +762,7 @@ class Monitor:
             self._dropped(err, addr, network, now)
 
     def _receive(self, msg: wire.Message, addr: Addr, network: str, now: float) -> None:
-        if msg.type not in (wire.MsgType.HEARTBEAT, wire.MsgType.LEAVING):
+        if msg.type not in (wire.MsgType.HEARTBEAT, wire.MsgType.LEAVING, wire.MsgType.ANNOUNCED):
             raise wire.RemoteProtocolError(wire.Reason.UNEXPECTED, f"{msg.type.name} to failoverd")
         # Our own datagrams are known by boot id, not by name: a clone may share the name.
         who = self.identity.classify(msg.sender, msg.boot_id, now)
@@ -676,6 +784,9 @@ class Monitor:
         if msg.boot_id in self._retired:
             # the primary has since restarted: what its earlier boot sent is history
             raise wire.RemoteProtocolError(wire.Reason.REPLAY, "from an earlier boot")
+        if msg.type is wire.MsgType.ANNOUNCED:
+            self._announced(msg, now)
+            return
         if not self._window(msg.sender, msg.boot_id).accept(msg.seq):
             raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"seq {msg.seq} seen or too old")
         peer = self._peers.setdefault(network, _PeerNet())
@@ -695,8 +806,21 @@ class Monitor:
         self._note_peer_boot(msg, now)
         was_alive = network in self.detector.networks and self._counts_as_alive(network, now)
         self.detector.heard(network, evidence, now, msg.interval)
-        if self.state is State.HOLDDOWN and evidence >= self._round_heard + self.cfg.period / 2:
-            self._round_heard = evidence  # a new round heard (not the same one on another network)
+        if self.state in (State.ACTIVE, State.DECLINED) and evidence <= self.since:
+            # The primary is back, but it echoes a nonce from before we took over (a cable came
+            # back): it missed our latest challenges. Challenge it at once, not at the next
+            # round, so that its return costs one round trip.
+            self._challenge_now(peer, addr, msg.boot_id, source, now)
+        self._echo_issued = max(self._nonces[e] for e in msg.echoes if e in self._nonces)
+        if (
+            self.state is State.HOLDDOWN
+            and evidence >= self._round_heard + self.cfg.period / 2
+            and self._echo_issued > self._round_issued
+        ):
+            # A new round heard: not the same one on another network, nor a second heartbeat
+            # echoing the same challenge (heartbeatd answers a holder's challenge at once, and
+            # its regular beat echoes that challenge again up to a period later)
+            self._round_heard, self._round_issued = evidence, self._echo_issued
             self._rounds_heard += 1
         self._events.append(
             Heard(
@@ -711,13 +835,30 @@ class Monitor:
         self.peer_interval = msg.interval
         self.counters[f"heartbeats.{network}"] += 1
         if not was_alive and self._counts_as_alive(network, now):
-            self._events.append(NetworkEvent(kind="verified", network=network, at=now))
+            self._events.append(NetworkEvent(kind=NetworkKind.VERIFIED, network=network, at=now))
         if msg.type is wire.MsgType.LEAVING:
             self.counters["leaving"] += 1
             _bounded_add(self._left_boots, msg.boot_id, MAX_RETIRED)
             self.detector.forget()
             if (self.state, Trigger.PEER_LEAVING) in TRANSITIONS:
                 self._fire(Trigger.PEER_LEAVING, now)
+
+    def _announced(self, msg: wire.Message, now: float) -> None:
+        """The primary confirms that it announced its addresses, as our HANDBACK asked: only
+        from the verified primary's boot, to our boot, for the hand-back under way."""
+        if msg.boot_id != self.peer_boot or msg.echo_boot != self.boot_id:
+            raise wire.RemoteProtocolError(
+                wire.Reason.STALE, "ANNOUNCED not from the verified primary to this boot"
+            )
+        if not self._handback_id or msg.nonce != self._handback_id:
+            raise wire.RemoteProtocolError(wire.Reason.STALE, "ANNOUNCED answers no hand-back")
+        if self.state is not State.HANDBACK:
+            self.counters["announced-late"] += 1  # its copy, or after we released anyway
+            return
+        if not self._window(msg.sender, msg.boot_id).accept(msg.seq):
+            raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"seq {msg.seq} seen or too old")
+        self.counters["announced"] += 1
+        self._fire(Trigger.ANNOUNCED, now)
 
     def _peer_matches(self, sender: str) -> bool:
         """The primary is FAILOVER_PEER_NAME if set; otherwise the name pinned by the first verified
@@ -946,6 +1087,27 @@ class Monitor:
         )
         return wire.encode(msg, self.cfg.key)
 
+    def _send_handback(self) -> None:
+        """Ask the primary to announce its addresses before we delete ours (make before
+        break), on every network where we verified it."""
+        if self.peer_boot is None:
+            return
+        msg = wire.Message(
+            type=wire.MsgType.HANDBACK,
+            sender=self.cfg.node,
+            boot_id=self.boot_id,
+            seq=self._next_seq(),
+            interval=self.cfg.period,
+            nonce=self._handback_id,
+            echo_boot=self.peer_boot,
+            echo_seq=self.peer_seq,
+        )
+        data = wire.encode(msg, self.cfg.key)
+        for peer in self._peers.values():
+            if peer.verified:
+                self._out += [(data, peer.verified)] * HANDBACK_COPIES
+        self.counters["handback-sent"] += 1
+
     def _send_released(self) -> None:
         if self.peer_boot is None:
             return
@@ -1003,6 +1165,12 @@ class Monitor:
             self._reprobe_at = now + max(REPROBE_MIN, self.cfg.period)
         elif new is State.HOLDDOWN:
             self._start_holddown(now)
+        elif new is State.HANDBACK:
+            self._handback_id = self._rng(wire.NONCE_SIZE)
+            self._handback_until = now + handback_wait(self.cfg.period)
+            self._send_handback()
+        elif new is State.ACTIVE and old is State.HANDBACK:
+            self._events.append(Reclaim(at=now))
         elif new is State.RELEASING:
             self._events.append(Release(reason=Trigger.PEER_HEARD, at=now))
         elif new is State.STOPPING:
@@ -1022,13 +1190,20 @@ class Monitor:
             self._fire(Trigger.SHUTDOWN, now)
 
     def _evaluate(self, now: float) -> None:
-        """Fire whatever the detector's view implies now (a bounded cascade)."""
+        """Fire whatever the detector's view implies now: a cascade that must settle within
+        MAX_CASCADE triggers (one that does not is a bug in the table: it raises)."""
         for change, network in self.detector.changes(now):
-            self._events.append(NetworkEvent(kind=change.value, network=network, at=now))
-        for _ in range(4):
+            kind = NetworkKind(change.value)
+            self._events.append(NetworkEvent(kind=kind, network=network, at=now))
+        fired: list[Trigger] = []
+        for _ in range(MAX_CASCADE + 1):
             trigger = self._due_trigger(now)
             if trigger is None:
                 return
+            if len(fired) == MAX_CASCADE:
+                chain = " ".join(t.value for t in [*fired, trigger])
+                raise LocalProtocolError(f"triggers do not settle in {self.state.name}: {chain}")
+            fired.append(trigger)
             self._fire(trigger, now)
 
     def _counts_as_alive(self, network: str, now: float) -> bool:
@@ -1048,6 +1223,7 @@ class Monitor:
         self._holddown_until = now + self.cfg.failback_delay
         self._rounds_heard = 1  # the heartbeat that started it
         self._round_heard = self.detector.last_evidence() or now
+        self._round_issued = self._echo_issued
 
     def _steady(self) -> bool:
         """The primary was heard in at least STEADY_SHARE of the hold-down's rounds: a hold-down
@@ -1085,7 +1261,17 @@ class Monitor:
                 self.counters["holddown-restarts"] += 1
                 self._start_holddown(now)
                 self._rounds_heard = 0
+        if self.state is State.HANDBACK:
+            if not det.any_alive(now):
+                return Trigger.PEER_SILENT
+            if self._handback_until is not None and now >= self._handback_until:
+                return Trigger.HANDBACK_TIMEOUT
         return None
+
+
+def handback_wait(period: float) -> float:
+    """How long a hand-back waits for ANNOUNCED before it releases anyway."""
+    return min(max(period, HANDBACK_WAIT_MIN), HANDBACK_WAIT_MAX)
 
 
 def _answers(answers: Mapping[str, Iterable[str]]) -> Answers:

@@ -2,15 +2,28 @@
 
 Every interval it sends a HEARTBEAT to each target (broadcast or unicast). Each heartbeat echoes
 the latest nonce of every listener (a failoverd that sent us a CHALLENGE), which is what lets the
-listener tell a live heartbeat from a replayed one (see :mod:`ipfailover.core.monitor`). On RELEASED
-from a listener that held our addresses it asks the shell to re-announce them (Apple's "tickle"),
-and so it does on SIGHUP, shortly after start-up and when a cable comes back -- unless a
-listener's challenge says it still holds them, in which case the RELEASED that follows its
-hand-back triggers the announcement. On a graceful stop it sends LEAVING.
+listener tell a live heartbeat from a replayed one (see :mod:`ipfailover.core.monitor`). A
+listener that holds our addresses is answered at once with a beat to every target (never a unicast
+to it, see :meth:`Sender._challenged`), so that a returning primary is verified within a round trip.
+
+The hand-back is made before it is broken: a listener that holds our addresses and wants to give
+them back sends HANDBACK; we ask the shell to announce them (:class:`Announce` with ``handback``),
+and once the shell has sent the first round (:meth:`Sender.handback_announced`) we confirm with
+ANNOUNCED; only then does the listener delete them. On RELEASED from a listener that held our
+addresses we announce them again (Apple's "tickle"), and so we do on SIGHUP, shortly after start-up
+and when a cable comes back -- unless a listener's challenge says it still holds them, in which
+case its hand-back triggers the announcement. On a graceful stop it sends LEAVING.
+
+Its states are in :data:`TRANSITIONS`, as the monitor's are: ``awaiting`` (beating; an
+announcement waits to hear whether a listener holds our addresses), ``beating`` and ``left``
+(LEAVING sent: nothing more is sent or announced). A move the table does not have raises
+:class:`LocalProtocolError` (a bug in the shell: ``tickle`` or ``leave`` after ``leave``).
+Datagrams that arrive after ``leave`` are counted and ignored: they are the peer's, not a bug.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -20,6 +33,36 @@ from ipfailover.core import auth, wire
 
 Addr = wire.Addr
 RandomBytes = Callable[[int], bytes]
+LocalProtocolError = wire.LocalProtocolError
+
+
+class State(enum.Enum):
+    AWAITING = "awaiting"  # beating; an announcement waits to hear whether a listener holds ours
+    BEATING = "beating"
+    LEFT = "left"  # LEAVING sent (a graceful stop): nothing more is sent or announced
+
+
+class Trigger(enum.Enum):
+    LISTENER_HEARD = "listener-heard"  # a challenge after the wait began: announce or defer
+    ANNOUNCE_DUE = "announce-due"  # no listener told us within the wait: announce
+    LINK_UP = "link-up"  # a cable came back: wait for a listener again, then announce
+    TICKLE = "tickle"  # SIGHUP: announce now
+    LEAVE = "leave"  # graceful stop
+
+
+S, T = State, Trigger
+TRANSITIONS: dict[tuple[State, Trigger], State] = {
+    (S.AWAITING, T.LISTENER_HEARD): S.BEATING,
+    (S.AWAITING, T.ANNOUNCE_DUE): S.BEATING,
+    (S.AWAITING, T.LINK_UP): S.AWAITING,  # the wait starts over, for the cable's reason
+    (S.AWAITING, T.TICKLE): S.AWAITING,
+    (S.AWAITING, T.LEAVE): S.LEFT,
+    (S.BEATING, T.LINK_UP): S.AWAITING,
+    (S.BEATING, T.TICKLE): S.BEATING,
+    (S.BEATING, T.LEAVE): S.LEFT,
+    (S.LEFT, T.LINK_UP): S.LEFT,  # a carrier event races the stop: nothing to announce
+}
+del S, T
 
 MAX_LISTENERS = 16  # (listener, boot) entries echoed; at most MAX_ECHOES fit a heartbeat
 BOOTS_PER_LISTENER = 4
@@ -30,6 +73,9 @@ MAX_HELD = 8  # datagrams held while the shell looks up this host's boot ids
 REPLY_RATE = 4  # immediate beats to new listeners per interval (a token bucket), burst twice that
 ANNOUNCE_WAIT_BEATS = 3  # after start-up or a cable's return, announce once a listener has told us
 #                          whether it holds our addresses, or after this many intervals (+1 s)
+MAX_HANDBACKS = 16  # hand-back ids remembered (copies and replays of one are not acted on twice)
+HANDBACK_ADDRS = 4  # addresses one hand-back is confirmed to (one per network it came over)
+CONFIRM_COPIES = 2  # ANNOUNCED goes out twice to each, back to back, against a single loss
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,13 +86,25 @@ class SenderConfig:
     targets: tuple[Addr, ...]
 
 
+class AnnounceReason(enum.StrEnum):
+    """Why we announce (the values are the log's words)."""
+
+    START = "start"  # after start-up
+    CARRIER = "carrier"  # a cable came back
+    SIGHUP = "sighup"  # Apple's tickle
+    HANDBACK = "handback"  # a listener is about to hand them back and asked for this first
+    RELEASED = "released"  # a listener handed them back
+
+
 @dataclass(frozen=True, kw_only=True)
 class Announce:
     """Re-announce (gratuitous ARP / unsolicited NA) our own addresses now."""
 
-    reason: str  # "start", "released" or "sighup"
+    reason: AnnounceReason
     at: float
     listener: str = ""
+    # a hand-back: once the first round is out, call Sender.handback_announced(now, handback)
+    handback: bytes = b""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +114,7 @@ class AnnounceDeferred:
     fight it for them)."""
 
     listener: str
-    reason: str
+    reason: AnnounceReason
     at: float
 
 
@@ -68,6 +126,16 @@ class _Listener:
     expires: float
     holding: bool
     echo_seq: int = 0  # the highest of our sequence numbers its challenges echoed
+
+
+@dataclass
+class _Handback:
+    """A listener's request to announce our addresses before it lets them go."""
+
+    listener: tuple[str, bytes]
+    seq: int  # the HANDBACK's sequence number, echoed in our ANNOUNCED
+    addrs: list[Addr]  # where its copies came from: each gets the confirmation
+    confirmed: bool = False
 
 
 Event = Announce | AnnounceDeferred | wire.Dropped | auth.NameCollision
@@ -83,7 +151,7 @@ class Sender:
         self.boot_id = rng(wire.BOOT_ID_SIZE)
         self.seq = 0
         self.counters: Counter[str] = Counter()
-        self.stopped = False
+        self.state = State.AWAITING
         self._next_beat = now
         self._listeners: OrderedDict[tuple[str, bytes], _Listener] = OrderedDict()
         # (listener, boot) -> (its highest challenge seq, the highest of ours it echoed), kept
@@ -94,18 +162,25 @@ class Sender:
         self._held: list[tuple[wire.Message, Addr]] = []
         self._replies = auth.TokenBucket(REPLY_RATE / cfg.interval, 2 * REPLY_RATE, now)
         self._release_ids: OrderedDict[bytes, None] = OrderedDict()
+        self._handbacks: OrderedDict[bytes, _Handback] = OrderedDict()
         self._out: list[tuple[bytes, Addr]] = []
         self._events: list[Event] = []
         # (since, deadline, why) of an announcement waiting to hear whether a listener holds our
         # addresses: the first challenge after `since` decides, or the deadline does
-        self._pending_announce: tuple[float, float, str] | None = None
-        self._await_listeners(now, "start")
+        self._pending_announce: tuple[float, float, AnnounceReason] | None = None
+        self._await_listeners(now, AnnounceReason.START)
+
+    @property
+    def stopped(self) -> bool:
+        """LEAVING was sent (state ``left``)."""
+        return self.state is State.LEFT
 
     # Inputs ------------------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
-        if self._pending_announce is not None and now >= self._pending_announce[1]:
-            self._decide_announce(now)
+        pending = self._pending_announce
+        if self.state is State.AWAITING and pending is not None and now >= pending[1]:
+            self._fire(Trigger.ANNOUNCE_DUE, now)
         if self.stopped or now < self._next_beat:
             return
         self._expire(now)
@@ -119,6 +194,9 @@ class Sender:
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         try:
             msg = wire.decode(data, self.cfg.key)
+            if self.stopped:
+                self.counters["after-leaving"] += 1  # we left: nothing to answer or announce
+                return
             self._receive(msg, addr, now)
         except wire.RemoteProtocolError as err:
             self._dropped(err, addr, now)
@@ -144,6 +222,7 @@ class Sender:
             "listeners": len(self._listeners),
             "retired": len(self._retired),
             "release_ids": len(self._release_ids),
+            "handbacks": len(self._handbacks),
             "held": len(self._held),
         }
 
@@ -154,14 +233,8 @@ class Sender:
         )
 
     def leave(self, now: float) -> None:
-        """Graceful stop: tell every target we are leaving; no heartbeat follows."""
-        if self.stopped:
-            return
-        self._expire(now)
-        for target in self.cfg.targets:
-            for _ in range(LEAVING_COPIES):
-                self._out.append((self._beat(wire.MsgType.LEAVING), target))
-        self.stopped = True
+        """Graceful stop: tell every target we are leaving; no heartbeat follows. Once only."""
+        self._fire(Trigger.LEAVE, now)
 
     def reconfigure(self, cfg: SenderConfig, now: float) -> None:
         """Apply a reloaded configuration: new targets, interval or key from the next beat on.
@@ -174,13 +247,26 @@ class Sender:
 
     def link_up(self, now: float) -> None:
         """A cable came back: announce our addresses shortly, unless a listener then says it
-        still holds them (its RELEASED will trigger the announcement instead)."""
-        if not self.stopped:
-            self._await_listeners(now, "carrier")
-            self._next_beat = min(self._next_beat, now)  # beat now: listeners answer at once
+        still holds them (its hand-back will trigger the announcement instead)."""
+        self._fire(Trigger.LINK_UP, now)
 
-    def tickle(self, now: float, reason: str = "sighup") -> None:
-        self._events.append(Announce(reason=reason, at=now))
+    def tickle(self, now: float, reason: str = AnnounceReason.SIGHUP) -> None:
+        """Announce our addresses now (SIGHUP: Apple's tickle). Not after :meth:`leave`."""
+        self._fire(Trigger.TICKLE, now, reason)
+
+    def handback_announced(self, now: float, handback: bytes, ok: bool = True) -> None:
+        """The shell sent the first round of the announcement that ``handback`` asked for
+        (``ok``), or could not: confirm it to the listener, which then lets our addresses go.
+        Without a confirmation the listener falls back to releasing first after a bound."""
+        hb = self._handbacks.get(handback)
+        if hb is None or hb.confirmed or self.stopped:
+            return
+        if not ok:
+            self.counters["handback-announce-failed"] += 1
+            return
+        hb.confirmed = True
+        self.counters["handbacks-confirmed"] += 1
+        self._confirm(handback, hb, hb.addrs)
 
     # Outputs -----------------------------------------------------------------------------------
 
@@ -208,7 +294,29 @@ class Sender:
 
     # Internals ---------------------------------------------------------------------------------
 
-    def _await_listeners(self, now: float, reason: str) -> None:
+    def _fire(self, trigger: Trigger, now: float, reason: str = "") -> None:
+        new = TRANSITIONS.get((self.state, trigger))
+        if new is None:
+            raise LocalProtocolError(
+                f"sender: no transition from {self.state.name} on {trigger.name}"
+            )
+        old, self.state = self.state, new
+        self.counters[f"transitions.{trigger.value}"] += 1
+        if trigger is Trigger.LEAVE:
+            self._pending_announce = None
+            self._expire(now)
+            for target in self.cfg.targets:
+                for _ in range(LEAVING_COPIES):
+                    self._out.append((self._beat(wire.MsgType.LEAVING), target))
+        elif trigger is Trigger.TICKLE:
+            self._events.append(Announce(reason=AnnounceReason(reason), at=now))
+        elif trigger is Trigger.LINK_UP and new is State.AWAITING:
+            self._await_listeners(now, AnnounceReason.CARRIER)
+            self._next_beat = min(self._next_beat, now)  # beat now: listeners answer at once
+        elif old is State.AWAITING and new is State.BEATING:
+            self._decide_announce(now)
+
+    def _await_listeners(self, now: float, reason: AnnounceReason) -> None:
         deadline = now + ANNOUNCE_WAIT_BEATS * self.cfg.interval + 1.0
         self._pending_announce = (now, deadline, reason)
 
@@ -255,6 +363,8 @@ class Sender:
             self._challenged(msg, addr, now)
         elif msg.type is wire.MsgType.RELEASED:
             self._released(msg, now)
+        elif msg.type is wire.MsgType.HANDBACK:
+            self._handback(msg, addr, now)
         else:
             raise wire.RemoteProtocolError(wire.Reason.UNEXPECTED, f"{msg.type.name} to heartbeatd")
 
@@ -283,11 +393,15 @@ class Sender:
             self._note_collision(msg, addr, now)
             if entry.holding and not msg.holding:
                 # It let go, and its RELEASED was lost (that one clears the flag first).
-                self._events.append(Announce(reason="released", at=now, listener=msg.sender))
+                self._events.append(
+                    Announce(reason=AnnounceReason.RELEASED, at=now, listener=msg.sender)
+                )
             entry.holding = msg.holding
             self._listeners.move_to_end(key)
             self.counters["challenges"] += 1
             self._heard_listener(now)
+            if msg.holding:
+                self._answer_holder(now)
             return
         retired = self._retired.get(key)
         if retired is not None and msg.seq <= retired[0]:
@@ -307,18 +421,33 @@ class Sender:
         self.counters["challenges"] += 1
         self._note_collision(msg, addr, now)
         self._heard_listener(now)
-        if not self.stopped and not msg.holding and self._replies.take(now):
+        if msg.holding:
+            self._answer_holder(now)
+        elif not self.stopped and self._replies.take(now):
             # A new listener (or a restarted one): answer at once so it verifies us without
             # waiting a whole interval. Only new entries get this, so a flood cannot amplify.
-            # Not while it holds our address: a unicast to it may need an ARP request, whose
-            # sender is that shared address, and every client that hears it would come back to
-            # us before the hand-back; the next broadcast beat carries the nonce instead.
             self._out.append((self._beat(wire.MsgType.HEARTBEAT), addr))
+
+    def _answer_holder(self, now: float) -> None:
+        """A listener that holds our addresses challenged us: beat to every target now, besides
+        the regular beats (whose schedule does not move). Never a unicast to it: that may need
+        an ARP request, whose sender is the shared address, and every client that hears it
+        would come back to us before the hand-back; a beat to the targets is what we send every
+        interval anyway. Without this, a returning primary waited up to an interval for its
+        next beat to echo the holder's challenge before the hold-down could start. It costs a
+        beat per challenge only while a listener holds our addresses and hears us (the
+        hold-down), within the same budget as the answers to new listeners."""
+        if self.stopped or not self._replies.take(now):
+            return
+        self.counters["holder-answers"] += 1
+        for target in self.cfg.targets:
+            self._out.append((self._beat(wire.MsgType.HEARTBEAT), target))
 
     def _heard_listener(self, now: float) -> None:
         """A challenge after start-up or a cable's return tells us what we waited to know."""
-        if self._pending_announce is not None and now >= self._pending_announce[0]:
-            self._decide_announce(now)
+        pending = self._pending_announce
+        if self.state is State.AWAITING and pending is not None and now >= pending[0]:
+            self._fire(Trigger.LISTENER_HEARD, now)
 
     def _note_collision(self, msg: wire.Message, addr: Addr, now: float) -> None:
         """A fresh challenge under our own name from a boot that is not this host's: another
@@ -369,4 +498,56 @@ class Sender:
         if len(self._release_ids) > 16:
             self._release_ids.popitem(last=False)
         self.counters["released"] += 1
-        self._events.append(Announce(reason="released", at=now, listener=msg.sender))
+        self._events.append(Announce(reason=AnnounceReason.RELEASED, at=now, listener=msg.sender))
+
+    def _handback(self, msg: wire.Message, addr: Addr, now: float) -> None:
+        """A listener that holds our addresses asks us to announce them before it lets go.
+
+        Accepted only if it echoes our boot and a recent beat (as RELEASED), comes from a
+        listener boot whose latest challenge says it holds our addresses, and is newer than that
+        challenge: a replay is refused once the listener's next challenge has arrived, and its
+        copies (the same id over another network) are acted on once."""
+        if not self._echoes_recent_beat(msg):
+            raise wire.RemoteProtocolError(wire.Reason.STALE, "HANDBACK echoes no recent beat")
+        key = (msg.sender, msg.boot_id)
+        entry = self._listeners.get(key)
+        if entry is None or not entry.holding:
+            raise wire.RemoteProtocolError(
+                wire.Reason.UNEXPECTED, "HANDBACK from a listener that does not hold our addresses"
+            )
+        hb = self._handbacks.get(msg.nonce)
+        if hb is not None and hb.listener == key:
+            self.counters["handback-copies"] += 1
+            if addr not in hb.addrs and len(hb.addrs) < HANDBACK_ADDRS:
+                hb.addrs.append(addr)
+                if hb.confirmed:
+                    self._confirm(msg.nonce, hb, [addr])
+            return
+        if hb is not None or msg.seq <= entry.seq:
+            raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"HANDBACK seq {msg.seq}")
+        self._handbacks[msg.nonce] = _Handback(listener=key, seq=msg.seq, addrs=[addr])
+        while len(self._handbacks) > MAX_HANDBACKS:
+            self._handbacks.popitem(last=False)
+        self.counters["handbacks"] += 1
+        self._events.append(
+            Announce(
+                reason=AnnounceReason.HANDBACK, at=now, listener=msg.sender, handback=msg.nonce
+            )
+        )
+
+    def _confirm(self, handback: bytes, hb: _Handback, addrs: list[Addr]) -> None:
+        """ANNOUNCED to each of ``addrs``: bound to the listener's boot and its HANDBACK."""
+        for addr in addrs:
+            self.seq += 1
+            msg = wire.Message(
+                type=wire.MsgType.ANNOUNCED,
+                sender=self.cfg.node,
+                boot_id=self.boot_id,
+                seq=self.seq,
+                interval=self.cfg.interval,
+                nonce=handback,
+                echo_boot=hb.listener[1],
+                echo_seq=hb.seq,
+            )
+            data = wire.encode(msg, self.cfg.key)
+            self._out += [(data, addr)] * CONFIRM_COPIES

@@ -15,9 +15,11 @@ Layout (all integers big-endian), documented in ``docs/protocol.md``::
     ..  tag        32 HMAC-SHA256 over everything before it
 
 Bodies: HEARTBEAT and LEAVING carry ``count:u8`` then ``count`` echoed nonces of 8 bytes (at most
-16); CHALLENGE and RELEASED carry an 8-byte nonce (the challenge, or the release id), the echoed
-boot id of the primary (8) and a sequence number of the primary's that the sender saw (u64), so
-that the primary can refuse a replayed one.
+16); CHALLENGE, RELEASED and HANDBACK carry an 8-byte nonce (the challenge, the release id or the
+hand-back id), the echoed boot id of the primary (8) and a sequence number of the primary's that
+the sender saw (u64), so that the primary can refuse a replayed one. ANNOUNCED (the primary's
+answer to a HANDBACK) has the same body, pointing the other way: the hand-back id, the listener's
+boot id and the HANDBACK's sequence number.
 
 The one public entry point, :func:`decode`, either returns a :class:`Message` or raises
 :class:`RemoteProtocolError` with a ``reason`` used for counting. Any other exception is a bug.
@@ -54,6 +56,12 @@ class MsgType(enum.IntEnum):
     LEAVING = 2
     RELEASED = 3
     CHALLENGE = 4
+    HANDBACK = 5  # failoverd -> heartbeatd: announce your addresses now, then confirm
+    ANNOUNCED = 6  # heartbeatd -> failoverd: announced, as asked by that HANDBACK
+
+
+#: Types whose body is (nonce or id, echoed boot id, echoed sequence number).
+ECHO_TYPES = frozenset({MsgType.RELEASED, MsgType.CHALLENGE, MsgType.HANDBACK, MsgType.ANNOUNCED})
 
 
 FLAG_HOLDING = 0x01
@@ -97,9 +105,9 @@ class Message:
             raise LocalProtocolError("interval must be positive and under 4294 s")
         if len(self.echoes) > MAX_ECHOES or any(len(e) != NONCE_SIZE for e in self.echoes):
             raise LocalProtocolError(f"at most {MAX_ECHOES} echoes of {NONCE_SIZE} bytes")
-        if self.type in (MsgType.CHALLENGE, MsgType.RELEASED) and len(self.nonce) != NONCE_SIZE:
+        if self.type in ECHO_TYPES and len(self.nonce) != NONCE_SIZE:
             raise LocalProtocolError(f"{self.type.name} needs a {NONCE_SIZE}-byte nonce")
-        if self.type in (MsgType.CHALLENGE, MsgType.RELEASED) and len(self.echo_boot) != 8:
+        if self.type in ECHO_TYPES and len(self.echo_boot) != 8:
             raise LocalProtocolError(f"{self.type.name} needs the echoed boot id")
         if self.holding and self.type is not MsgType.CHALLENGE:
             raise LocalProtocolError("only a CHALLENGE carries the holding flag")

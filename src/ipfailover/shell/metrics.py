@@ -23,6 +23,7 @@ STATES = (
     "acquiring",
     "active",
     "holddown",
+    "handback",
     "releasing",
     "declined",
     "stopping",

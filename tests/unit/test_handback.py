@@ -1,0 +1,363 @@
+"""The hand-back made before it is broken (issue 10): the secondary asks the verified primary to
+announce its addresses (HANDBACK), the primary announces and confirms (ANNOUNCED), and only then
+does the secondary delete them; a lost request or answer falls back to today's order after a
+bound. Also: the primary's return costs one challenge round trip before the hold-down starts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from sim import KEY, PRIMARY, SECONDARY, Hand, Sim
+
+from ipfailover.core import wire
+from ipfailover.core.monitor import (
+    Monitor,
+    MonitorConfig,
+    Reclaim,
+    Release,
+    State,
+    Trigger,
+    handback_wait,
+)
+from ipfailover.core.sender import Announce, Sender, SenderConfig
+
+TARGETS = (("203.0.113.255", 1694), ("198.51.100.255", 1694))
+
+
+def states(sim: Sim) -> list[tuple[float, State, State, Trigger]]:
+    return [(e.at, e.old, e.new, e.trigger) for e in sim.rec.states]
+
+
+def outage_and_return(sim: Sim, *, out: float = 10.0) -> float:
+    """Both networks out at 5 s for ``out`` seconds: a takeover, then the primary is back."""
+    sim.run_until(5.5)
+    sim.up = {"pub": False, "priv": False}
+    sim.run_until(5.5 + out)
+    assert len(sim.rec.acquires) == 1
+    sim.up = {"pub": True, "priv": True}
+    return sim.now
+
+
+def first_delivery_after(sim: Sim, t: float) -> float:
+    return min(d for net in sim.rec.delivered.values() for d in net if d > t)
+
+
+# The order ----------------------------------------------------------------------------------
+
+
+def test_the_primary_announces_before_the_secondary_deletes() -> None:
+    sim = Sim(failback=3.0)
+    back = outage_and_return(sim)
+    sim.run_until(back + 10)
+    ((t_rel, reason),) = sim.rec.releases
+    assert reason is Trigger.PEER_HEARD
+    handback = [t for t, r in sim.rec.announces if r == "handback"]
+    assert len(handback) == 1 and handback[0] < t_rel
+    moves = [(old, new, trig) for _, old, new, trig in states(sim) if old is State.HANDBACK]
+    assert moves == [(State.HANDBACK, State.RELEASING, Trigger.ANNOUNCED)]
+    entered = next(at for at, _, new, _ in states(sim) if new is State.HANDBACK)
+    # one round trip and the primary's first announcement round, not the fallback's bound
+    assert t_rel - entered == pytest.approx(2 * sim.latency + sim.announce_delay)
+    # RELEASED still goes, and the primary announces again (any client that asked in between)
+    assert any(r == "released" and t > t_rel for t, r in sim.rec.announces)
+    assert sim.monitor is not None and sim.monitor.state is State.STANDBY
+
+
+def test_a_lost_confirmation_falls_back_to_release_first_after_the_bound() -> None:
+    sim = Sim(failback=3.0)
+    sim.confirm_handback = False  # the primary cannot announce (or every ANNOUNCED is lost)
+    back = outage_and_return(sim)
+    sim.run_until(back + 10)
+    ((t_rel, _),) = sim.rec.releases
+    entered = next(at for at, _, new, _ in states(sim) if new is State.HANDBACK)
+    assert t_rel == pytest.approx(entered + handback_wait(1.0))
+    assert (State.HANDBACK, State.RELEASING, Trigger.HANDBACK_TIMEOUT) in [
+        (o, n, t) for _, o, n, t in states(sim)
+    ]
+    assert any(r == "released" and t > t_rel for t, r in sim.rec.announces)
+
+
+def test_a_lost_request_falls_back_too() -> None:
+    """Every HANDBACK lost: the secondary releases after the bound, and RELEASED announces."""
+    sim = Sim(failback=3.0)
+    back = outage_and_return(sim)
+    sim.run_until(back + 3.5)
+    assert sim.monitor is not None and sim.monitor.state is State.HOLDDOWN
+    until = sim.monitor.holddown_until
+    assert until is not None
+    sim.run_until(until - 0.0001)
+    sim.up = {"pub": False, "priv": False}  # the request goes nowhere
+    sim.run_until(until + 0.001)
+    assert sim.monitor.state is State.HANDBACK
+    sim.up = {"pub": True, "priv": True}
+    sim.run_until(until + 2)
+    ((t_rel, _),) = sim.rec.releases
+    assert t_rel == pytest.approx(until + handback_wait(1.0), abs=0.002)
+    assert not any(r == "handback" for _, r in sim.rec.announces)
+
+
+def test_handback_wait_is_one_period_within_bounds() -> None:
+    assert handback_wait(1.0) == 0.25
+    assert handback_wait(0.1) == 0.1
+    assert handback_wait(0.01) == 0.05
+
+
+# The return ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("out", "phase"), [(10.0, 0.0), (3.0, 0.1)], ids=["stale-echo", "echo-from-before-takeover"]
+)
+def test_a_returning_cable_starts_the_holddown_within_a_round_trip(
+    out: float, phase: float
+) -> None:
+    """The first heartbeat after the return echoes no nonce, or one issued before the takeover
+    (evidence that cannot bring the primary back): the secondary challenges at once, and
+    heartbeatd answers a holder at once (a beat to every target). Before, the hold-down began
+    up to an interval later, with the next beat or the next round."""
+    sim = Sim(failback=3.0, start_secondary_at=phase)  # its rounds at x.1: see the second case
+    back = outage_and_return(sim, out=out)
+    sim.run_until(back + 3)
+    first = first_delivery_after(sim, back)
+    start = next(at for at, _, new, _ in states(sim) if new is State.HOLDDOWN)
+    assert start <= first + 2 * sim.latency + 1e-9
+
+
+def test_a_restarted_primary_starts_the_holddown_within_a_round_trip() -> None:
+    sim = Sim(failback=3.0)
+    sim.run_until(5.5)
+    sim.kill_primary()
+    sim.run_until(12.3)
+    assert sim.monitor is not None and sim.monitor.state is State.ACTIVE
+    sim.revive_primary()
+    sim.run_until(15)
+    first = first_delivery_after(sim, 12.3)
+    start = next(at for at, _, new, _ in states(sim) if new is State.HOLDDOWN)
+    assert start <= first + 2 * sim.latency + 1e-9
+
+
+# Abandoned hand-backs -----------------------------------------------------------------------
+
+
+def holding_monitor(failback: float = 10.0) -> tuple[Monitor, Hand]:
+    """A monitor holding the addresses, driven by hand: heard at 0.1, then at every round."""
+    cfg = MonitorConfig(
+        node="secondary",
+        key=KEY,
+        period=1.0,
+        deadtime=3.0,
+        failback_delay=failback,
+        networks=("pub",),
+    )
+    m = Monitor(cfg, rng=random.Random(1).randbytes, now=0.0, holding=True)
+    return m, Hand(m)
+
+
+def drain(m: Monitor) -> list[object]:
+    out = []
+    while (ev := m.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+def into_handback(m: Monitor, hand: Hand, last_beat: int) -> list[tuple[bytes, wire.Addr]]:
+    """Heard at 0.1 and each round up to ``last_beat``; returns the HANDBACK datagrams."""
+    m.handle_timer(0.0)
+    hand.beat((), 0.05)  # stale: answered at once with a challenge
+    hand.beat((hand.nonce(),), 0.1)
+    for k in range(1, last_beat + 1):
+        m.handle_timer(float(k))
+        hand.beat((hand.nonce(),), k + 0.1)
+    assert m.state is State.HOLDDOWN
+    assert m.holddown_until == pytest.approx(10.1)
+    m.handle_timer(10.1)
+    assert m.state is State.HANDBACK
+    out = m.datagrams_to_send()
+    return [(d, a) for d, a in out if wire.decode(d, KEY).type is wire.MsgType.HANDBACK]
+
+
+def test_a_primary_silent_after_the_request_is_reclaimed_not_released() -> None:
+    """It may have announced before it fell silent: the secondary keeps the addresses and
+    announces them again."""
+    m, hand = holding_monitor()
+    requests = into_handback(m, hand, last_beat=7)  # heard last at 7.1: alive until 10.2
+    assert [a for _, a in requests] == [PRIMARY["pub"]] * 2
+    drain(m)
+    m.handle_timer(10.21)
+    assert m.state is State.ACTIVE
+    evs = drain(m)
+    assert any(isinstance(e, Reclaim) for e in evs)
+    assert not any(isinstance(e, Release) for e in evs)
+
+
+def announced(
+    m: Monitor, handback_id: bytes, *, boot: bytes = b"p" * 8, to: bytes | None = None, seq: int
+) -> bytes:
+    msg = wire.Message(
+        type=wire.MsgType.ANNOUNCED,
+        sender="primary",
+        boot_id=boot,
+        seq=seq,
+        interval=1.0,
+        nonce=handback_id,
+        echo_boot=m.boot_id if to is None else to,
+        echo_seq=1,
+    )
+    return wire.encode(msg, KEY)
+
+
+def test_only_the_verified_primary_answering_this_handback_releases() -> None:
+    m, hand = holding_monitor()
+    ((data, _), *_) = into_handback(m, hand, last_beat=9)
+    request = wire.decode(data, KEY)
+    assert request.echo_boot == b"p" * 8  # bound to the verified primary's boot
+    bad = [
+        announced(m, b"x" * 8, seq=100),  # another hand-back
+        announced(m, request.nonce, boot=b"q" * 8, seq=100),  # another boot
+        announced(m, request.nonce, to=b"z" * 8, seq=100),  # to another listener boot
+        announced(m, request.nonce, seq=5),  # a sequence number the primary used long ago
+    ]
+
+    def rejected() -> int:
+        return sum(v for k, v in m.counters.items() if k.startswith("rejected."))
+
+    before = rejected()
+    for dg in bad:
+        m.receive_datagram(dg, PRIMARY["pub"], "pub", 10.12)
+        assert m.state is State.HANDBACK
+    assert rejected() - before == len(bad)
+    m.receive_datagram(announced(m, request.nonce, seq=101), PRIMARY["pub"], "pub", 10.13)
+    assert m.state is State.RELEASING
+    m.receive_datagram(announced(m, request.nonce, seq=102), PRIMARY["pub"], "pub", 10.13)
+    assert m.counters["announced-late"] == 1  # its copy: counted, nothing else
+
+
+# heartbeatd's side ----------------------------------------------------------------------------
+
+
+def sender() -> Sender:
+    cfg = SenderConfig(node="primary", key=KEY, interval=1.0, targets=TARGETS)
+    s = Sender(cfg, rng=random.Random(0).randbytes, now=0.0)
+    s.handle_timer(0.0)
+    s.datagrams_to_send()
+    return s
+
+
+def to_sender(s: Sender, kind: wire.MsgType, seq: int, nonce: bytes, **kw: object) -> bytes:
+    msg = wire.Message(
+        type=kind,
+        sender="secondary",
+        boot_id=b"S" * 8,
+        seq=seq,
+        interval=1.0,
+        nonce=nonce,
+        echo_boot=s.boot_id,
+        echo_seq=s.seq,
+        **kw,  # type: ignore[arg-type]
+    )
+    return wire.encode(msg, KEY)
+
+
+def events(s: Sender) -> list[object]:
+    out = []
+    while (ev := s.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+def test_heartbeatd_announces_then_confirms_once() -> None:
+    s = sender()
+    s.receive_datagram(
+        to_sender(s, wire.MsgType.CHALLENGE, 1, b"n" * 8, holding=True), SECONDARY["pub"], 0.1
+    )
+    s.datagrams_to_send()
+    request = to_sender(s, wire.MsgType.HANDBACK, 2, b"h" * 8)
+    s.receive_datagram(request, SECONDARY["pub"], 0.2)
+    s.receive_datagram(request, SECONDARY["priv"], 0.2)  # its copy over the other network
+    (ev,) = [e for e in events(s) if isinstance(e, Announce)]
+    assert ev.reason == "handback" and ev.handback == b"h" * 8 and ev.listener == "secondary"
+    assert s.datagrams_to_send() == []  # no confirmation before the announcement is out
+    s.handback_announced(0.21, b"h" * 8)
+    out = [(wire.decode(d, KEY), a) for d, a in s.datagrams_to_send()]
+    assert {a for _, a in out} == {SECONDARY["pub"], SECONDARY["priv"]}
+    for msg, _ in out:
+        assert msg.type is wire.MsgType.ANNOUNCED and msg.nonce == b"h" * 8
+        assert msg.echo_boot == b"S" * 8 and msg.echo_seq == 2
+    s.handback_announced(0.22, b"h" * 8)  # once only
+    assert s.datagrams_to_send() == []
+
+
+def test_heartbeatd_refuses_handbacks_it_must_not_act_on() -> None:
+    s = sender()
+    # from a listener that does not hold our addresses
+    s.receive_datagram(to_sender(s, wire.MsgType.CHALLENGE, 1, b"n" * 8), SECONDARY["pub"], 0.1)
+    s.receive_datagram(to_sender(s, wire.MsgType.HANDBACK, 2, b"a" * 8), SECONDARY["pub"], 0.2)
+    # it holds now; a HANDBACK older than its latest challenge (a replay) is refused
+    s.receive_datagram(
+        to_sender(s, wire.MsgType.CHALLENGE, 4, b"m" * 8, holding=True), SECONDARY["pub"], 0.3
+    )
+    s.receive_datagram(to_sender(s, wire.MsgType.HANDBACK, 3, b"b" * 8), SECONDARY["pub"], 0.4)
+    # one echoing another boot of ours
+    msg = wire.Message(
+        type=wire.MsgType.HANDBACK,
+        sender="secondary",
+        boot_id=b"S" * 8,
+        seq=5,
+        interval=1.0,
+        nonce=b"c" * 8,
+        echo_boot=b"o" * 8,
+        echo_seq=s.seq,
+    )
+    s.receive_datagram(wire.encode(msg, KEY), SECONDARY["pub"], 0.5)
+    assert not any(isinstance(e, Announce) and e.reason == "handback" for e in events(s))
+    assert s.counters["rejected.unexpected"] == 1
+    assert s.counters["rejected.replay"] == 1
+    assert s.counters["rejected.stale"] == 1
+
+
+def test_heartbeatd_does_not_confirm_what_it_could_not_announce() -> None:
+    s = sender()
+    s.receive_datagram(
+        to_sender(s, wire.MsgType.CHALLENGE, 1, b"n" * 8, holding=True), SECONDARY["pub"], 0.1
+    )
+    s.receive_datagram(to_sender(s, wire.MsgType.HANDBACK, 2, b"h" * 8), SECONDARY["pub"], 0.2)
+    s.datagrams_to_send()
+    s.handback_announced(0.3, b"h" * 8, ok=False)
+    assert s.datagrams_to_send() == []
+
+
+def test_handback_and_announced_round_trip_on_the_wire() -> None:
+    for kind in (wire.MsgType.HANDBACK, wire.MsgType.ANNOUNCED):
+        msg = wire.Message(
+            type=kind,
+            sender="n",
+            boot_id=b"b" * 8,
+            seq=7,
+            interval=0.5,
+            nonce=b"i" * 8,
+            echo_boot=b"e" * 8,
+            echo_seq=3,
+        )
+        assert wire.decode(wire.encode(msg, KEY), KEY) == msg
+
+
+def test_two_heartbeats_answering_one_challenge_are_one_round_of_the_holddown() -> None:
+    """heartbeatd answers a holder's challenge at once and echoes it again in its next regular
+    beat: one round, not two. Counted twice, five rounds heard of ten made a hold-down steady
+    (and a flapping primary got its addresses back while it still flapped)."""
+    m, hand = holding_monitor(failback=10.0)
+    m.handle_timer(0.0)
+    hand.beat((), 0.05)  # stale: answered at once with a challenge
+    n = hand.nonce()
+    hand.beat((n,), 0.1)  # the hold-down starts: until 10.1
+    hand.beat((n,), 0.7)
+    for k in range(1, 10):
+        m.handle_timer(float(k))
+        n = hand.nonce()
+        if k % 2 == 0:  # every other round answered, twice
+            hand.beat((n,), k + 0.1)
+            hand.beat((n,), k + 0.7)
+    m.handle_timer(10.1)
+    assert m.state is State.HOLDDOWN  # five rounds of ten: not steady, it starts over
+    assert m.counters["holddown-restarts"] == 1
