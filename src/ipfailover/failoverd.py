@@ -18,7 +18,6 @@ import logging
 import os
 import socket
 import sys
-import time
 from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
@@ -49,10 +48,11 @@ from ipfailover.core.monitor import (
 )
 from ipfailover.core.wire import Dropped
 from ipfailover.failover import executor as transition
-from ipfailover.shell import announce, control, linkwatch, netif
+from ipfailover.shell import control, linkwatch, netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks
 from ipfailover.shell import sysctl as hostconf
+from ipfailover.shell.clock import Clock, LoopClock
 
 log = logging.getLogger("ipfailover.failoverd")
 MAIL_STOP_GRACE = 2.0  # seconds a stopping failoverd gives a delivery under way to finish
@@ -78,6 +78,10 @@ async def resolve_pairs(cfg: config.Config) -> list[netif.Assignment]:
 
 
 class Failoverd:
+    """failoverd's shell. What it uses from outside is handed in (:meth:`create` builds the real
+    ones): the event log, the mail outbox, the script folder, the executor, the address backend,
+    the clock, and the lock and accept_local settings it keeps up to date on a reload."""
+
     def __init__(
         self,
         cfg: config.Config,
@@ -86,26 +90,39 @@ class Failoverd:
         assignments: list[netif.Assignment],
         networks: tuple[str, ...],
         holding: bool,
+        *,
+        events: daemon.EventLog,
+        outbox: mail.Outbox,
+        scripts: hooks.ScriptFolder,
+        executor: transition.TransitionExecutor,
+        backend: transition.AddressBackend,
+        clock: Clock | None = None,
+        lock: transition.ManagerLock | None = None,
+        accept_local: hostconf.AcceptLocal | None = None,
     ) -> None:
         self.cfg = cfg
         self.loop = loop
+        self.clock: Clock = clock or LoopClock(loop)
         self.assignments = assignments
         self._ours = frozenset(a.address for a in assignments)  # for the claims of other MACs
         self._by_text = {str(a.address): a for a in assignments}  # Defend names an address
         self._plain = tuple(transition.plain(a) for a in assignments)  # for every mail
         self._claims: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]] = []
-        self.events = daemon.EventLog(log)
+        self.events = events
         self.udp = self._endpoint(cfg, assignments)
         self._bind_networks(networks)
         self._flush_soon = False  # a flush is queued for the end of this batch of datagrams
         self.core = Monitor(
-            _monitor_config(cfg, key, networks), rng=os.urandom, now=loop.time(), holding=holding
+            _monitor_config(cfg, key, networks),
+            rng=os.urandom,
+            now=self.clock.monotonic(),
+            holding=holding,
         )
         self.control = control.ControlServer(cfg.run_dir, "failoverd", self.snapshot)
         self.service = daemon.Service(loop, healthy=lambda: self.timer.served())
         self.counts: Counter[str] = Counter()
-        self.lock: transition.ManagerLock | None = None
-        self.accept_local: hostconf.AcceptLocal | None = None
+        self.lock = lock
+        self.accept_local = accept_local
         self._changing = asyncio.Lock()  # transitions and reloads take turns
         self.timer = daemon.Timer(loop, self._on_timer)
         self.stopped = asyncio.Event()
@@ -114,26 +131,67 @@ class Failoverd:
             maxlen=HISTORY
         )
         self._work: asyncio.Task[None] | None = None
-        settings = mail.MailSettings.from_config(cfg)
-        self.outbox = mail.Outbox(
-            settings, mail.delivery_for(settings), self.events, node=self.node
-        )
-        self.scripts = hooks.ScriptFolder.for_config(cfg)
-        self.executor = transition.Executor(
-            node=self.node,
-            addresses=assignments,
-            scripts=self.scripts,
-            backend=transition.NetlinkBackend(),
-            announcing=transition.Announcing(cfg.garp_count, cfg.garp_interval),
-            notifier=self.outbox,
-            events=self.events,
-        )
+        self.outbox = outbox
+        self.scripts = scripts
+        self.executor = executor
+        self.backend = backend
         self._heard: dict[str, float] = {}  # network -> loop time the primary was last heard
         self.notices = episodes.NetworkNotices(settle=episodes.settle_time(cfg.effective_deadtime))
         self.notices_timer = daemon.Timer(loop, self._on_notices_timer)
         self._tasks: set[asyncio.Task[None]] = set()
         self._watches: list[linkwatch.LinkWatch] = []  # while holding: other MACs claiming ours
         self._blocked_why = ""  # while BLOCKED: why, in words (BLOCKED_WHY)
+
+    @classmethod
+    def create(
+        cls,
+        cfg: config.Config,
+        key: bytes,
+        loop: asyncio.AbstractEventLoop,
+        assignments: list[netif.Assignment],
+        networks: tuple[str, ...],
+        holding: bool,
+        *,
+        executor: transition.TransitionExecutor | None = None,
+        backend: transition.AddressBackend | None = None,
+        clock: Clock | None = None,
+        lock: transition.ManagerLock | None = None,
+        accept_local: hostconf.AcceptLocal | None = None,
+    ) -> Failoverd:
+        """failoverd with the real outbox, scripts, netlink backend and executor (any of the
+        last two may be handed in instead)."""
+        events = daemon.EventLog(log)
+        node = daemon.node_name(cfg)
+        settings = mail.MailSettings.from_config(cfg)
+        outbox = mail.Outbox(settings, mail.delivery_for(settings), events, node=node)
+        scripts = hooks.ScriptFolder.for_config(cfg)
+        backend = backend or transition.NetlinkBackend()
+        if executor is None:
+            executor = transition.Executor(
+                node=node,
+                addresses=assignments,
+                scripts=scripts,
+                backend=backend,
+                announcing=transition.Announcing(cfg.garp_count, cfg.garp_interval),
+                notifier=outbox,
+                events=events,
+            )
+        return cls(
+            cfg,
+            key,
+            loop,
+            assignments,
+            networks,
+            holding,
+            events=events,
+            outbox=outbox,
+            scripts=scripts,
+            executor=executor,
+            backend=backend,
+            clock=clock,
+            lock=lock,
+            accept_local=accept_local,
+        )
 
     @classmethod
     def _endpoint(
@@ -166,7 +224,7 @@ class Failoverd:
 
     def snapshot(self) -> dict[str, Any]:
         """The status this daemon reports (docs/status.md)."""
-        now, wall = self.loop.time(), daemon.WallClock(self.loop)
+        now, wall = self.clock.monotonic(), daemon.WallClock.of(self.clock)
         det, core = self.core.detector, self.core
         peer_interval = core.peer_interval or self.cfg.interval
         takeovers = [r for r in self.history if r.action is transition.Action.ACQUIRE and r.ok]
@@ -271,12 +329,12 @@ class Failoverd:
     # Inputs ------------------------------------------------------------------------------------
 
     def _on_timer(self) -> None:
-        self.core.handle_timer(self.loop.time())
+        self.core.handle_timer(self.clock.monotonic())
         self._flush()
 
     def _on_datagram(self, dg: daemon.Datagram) -> None:
-        self.core.receive_datagram(dg.data, dg.addr, dg.ifname, self.loop.time())
-        daemon.answer_local_boots(self.core, self.cfg.run_dir, self.loop.time())
+        self.core.receive_datagram(dg.data, dg.addr, dg.ifname, self.clock.monotonic())
+        daemon.answer_local_boots(self.core, self.cfg.run_dir, self.clock.monotonic())
         # One flush for the whole batch the socket reader is draining: under a flood of
         # junk, per-datagram flushes (timer re-arms, bookkeeping) would cost more than the
         # datagrams themselves.
@@ -291,7 +349,7 @@ class Failoverd:
     def _on_stop(self) -> None:
         self.service.stopping()
         self.events("stopping", state=self.core.state.value)
-        self.core.shutdown(self.loop.time())
+        self.core.shutdown(self.clock.monotonic())
         self._flush()
 
     def _on_hup(self) -> None:
@@ -337,22 +395,22 @@ class Failoverd:
         added = [a for a in assignments if a not in self.assignments]
         if self.core.holding:
             for a in removed:
-                await _quietly(self.events, netif.delete(a), "reload-delete-error", a)
+                await _quietly(self.events, self.backend.delete(a), "reload-delete-error", a)
             for a in added:
-                if await _quietly(self.events, netif.add(a), "reload-add-error", a):
+                if await _quietly(self.events, self.backend.add(a), "reload-add-error", a):
                     self._spawn(self._announce(a, cfg))
         self.cfg, self.assignments = cfg, assignments
         self._ours = frozenset(a.address for a in assignments)
         self._by_text = {str(a.address): a for a in assignments}
         self._plain = tuple(transition.plain(a) for a in assignments)
-        self.executor.addresses = tuple(assignments)
-        self._spawn(self.executor.prepare())
-        self.executor.announcing = transition.Announcing(cfg.garp_count, cfg.garp_interval)
         self.scripts = hooks.ScriptFolder.for_config(cfg)
-        self.executor.scripts = self.scripts
+        self.executor.reconfigure(
+            assignments, self.scripts, transition.Announcing(cfg.garp_count, cfg.garp_interval)
+        )
+        self._spawn(self.executor.prepare())
         if self.lock is not None:
             self.lock.update(assignments)
-        self.core.reconfigure(_monitor_config(cfg, key, networks), self.loop.time())
+        self.core.reconfigure(_monitor_config(cfg, key, networks), self.clock.monotonic())
         self.notices.settle = episodes.settle_time(self.core.cfg.deadtime)
         self.events(
             "reload-done",
@@ -365,7 +423,7 @@ class Failoverd:
         self._flush()
 
     async def _announce(self, a: netif.Assignment, cfg: config.Config) -> None:
-        await announce.announce(a, cfg.garp_count, cfg.garp_interval)
+        await self.backend.announce(a, cfg.garp_count, cfg.garp_interval)
 
     def _transition_counts(self) -> dict[str, dict[str, int]]:
         """{action: {outcome: count}} since start-up."""
@@ -396,7 +454,7 @@ class Failoverd:
             self.stopped.set()
 
     def _handle(self, ev: object) -> None:
-        now = self.loop.time()
+        now = self.clock.monotonic()
         if isinstance(ev, Acquire | Release):
             self._start_work(ev)
         elif isinstance(ev, StateChanged):
@@ -457,7 +515,7 @@ class Failoverd:
                 self._spawn(self._announce_once(a))
         elif isinstance(ev, auth.NameCollision):
             daemon.log_collision(self.events, ev)
-            notice = mail.collision_notice(ev, self._situation(), time.time())
+            notice = mail.collision_notice(ev, self._situation(), self.clock.time())
             self._spawn(self._notify(notice))
         elif isinstance(ev, Dropped):
             self.events.dropped(ev, now)
@@ -516,19 +574,19 @@ class Failoverd:
                 if failed
                 else AcquireOutcome.DECLINED
             )
-            self.core.acquire_done(self.loop.time(), outcome)
+            self.core.acquire_done(self.clock.monotonic(), outcome)
         else:
-            self.core.release_done(self.loop.time(), ok=ok)
+            self.core.release_done(self.clock.monotonic(), ok=ok)
         self._flush()
 
     # Mail ----------------------------------------------------------------------------------------
 
     def _on_notices_timer(self) -> None:
-        self._network_mail(self.notices.handle_timer(self.loop.time()))
+        self._network_mail(self.notices.handle_timer(self.clock.monotonic()))
 
     def _network_mail(self, summaries: list[episodes.Summary]) -> None:
         """Mail what the episode policy says (one mail per episode, not one per flap)."""
-        wall = daemon.WallClock(self.loop)
+        wall = daemon.WallClock.of(self.clock)
         for summary in summaries:
             if summary.reason != "start":
                 self.events(
@@ -545,7 +603,7 @@ class Failoverd:
                 summary.kind,
                 summary.network,
                 self._situation(),
-                time.time(),
+                self.clock.time(),
                 summary,
                 wall=lambda t: t + wall.offset,
                 settle=self.notices.settle,
@@ -564,7 +622,7 @@ class Failoverd:
 
     def _situation(self) -> mail.Situation:
         """Who, about whom, which addresses, and when each network last heard the primary."""
-        now_loop, now_wall = self.loop.time(), time.time()
+        now_loop, now_wall = self.clock.monotonic(), self.clock.time()
         self._note_heard()
         heard = tuple(
             (name, now_wall - (now_loop - self._heard[name]) if name in self._heard else None)
@@ -597,7 +655,7 @@ class Failoverd:
             ok=ok,
             wait=wait,
         )
-        self.core.probe_done(self.loop.time(), ev.id, answers, ok)
+        self.core.probe_done(self.clock.monotonic(), ev.id, answers, ok)
         self._flush()
 
     def _address_answers(self, ev: AddressAnswers) -> None:
@@ -631,7 +689,7 @@ class Failoverd:
             f"still answers on the link:\n\n{_answering_block(ev.answering)}\n\n"
             f"Nothing was taken over: {why}.\nfailoverd probes again every "
             f"{max(REPROBE_MIN, self.core.cfg.period):g} s and takes over once no address "
-            f"answers.\n\n{mail.situation_text(s, time.time())}\n"
+            f"answers.\n\n{mail.situation_text(s, self.clock.time())}\n"
         )
         return mail.Notice("blocked", "down", ips, subject, body)
 
@@ -652,7 +710,7 @@ class Failoverd:
             f"resolved. {s.node} re-announces the address at most every {DEFEND_INTERVAL:g} s "
             f"while {s.peer} is silent, so that they converge on it.\nFind the machine with that "
             f"MAC (switch tables, `ip neigh`) and stop it answering for {ev.address} (is it "
-            f"{s.peer}, hung but not dead?).\n\n{mail.situation_text(s, time.time())}\n"
+            f"{s.peer}, hung but not dead?).\n\n{mail.situation_text(s, self.clock.time())}\n"
         )
         notice = mail.Notice("conflict", "down", (ev.address,), subject, body)
         self._spawn(self._notify(notice))
@@ -664,7 +722,7 @@ class Failoverd:
             self._spawn(self._announce_once(a))
 
     async def _announce_once(self, a: netif.Assignment) -> None:
-        await announce.announce(a, 1, 0.0)
+        await self.backend.announce(a, 1, 0.0)
 
     def _watch(self, on: bool) -> None:
         """Watch the held addresses' interfaces for other MACs claiming them (or stop)."""
@@ -691,7 +749,7 @@ class Failoverd:
 
     def _claims_done(self) -> None:
         claims, self._claims = self._claims, []
-        now = self.loop.time()
+        now = self.clock.monotonic()
         for address, mac in claims:
             self.core.address_claimed(now, str(address), mac)
         self._flush()
@@ -830,9 +888,16 @@ async def _run(
         if there
     ]
     loop = asyncio.get_running_loop()
-    fd = Failoverd(cfg, key, loop, assignments, networks, holding=bool(present))
-    fd.lock = lock
-    fd.accept_local = accept_local
+    fd = Failoverd.create(
+        cfg,
+        key,
+        loop,
+        assignments,
+        networks,
+        holding=bool(present),
+        lock=lock,
+        accept_local=accept_local,
+    )
     # Everything that can still fail comes before the first address change.
     await daemon.start_control(cfg, fd.control)
     daemon.start_metrics(cfg, "FAILOVER_METRICS", loop, fd.snapshot)
@@ -840,7 +905,7 @@ async def _run(
         # Restarted while holding (even after SIGKILL): adopt, no release-and-reacquire blip.
         for a in assignments:
             if a not in present:
-                await _quietly(fd.events, netif.add(a), "adopt-add-error", a)
+                await _quietly(fd.events, fd.backend.add(a), "adopt-add-error", a)
         fd.events("adopt", addresses=" ".join(str(a) for a in present))
     fd.start()
     fd.service.ready(fd._status_line())

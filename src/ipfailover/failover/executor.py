@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine, Sequence
+from typing import Protocol
 
 from ipfailover import mail
 from ipfailover.failover.backends import (
@@ -71,6 +72,7 @@ __all__ = [  # the record, the mail text and the lock moved out; their old names
     "Notifier",
     "Outcome",
     "Step",
+    "TransitionExecutor",
     "TransitionRecord",
     "manager",
     "overlap",
@@ -94,6 +96,29 @@ _OUTCOME_LEVEL = {
     Outcome.DECLINED: logging.WARNING,
     Outcome.FAILED: logging.ERROR,
 }
+
+
+class TransitionExecutor(Protocol):
+    """What failoverd asks of its executor: :class:`Executor`, or a fake in a test."""
+
+    async def acquire(
+        self, reason: str, situation: mail.Situation, *, gate: bool = True
+    ) -> TransitionRecord: ...
+
+    async def release(
+        self, reason: str, situation: mail.Situation, *, gate: bool
+    ) -> TransitionRecord: ...
+
+    async def prepare(self) -> None: ...
+
+    async def flush_mail(self) -> None: ...
+
+    def reconfigure(
+        self,
+        addresses: Sequence[netif.Assignment],
+        scripts: hooks.HookRunner,
+        announcing: Announcing,
+    ) -> None: ...
 
 
 class Executor:
@@ -143,6 +168,17 @@ class Executor:
         self._addresses = tuple(addresses)
         self._plain = tuple(plain(a) for a in self._addresses)
         self._texts = (" ".join(str(a) for a in self._addresses), " ".join(self._plain))
+
+    def reconfigure(
+        self,
+        addresses: Sequence[netif.Assignment],
+        scripts: hooks.HookRunner,
+        announcing: Announcing,
+    ) -> None:
+        """After a reload: the addresses, scripts and announcements of the new configuration."""
+        self.addresses = tuple(addresses)
+        self.announcing = announcing
+        self.scripts = scripts
 
     async def acquire(
         self, reason: str, situation: mail.Situation, *, gate: bool = True

@@ -9,6 +9,7 @@ import sys
 import time
 
 from ipfailover.core import auth, wire
+from ipfailover.shell.clock import Clock
 
 # Events ---------------------------------------------------------------------------------------
 
@@ -77,6 +78,13 @@ class WallClock:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.offset = time.time() - loop.time()
+
+    @classmethod
+    def of(cls, clock: Clock) -> WallClock:
+        """The same for a shell's clock (``clock.monotonic`` being the loop's time)."""
+        wall = cls.__new__(cls)
+        wall.offset = clock.time() - clock.monotonic()
+        return wall
 
     def __call__(self, t: float | None) -> float | None:
         return None if t is None else t + self.offset
