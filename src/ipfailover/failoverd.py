@@ -23,7 +23,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from ipfailover import __version__, mail
+from ipfailover import mail
 from ipfailover.core import auth, config, episodes
 from ipfailover.core.monitor import (
     DEFEND_INTERVAL,
@@ -48,11 +48,13 @@ from ipfailover.core.monitor import (
 )
 from ipfailover.core.wire import Dropped
 from ipfailover.failover import executor as transition
+from ipfailover.failover.status import failoverd_snapshot
 from ipfailover.shell import control, linkwatch, netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks
 from ipfailover.shell import sysctl as hostconf
 from ipfailover.shell.clock import Clock, LoopClock
+from ipfailover.shell.snapshot import FailoverdSnapshot
 
 log = logging.getLogger("ipfailover.failoverd")
 MAIL_STOP_GRACE = 2.0  # seconds a stopping failoverd gives a delivery under way to finish
@@ -222,76 +224,19 @@ class Failoverd:
 
     # Status ------------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> FailoverdSnapshot:
         """The status this daemon reports (docs/status.md)."""
-        now, wall = self.clock.monotonic(), daemon.WallClock.of(self.clock)
-        det, core = self.core.detector, self.core
-        peer_interval = core.peer_interval or self.cfg.interval
-        takeovers = [r for r in self.history if r.action is transition.Action.ACQUIRE and r.ok]
-        return {
-            "schema": control.SCHEMA,
-            "role": "failoverd",
-            "node": self.node,
-            "pid": os.getpid(),
-            "version": __version__,
-            "config": self.cfg.path,
-            "state": core.state.value,
-            "since": wall(core.since),
-            "holding": core.holding,
-            "peer": {
-                "name": core.peer_name,
-                "ip": None if self.cfg.peer_ip is None else str(self.cfg.peer_ip),
-                "interval": core.peer_interval,
-                "verified": core.ever_verified,
-            },
-            "blocked": (
-                {"why": self._blocked_why, "answering": _answering(core)}
-                if core.state is State.BLOCKED
-                else None
-            ),
-            "probe": {
-                "result": core.probe_result or None,
-                "at": wall(core.probe_at),
-                "answering": _answering(core),
-            },
-            "conflicts": [
-                {
-                    "address": c.address,
-                    "macs": list(c.macs),
-                    "since": wall(c.since),
-                    "last_seen": wall(c.last),
-                    "frames": c.frames,
-                    "defences": c.defences,
-                }
-                for c in core.conflicts(now)
-            ],
-            "deadtime": core.cfg.deadtime,
-            "failback_delay": core.cfg.failback_delay,
-            "holddown_until": wall(core.holddown_until),
-            "networks": [
-                {
-                    "name": name,
-                    "alive": det.alive(name, now),
-                    "anomaly": view.in_anomaly,
-                    "last_heard": wall(view.last_heard),
-                    "heartbeats": view.heartbeats,
-                    "loss_1m": det.loss(name, peer_interval, now),
-                    "episode": _episode_status(self.notices.episode(name, now), wall),
-                }
-                for name, view in sorted(det.networks.items())
-            ],
-            "addresses": [{"address": str(a), "held": core.holding} for a in self.assignments],
-            "transitions": [r.summary() for r in list(self.history)[-10:]],
-            "last_takeover_seconds": takeovers[-1].duration if takeovers else None,
-            "mail": {"pending": self.outbox.pending()},
-            "rejected": daemon.rejected_counts(core.counters),
-            "name_collision": daemon.collision_status(core.collision, wall, now),
-            "counts": {
-                "transitions": self._transition_counts(),
-                "script_runs": self.counts["script-runs"],
-                "script_failures": self.counts["script-failures"],
-            },
-        }
+        return failoverd_snapshot(
+            cfg=self.cfg,
+            core=self.core,
+            notices=self.notices,
+            history=self.history,
+            assignments=self.assignments,
+            blocked_why=self._blocked_why,
+            mail_pending=self.outbox.pending(),
+            counts=self.counts,
+            clock=self.clock,
+        )
 
     def start(self) -> None:
         self.outbox.start()
@@ -424,16 +369,6 @@ class Failoverd:
 
     async def _announce(self, a: netif.Assignment, cfg: config.Config) -> None:
         await self.backend.announce(a, cfg.garp_count, cfg.garp_interval)
-
-    def _transition_counts(self) -> dict[str, dict[str, int]]:
-        """{action: {outcome: count}} since start-up."""
-        out: dict[str, dict[str, int]] = {}
-        for key, n in self.counts.items():
-            kind, _, rest = key.partition(":")
-            if kind == "transition":
-                action, _, outcome = rest.partition(":")
-                out.setdefault(action, {})[outcome] = n
-        return out
 
     def _status_line(self) -> str:
         return f"{self.core.state.value}; watching {self.core.peer_name or self.cfg.peer_ip}"
@@ -764,23 +699,6 @@ class Failoverd:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _episode_status(e: episodes.Summary | None, wall: daemon.WallClock) -> dict[str, Any] | None:
-    """A network's open episode of anomalies (docs/status.md), or None."""
-    if e is None:
-        return None
-    return {
-        "since": wall(e.started),
-        "last_change": wall(e.changed),
-        "losses": e.anomalies,
-        "returns": e.recoveries,
-        "silent_seconds": e.silent_for,
-    }
-
-
-def _answering(core: Monitor) -> list[dict[str, Any]]:
-    return [{"address": a, "macs": list(m)} for a, m in core.answering]
 
 
 def _answering_text(answering: tuple[tuple[str, tuple[str, ...]], ...]) -> str:

@@ -12,6 +12,7 @@ from ipfailover import mail
 from ipfailover.shell import netif
 from ipfailover.shell import scripts as hooks
 from ipfailover.shell.scripts import Phase, ScriptResult
+from ipfailover.shell.snapshot import Transition
 
 
 class Action(enum.StrEnum):
@@ -74,7 +75,7 @@ class TransitionRecord:
         declined = self.outcome is Outcome.DECLINED
         return [s for s in self.scripts if not s.ok and not (declined and s.phase is Phase.TEST)]
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> Transition:
         """A JSON-ready view for the status command (wall-clock start, seconds elsewhere)."""
         return {
             "started": self.started_wall,

@@ -20,6 +20,7 @@ from ipfailover import __version__
 from ipfailover.core import auth, config, wire
 from ipfailover.shell import control
 from ipfailover.shell.eventlog import format_event, setup_logging
+from ipfailover.shell.snapshot import Snapshot
 
 EXIT_CONFIG = 2
 log = logging.getLogger("ipfailover.daemon")
@@ -33,7 +34,7 @@ def start_metrics(
     cfg: config.Config,
     variable: str,
     loop: asyncio.AbstractEventLoop,
-    snapshot: Callable[[], dict[str, Any]],
+    snapshot: Callable[[], Snapshot],
 ) -> None:
     """Serve metrics where ``variable`` (FAILOVER_METRICS or FAILOVER_HEARTBEAT_METRICS) says,
     if it is set; prometheus-client is only needed when it is."""
