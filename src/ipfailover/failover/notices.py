@@ -1,4 +1,5 @@
-"""The mail text of failoverd: one transition's outcome, timeline and scripts."""
+"""The mail text of failoverd: one transition's outcome, timeline and scripts; a takeover held
+back because the address still answers; an address conflict while holding."""
 
 from __future__ import annotations
 
@@ -83,3 +84,52 @@ def transition_notice(rec: TransitionRecord, s: mail.Situation, now: float) -> m
     body += ["", "Scripts:", scripts_text(rec), ""]
     direction = "down" if rec.action is Action.ACQUIRE else "up"
     return mail.Notice(event, direction, _ips(rec), transition_subject(rec, s), "\n".join(body))
+
+
+# --- evidence before a takeover, conflicts while holding (docs/safety.md) -----------------------
+
+Answering = tuple[tuple[str, tuple[str, ...]], ...]  # (address, MACs that answered for it)
+
+
+def answering_text(answering: Answering) -> str:
+    return " ".join(f"{a}={mac}" for a, macs in answering for mac in macs)
+
+
+def answering_block(answering: Answering) -> str:
+    return "\n".join(f"  {a:<24} answers from {' '.join(macs)}" for a, macs in answering)
+
+
+def blocked_notice(
+    answering: Answering, why: str, s: mail.Situation, reprobe: float, now: float
+) -> mail.Notice:
+    """Not taking over: the primary is silent but its address answers; probing again every
+    ``reprobe`` seconds."""
+    ips = tuple(a for a, _ in answering)
+    subject = (
+        f"[ipfailover] {s.node}: NOT taking over {' '.join(ips)} from {s.peer}: "
+        "its address still answers"
+    )
+    body = (
+        f"{s.peer} is silent (no verified heartbeat for the dead time), but its address "
+        f"still answers on the link:\n\n{answering_block(answering)}\n\n"
+        f"Nothing was taken over: {why}.\nfailoverd probes again every "
+        f"{reprobe:g} s and takes over once no address "
+        f"answers.\n\n{mail.situation_text(s, now)}\n"
+    )
+    return mail.Notice("blocked", "down", ips, subject, body)
+
+
+def conflict_notice(
+    address: str, mac: str, s: mail.Situation, defend_interval: float, now: float
+) -> mail.Notice:
+    """Another machine (``mac``) claims an address we hold."""
+    subject = f"[ipfailover] {s.node}: address conflict on {address}: also at {mac}"
+    body = (
+        f"While {s.node} holds {address}, another machine claims it: {mac} answers or "
+        "announces it on the link.\nClients may split between the two until this is "
+        f"resolved. {s.node} re-announces the address at most every {defend_interval:g} s "
+        f"while {s.peer} is silent, so that they converge on it.\nFind the machine with that "
+        f"MAC (switch tables, `ip neigh`) and stop it answering for {address} (is it "
+        f"{s.peer}, hung but not dead?).\n\n{mail.situation_text(s, now)}\n"
+    )
+    return mail.Notice("conflict", "down", (address,), subject, body)
