@@ -1,5 +1,6 @@
 """What the executor drives: the address backend (netlink in production, a fake in tests), the
-announcement settings and the notifier (the mail outbox)."""
+announcement settings and the notifier (the mail outbox); and what failoverd asks of the executor
+(:class:`TransitionExecutor`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ipfailover import mail
+from ipfailover.failover.record import TransitionRecord
 from ipfailover.shell import announce as announcing
 from ipfailover.shell import netbatch, netif
+from ipfailover.shell import scripts as hooks
 
 
 class AddressBackend(Protocol):
@@ -87,3 +90,26 @@ class Announcing:
 
     count: int
     interval: float
+
+
+class TransitionExecutor(Protocol):
+    """What failoverd asks of its executor: :class:`Executor`, or a fake in a test."""
+
+    async def acquire(
+        self, reason: str, situation: mail.Situation, *, gate: bool = True
+    ) -> TransitionRecord: ...
+
+    async def release(
+        self, reason: str, situation: mail.Situation, *, gate: bool
+    ) -> TransitionRecord: ...
+
+    async def prepare(self) -> None: ...
+
+    async def flush_mail(self) -> None: ...
+
+    def reconfigure(
+        self,
+        addresses: Sequence[netif.Assignment],
+        scripts: hooks.HookRunner,
+        announcing: Announcing,
+    ) -> None: ...

@@ -25,7 +25,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine, Sequence
-from typing import Protocol
 
 from ipfailover import mail
 from ipfailover.failover.backends import (
@@ -34,6 +33,7 @@ from ipfailover.failover.backends import (
     BatchBackend,
     NetlinkBackend,
     Notifier,
+    TransitionExecutor,
 )
 from ipfailover.failover.lock import LOCK_NAME, LockHeld, ManagerLock, manager, overlap
 from ipfailover.failover.notices import (
@@ -96,29 +96,6 @@ _OUTCOME_LEVEL = {
     Outcome.DECLINED: logging.WARNING,
     Outcome.FAILED: logging.ERROR,
 }
-
-
-class TransitionExecutor(Protocol):
-    """What failoverd asks of its executor: :class:`Executor`, or a fake in a test."""
-
-    async def acquire(
-        self, reason: str, situation: mail.Situation, *, gate: bool = True
-    ) -> TransitionRecord: ...
-
-    async def release(
-        self, reason: str, situation: mail.Situation, *, gate: bool
-    ) -> TransitionRecord: ...
-
-    async def prepare(self) -> None: ...
-
-    async def flush_mail(self) -> None: ...
-
-    def reconfigure(
-        self,
-        addresses: Sequence[netif.Assignment],
-        scripts: hooks.HookRunner,
-        announcing: Announcing,
-    ) -> None: ...
 
 
 class Executor:
