@@ -1,0 +1,67 @@
+"""The detector at its edges: exact boundaries of the loss window, interval changes that fall on
+them, a detector started later than time 0, and what forget() leaves behind.
+
+Each test here kills mutants that the scenario tests let live (docs/development.md, "Mutation
+testing"): it pins a boundary or a value the scenarios only cross in the middle.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ipfailover.core.detector import LOSS_WINDOW, Change, Detector
+
+
+def beats(d: Detector, times: list[float], interval: float, network: str = "eth0") -> None:
+    for t in times:
+        d.heard(network, t, t, interval)
+
+
+def test_loss_counts_from_start_up_when_the_detector_started_late() -> None:
+    """Started at 1000 s, after 10 s the span is those 10 s, not the whole minute."""
+    d = Detector(["eth0"], deadtime=3.0, now=1000.0)
+    beats(d, [1000.0 + i for i in range(1, 6)], 1.0)  # 5 of the 10 expected
+    assert d.loss("eth0", 1.0, 1010.0) == pytest.approx(0.5)
+
+
+def test_loss_is_known_once_exactly_one_interval_has_passed() -> None:
+    d = Detector(["eth0"], deadtime=3.0, now=0.0)
+    assert d.loss("eth0", 1.0, 0.999) is None
+    assert d.loss("eth0", 1.0, 1.0) == pytest.approx(1.0)  # nothing heard in that interval
+
+
+def test_a_heartbeat_exactly_a_minute_old_has_left_the_window() -> None:
+    d = Detector(["eth0"], deadtime=3.0, now=0.0)
+    beats(d, [0.0, *[float(t) for t in range(2, 61)]], 1.0)  # 1.0 missing
+    # the window is (0, 60]: the beat at 0.0 no longer counts, so one of 60 is missing
+    assert d.loss("eth0", 1.0, LOSS_WINDOW) == pytest.approx(1 / 60)
+
+
+def test_an_interval_announced_at_the_start_of_the_window_counts_for_all_of_it() -> None:
+    d = Detector(["eth0"], deadtime=3.0, now=0.0)
+    d.heard("eth0", 0.0, 0.0, 0.5)  # announces 0.5 s exactly at the window's start
+    beats(d, [float(t) for t in range(1, 61)], 0.5)  # but beats every second
+    # 120 promised (60 s at 0.5 s), 60 came; the caller's default of 1 s is not used
+    assert d.loss("eth0", 1.0, LOSS_WINDOW) == pytest.approx(0.5)
+
+
+def test_a_short_stretch_at_a_new_interval_counts_its_share_only() -> None:
+    d = Detector(["eth0"], deadtime=3.0, now=0.0)
+    beats(d, [float(t) for t in range(1, 60)], 1.0)  # 1..59 at 1 s: 59 of 59.5
+    d.heard("eth0", 59.5, 59.5, 0.25)  # the interval changes half a second before the end
+    # promised: 59.5 at 1 s, then 0.5 s at 0.25 s = 2; received 60
+    assert d.loss("eth0", 1.0, 60.0) == pytest.approx(1 - 60 / 61.5)
+
+
+def test_forget_clears_anomalies_so_no_recovery_is_reported_for_them() -> None:
+    d = Detector(["a", "b"], deadtime=3.0, now=0.0)
+    for t in (4.0, 5.0, 6.0, 7.0, 8.0):
+        d.heard("a", t, t)
+    d.heard("b", 4.0, 4.0)
+    assert d.changes(8.0) == [(Change.ANOMALY, "b")]
+    d.forget()  # the primary said it is leaving
+    assert [v.in_anomaly for v in d.networks.values()] == [False, False]  # status shows these
+    assert [v.last_heard for v in d.networks.values()] == [None, None]
+    d.heard("a", 9.0, 9.0)
+    d.heard("b", 9.0, 9.0)
+    assert d.changes(9.0) == []  # "b" was not in anomaly any more: nothing to recover from

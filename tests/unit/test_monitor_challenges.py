@@ -1,0 +1,234 @@
+"""Whom the monitor challenges, when, and what it remembers: the exact schedule of challenges to
+a boot that never answers (the back-off), the limits on out-of-turn challenges, the copies of the
+verified primary's round challenge, and the bounds of every table remote input can grow.
+
+The injection and fuzz tests check these properties over long random runs; these pin the exact
+numbers in seconds, so the mutation run (docs/development.md) can afford them for every mutant.
+"""
+
+from __future__ import annotations
+
+import random
+
+from sim import KEY
+
+from ipfailover.core import wire
+from ipfailover.core.monitor import CHALLENGE_COPIES, Monitor, MonitorConfig, State
+
+
+def monitor(period: float = 1.0) -> Monitor:
+    cfg = MonitorConfig(
+        node="s",
+        key=KEY,
+        period=period,
+        deadtime=3 * period,
+        failback_delay=3 * period,
+        networks=("pub",),
+    )
+    return Monitor(cfg, rng=random.Random(0).randbytes, now=0.0)
+
+
+def addr(i: int) -> wire.Addr:
+    return (f"203.0.113.{100 + i}", 40000)
+
+
+def beat(
+    m: Monitor,
+    boot: bytes,
+    at: float,
+    source: wire.Addr,
+    seq: int = 1,
+    echoes: tuple[bytes, ...] = (),
+) -> None:
+    msg = wire.Message(
+        type=wire.MsgType.HEARTBEAT,
+        sender="primary",
+        boot_id=boot,
+        seq=seq,
+        interval=m.cfg.period,
+        echoes=echoes,
+    )
+    m.receive_datagram(wire.encode(msg, KEY), source, "pub", at)
+
+
+def challenged(m: Monitor) -> list[tuple[bytes, wire.Addr]]:
+    """(boot challenged, to where) of each challenge sent since the last call."""
+    out = []
+    for data, dest in m.datagrams_to_send():
+        msg = wire.decode(data, KEY)
+        if msg.type is wire.MsgType.CHALLENGE:
+            out.append((msg.echo_boot, dest))
+    return out
+
+
+def boot(i: int) -> bytes:
+    return i.to_bytes(8, "big")
+
+
+def test_a_boot_that_never_answers_is_challenged_ever_less_often() -> None:
+    """Every period at first, then after 2, 4 and at most 8 periods (BACKOFF_MAX)."""
+    p = 2.0
+    m = monitor(period=p)
+    m.handle_timer(0.0)
+    beat(m, b"u" * 8, 0.2, addr(0))  # an unverified boot: challenged at once
+    times = [0.2] if challenged(m) else []
+    for k in range(1, 31):
+        m.handle_timer(k * p)
+        times += [k * p for _ in challenged(m)]
+    # strikes: whole periods unanswered, less the first two; the wait doubles with each
+    assert times == [0.2, 2 * p, 10 * p, 18 * p, 26 * p]
+
+
+def test_a_boot_that_answers_is_challenged_every_period() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    beat(m, b"p" * 8, 0.1, addr(0))
+    ((_, _),) = challenged(m)
+    m.handle_timer(1.0)
+    assert challenged(m) == []  # not due yet: a period after the challenge at 0.1
+    m.handle_timer(2.0)
+    assert challenged(m) == [(b"p" * 8, addr(0))]
+    m.handle_timer(3.0)
+    assert challenged(m) == []  # unanswered two periods: the wait doubles
+
+
+def test_out_of_turn_challenges_are_limited_per_address_and_period() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    m.handle_timer(5.0)
+    for i in range(6):  # six new boots from one address within a period
+        beat(m, boot(i), 5.0, addr(0))
+    assert [b for b, _ in challenged(m)] == [boot(i) for i in range(4)]  # PER_SOURCE
+    assert m.counters["challenges-withheld"] == 2
+    beat(m, boot(6), 5.5, addr(1))  # another address has a budget of its own
+    assert challenged(m) == [(boot(6), addr(1))]
+    beat(m, boot(7), 6.0, addr(0))  # a whole period later: the first address's budget is back
+    assert challenged(m) == [(boot(7), addr(0))]
+    m.handle_timer(6.0)
+    # the round: the two withheld boots (never challenged) come first
+    assert [b for b, _ in challenged(m)][:2] == [boot(4), boot(5)]
+
+
+def test_the_verified_primary_that_lost_our_nonce_is_challenged_at_most_once_a_period() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    p = b"p" * 8
+    beat(m, p, 0.1, addr(0), seq=1)
+    (challenge,) = [wire.decode(d, KEY) for d, _ in m.datagrams_to_send()]
+    beat(m, p, 0.2, addr(0), seq=2, echoes=(challenge.nonce,))
+    assert m.ever_verified and m.peer_boot == p
+    m.handle_timer(5.0)  # (the rounds' own challenges are not counted below)
+    challenged(m)
+    times = []
+    for seq, t in enumerate((7.0, 7.5, 8.0), start=3):  # stale beats: our nonce was lost
+        beat(m, p, t, addr(0), seq=seq)
+        times += [t for _ in challenged(m)]
+    # at 7.0 and 8.0 (a period apart), each with the verified primary's copies; not at 7.5
+    assert times == [7.0] * CHALLENGE_COPIES + [8.0] * CHALLENGE_COPIES
+
+
+def test_a_stale_heartbeat_before_the_first_round_is_still_challenged() -> None:
+    m = monitor()
+    beat(m, b"u" * 8, 0.1, addr(0))  # no timer yet: no nonce was issued
+    assert challenged(m) == [(b"u" * 8, addr(0))]
+
+
+def test_only_the_verified_primarys_round_challenge_is_copied() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    p, u = b"p" * 8, b"u" * 8
+    beat(m, p, 0.1, addr(0), seq=1)
+    (challenge,) = [wire.decode(d, KEY) for d, _ in m.datagrams_to_send()]
+    beat(m, p, 0.2, addr(0), seq=2, echoes=(challenge.nonce,))
+    beat(m, u, 0.3, addr(1))  # an unverified boot from elsewhere
+    challenged(m)
+    m.handle_timer(2.0)
+    got = challenged(m)
+    assert got.count((p, addr(0))) == CHALLENGE_COPIES
+    assert got.count((u, addr(1))) == 1
+
+
+def test_every_table_remote_input_grows_is_bounded_exactly() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    for i in range(300):  # 300 boots from 20 addresses, none verified
+        beat(m, boot(i), 0.1 + i / 1000, addr(i % 20))
+    assert m.footprint() == {
+        "sources": 16,  # MAX_SOURCES on the one network
+        "windows": 8,  # MAX_BOOTS anti-replay windows
+        "boots": 256,  # MAX_BOOT_STATES challenge schedules
+        "retired": 0,
+        "nonces": 1,
+        "held": 0,
+        "events": 300,  # each dropped as stale, until the shell drains them
+    }
+
+
+def test_the_verified_primary_survives_a_flood_of_other_boots() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    p = b"p" * 8
+    beat(m, p, 0.1, addr(0), seq=1)
+    (challenge,) = [wire.decode(d, KEY) for d, _ in m.datagrams_to_send()]
+    beat(m, p, 0.2, addr(0), seq=2, echoes=(challenge.nonce,))
+    for i in range(300):
+        beat(m, boot(i), 0.3 + i / 1000, addr(0))  # replays of old boots, from its address
+    size = m.footprint()
+    assert (size["sources"], size["windows"], size["boots"]) == (16, 9, 256)  # 8 + its own
+    m.datagrams_to_send()
+    m.handle_timer(1.0)
+    to_p = [
+        msg for msg in (wire.decode(d, KEY) for d, _ in m.datagrams_to_send()) if msg.echo_boot == p
+    ]
+    assert len(to_p) == CHALLENGE_COPIES  # still challenged every round, by name and seq
+    beat(m, p, 1.1, addr(0), seq=3, echoes=(to_p[0].nonce,))
+    assert m.detector.last_evidence() == 1.1 and m.state is State.STANDBY
+
+
+def test_a_boot_that_left_challenges_unanswered_longest_is_forgotten_first() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    k = b"k" * 8
+    beat(m, k, 0.1, addr(0))  # challenged at 0.1, never answers
+    for t in range(1, 11):
+        m.handle_timer(float(t))
+    challenged(m)
+    for i in range(15):  # fifteen more boots, each from its own address: sixteen sources
+        beat(m, boot(i), 10.0, addr(1 + i))
+    beat(m, boot(15), 10.5, addr(16))  # the seventeenth: one must go
+    challenged(m)
+    seen: set[bytes] = set()
+    for t in range(11, 30):
+        m.handle_timer(float(t))
+        seen |= {b for b, _ in challenged(m)}
+    assert k not in seen  # the one with most strikes went
+    assert {boot(i) for i in range(16)} <= seen
+
+
+def test_among_equals_the_boot_heard_least_recently_is_forgotten_first() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    for i in range(16):
+        beat(m, boot(i), 1.0 + i / 100, addr(i))  # all challenged at once, no strikes yet
+    beat(m, boot(0), 1.5, addr(0), seq=2)  # the first is heard again
+    beat(m, boot(16), 1.6, addr(16))  # one must go: the least recently heard, boot 1
+    challenged(m)
+    seen: set[bytes] = set()
+    for t in range(2, 12):
+        m.handle_timer(float(t))
+        seen |= {b for b, _ in challenged(m)}
+    assert boot(1) not in seen
+    assert {boot(0), *(boot(i) for i in range(2, 17))} <= seen
+
+
+def test_a_boot_never_challenged_is_kept_before_one_already_tried() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    for i in range(5):  # from one address: the fifth is withheld (PER_SOURCE), never tried
+        beat(m, boot(i), 1.0, addr(0))
+    for i in range(5, 16):
+        beat(m, boot(i), 1.1, addr(i))
+    beat(m, boot(16), 1.2, addr(16))  # one must go: a tried one, though boot 4 is as old
+    challenged(m)
+    m.handle_timer(1.5)
+    assert (boot(4), addr(0)) in challenged(m)  # the withheld boot is still there
