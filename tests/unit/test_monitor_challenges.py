@@ -232,3 +232,79 @@ def test_a_boot_never_challenged_is_kept_before_one_already_tried() -> None:
     challenged(m)
     m.handle_timer(1.5)
     assert (boot(4), addr(0)) in challenged(m)  # the withheld boot is still there
+
+
+def verify(m: Monitor, b: bytes, at: float, source: wire.Addr, seq: int) -> bytes:
+    """Boot ``b`` answers a challenge at ``at``, after a round: a stale beat, then one echoing
+    the challenge. Returns the challenge's nonce."""
+    m.handle_timer(at)
+    m.datagrams_to_send()
+    beat(m, b, at, source, seq=seq)
+    (challenge,) = [wire.decode(d, KEY) for d, _ in m.datagrams_to_send()]
+    beat(m, b, at + 0.01, source, seq=seq + 1, echoes=(challenge.nonce,))
+    assert m.peer_boot == b
+    return challenge.nonce
+
+
+def test_a_restarted_primarys_earlier_boots_are_refused_and_remembered_up_to_16() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    boots = [boot(1000 + i) for i in range(20)]
+    for i, b in enumerate(boots):  # the primary restarts twenty times, a second apart
+        verify(m, b, 1.0 + i, addr(0), seq=1)
+    assert m.footprint()["retired"] == 16  # MAX_RETIRED: the oldest three went
+    before = m.counters["rejected.replay"]
+    beat(m, boots[-2], 21.5, addr(0), seq=9)  # the boot before this one: history
+    assert m.counters["rejected.replay"] == before + 1
+    beat(m, boots[0], 21.6, addr(0), seq=9)  # forgotten: judged like any unknown boot
+    assert m.counters["rejected.replay"] == before + 1
+
+
+def test_a_leaving_boot_is_remembered_with_the_retired_ones() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    verify(m, boot(1), 0.5, addr(0), seq=1)
+    nonce = verify(m, boot(2), 1.0, addr(0), seq=1)
+    leaving = wire.Message(
+        type=wire.MsgType.LEAVING,
+        sender="primary",
+        boot_id=boot(2),
+        seq=3,
+        interval=1.0,
+        echoes=(nonce,),
+    )
+    m.receive_datagram(wire.encode(leaving, KEY), addr(0), "pub", 1.5)
+    assert m.footprint()["retired"] == 2  # boot 1 retired, boot 2 left
+
+
+def test_a_datagram_seen_before_is_a_replay_for_verified_and_unverified_boots() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    verify(m, b"p" * 8, 0.1, addr(0), seq=1)
+    beat(m, b"p" * 8, 0.2, addr(0), seq=2)  # the verified boot's seq 2 again
+    beat(m, b"u" * 8, 0.3, addr(1), seq=1)
+    beat(m, b"u" * 8, 0.4, addr(1), seq=1)  # an unverified boot's, twice
+    assert m.counters["rejected.replay"] == 2
+
+
+def test_the_oldest_anti_replay_window_of_an_unverified_boot_goes_first() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    for i in range(9):  # nine boots: eight windows are kept
+        beat(m, boot(i), 1.0 + i / 10, addr(i))
+    beat(m, boot(8), 2.0, addr(8))  # the newest is remembered: a replay
+    assert m.counters["rejected.replay"] == 1
+    beat(m, boot(0), 2.1, addr(0))  # the oldest was forgotten: stale, not a replay
+    assert m.counters["rejected.replay"] == 1
+
+
+def test_a_heartbeat_proves_life_only_while_its_evidence_is_within_the_dead_time() -> None:
+    for arrival, counted in ((3.99, True), (4.0, False)):
+        m = monitor()
+        beat(m, b"p" * 8, 0.0, addr(0), seq=1)  # no round yet: the challenge's nonce is new
+        (challenge,) = [wire.decode(d, KEY) for d, _ in m.datagrams_to_send()]
+        # the shell's timer is late: no round since, so that nonce is still ours; it proves
+        # life at 0.0 + a period at best, which the dead time outlives until 4.0 exactly
+        beat(m, b"p" * 8, arrival, addr(0), seq=2, echoes=(challenge.nonce,))
+        assert m.ever_verified is counted, arrival
+        assert m.counters["rejected.stale"] == (1 if counted else 2), arrival  # 1: the first
