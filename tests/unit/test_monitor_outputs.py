@@ -479,3 +479,68 @@ def test_datagrams_held_for_the_boot_ids_are_judged_where_they_came_from() -> No
     assert [(d.reason, d.addr, d.network, d.at) for d in dropped] == [
         (wire.Reason.STALE, ADDR, "pub", 0.6)
     ]
+
+
+# The hold-down's count of rounds ------------------------------------------------------------------
+
+
+def holddown_run(beats: list[float]) -> Monitor:
+    """Holding since 0 (adopted at start-up); the primary comes back with a beat arriving at
+    10.9 that echoes the challenge of 9.0 (it proves life at 10.0), then beats at ``beats``,
+    each echoing the newest round's challenge. Timers every second until 21."""
+    cfg = monitor(failback_delay=10.0).cfg
+    m2 = Monitor(cfg, rng=random.Random(0).randbytes, now=0.0, holding=True)
+    peer = Peer(m2)
+    m2.handle_timer(9.0)
+    peer.beat(9.0)
+    (old,) = [c.nonce for c in sent(m2)]
+    m2.handle_timer(10.0)
+    peer.beat(10.9, (old,))
+    assert m2.state is State.HOLDDOWN and m2.holddown_until == pytest.approx(20.9)
+    nonce = [c.nonce for c in sent(m2)][-1]
+    t = 11.0
+    for at in [*beats, 21.0]:
+        while t <= at:
+            m2.handle_timer(t)
+            nonces = [c.nonce for c in sent(m2)]
+            nonce = nonces[-1] if nonces else nonce
+            t += 1.0
+        if at < 21.0:
+            peer.beat(at, (nonce,))
+    m2.handle_timer(20.9)
+    return m2
+
+
+def test_a_holddown_heard_in_exactly_seven_rounds_of_ten_hands_back() -> None:
+    """The first round counts from the evidence of the beat that started the hold-down (10.0),
+    not its arrival (10.9): the beat of 11.2 is a new round. Seven of ten rounds heard is
+    exactly STEADY_SHARE: steady."""
+    m = holddown_run([11.2, 12.7, 14.2, 15.7, 17.2, 18.7])
+    assert m.state is State.RELEASING
+    assert m.counters["holddown-restarts"] == 0
+
+
+def test_a_holddown_heard_in_six_rounds_of_ten_starts_over() -> None:
+    m = holddown_run([12.7, 14.2, 15.7, 17.2, 18.7])
+    assert m.state is State.HOLDDOWN and m.counters["holddown-restarts"] == 1
+
+
+def test_life_proven_at_the_instant_of_adoption_does_not_start_a_holddown() -> None:
+    m = Monitor(monitor().cfg, rng=random.Random(0).randbytes, now=0.0, holding=True)
+    peer = Peer(m)
+    peer.beat(0.0)
+    (challenge,) = [c.nonce for c in sent(m)]
+    peer.beat(0.0, (challenge,))  # proves life at 0.0: not after we adopted the addresses
+    assert m.state is State.ACTIVE and m.ever_verified
+
+
+def test_an_undecodable_datagram_is_reported_with_where_and_when_it_came() -> None:
+    m = monitor()
+    m.receive_datagram(b"not a heartbeat", ADDR, "pub", 0.5)
+    m.receive_datagram(b"not a heartbeat", ADDR, "pub", 0.6)
+    dropped = [e for e in events(m) if isinstance(e, wire.Dropped)]
+    assert [(d.reason, d.addr, d.network, d.at) for d in dropped] == [
+        (wire.Reason.MALFORMED, ADDR, "pub", 0.5),
+        (wire.Reason.MALFORMED, ADDR, "pub", 0.6),
+    ]
+    assert m.counters["rejected.malformed"] == 2
