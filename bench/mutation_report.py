@@ -1,6 +1,6 @@
 """The mutation score of the decision code, after `scripts/mutation` ran mutmut.
 
-Usage: .venv/bin/python bench/mutation_report.py [--seconds N]
+Usage: .venv/bin/python bench/mutation_report.py [--seconds N] [--previous DIR] [--names]
 
 Reads mutmut's results in mutants/ and prints, for src/ipfailover/core/monitor.py and
 detector.py, how many mutants the tests killed, and each surviving mutant (file, line, the
@@ -10,6 +10,11 @@ not explained (a test is missing, or the table is out of date), else 0.
 
 The table is matched on the function and the mutated line's text, not on mutmut's mutant
 numbers, so an edit elsewhere in a function does not unexplain its equivalent mutants.
+
+``--previous DIR``: the results in DIR (a copy of mutants/src from an earlier full run) count for
+every mutant this run did not check; `scripts/mutation --again` re-runs only the survivors, and a
+mutant once killed stays killed as long as the code and the tests that killed it are unchanged.
+``--names``: print the names of the surviving mutants only (for `mutmut run NAME...`).
 """
 
 from __future__ import annotations
@@ -93,6 +98,8 @@ def explained() -> set[tuple[str, str]]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, help="how long the run took (printed)")
+    parser.add_argument("--previous", type=Path, help="results of an earlier full run")
+    parser.add_argument("--names", action="store_true", help="print the survivors' names only")
     args = parser.parse_args(argv)
     counts: dict[str, int] = {}
     survivors: list[Survivor] = []
@@ -105,6 +112,12 @@ def main(argv: list[str]) -> int:
             return 2
         where = spans(path)
         results = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
+        if args.previous is not None:
+            earlier = args.previous / Path(path).relative_to("src")
+            before = json.loads(Path(f"{earlier}.meta").read_text(encoding="utf-8"))
+            for name, code in before["exit_code_by_key"].items():
+                if results.get(name) is None and name in results:
+                    results[name] = code
         for name, code in sorted(results.items()):
             status = status_by_exit_code[code]
             counts[status] = counts.get(status, 0) + 1
@@ -113,6 +126,9 @@ def main(argv: list[str]) -> int:
                 function = function_of(name)
                 line = line_of(path, function, original, where)
                 survivors.append(Survivor(name, path, line, function, original, mutated, status))
+    if args.names:
+        print("\n".join(s.name for s in survivors))
+        return 0
     total = sum(n for status, n in counts.items() if status != "skipped")
     detected = sum(counts.get(status, 0) for status in DETECTED)
     known = explained()

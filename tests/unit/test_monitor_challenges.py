@@ -39,6 +39,7 @@ def beat(
     source: wire.Addr,
     seq: int = 1,
     echoes: tuple[bytes, ...] = (),
+    network: str = "pub",
 ) -> None:
     msg = wire.Message(
         type=wire.MsgType.HEARTBEAT,
@@ -48,7 +49,7 @@ def beat(
         interval=m.cfg.period,
         echoes=echoes,
     )
-    m.receive_datagram(wire.encode(msg, KEY), source, "pub", at)
+    m.receive_datagram(wire.encode(msg, KEY), source, network, at)
 
 
 def challenged(m: Monitor) -> list[tuple[bytes, wire.Addr]]:
@@ -195,6 +196,7 @@ def test_a_boot_that_left_challenges_unanswered_longest_is_forgotten_first() -> 
     challenged(m)
     for i in range(15):  # fifteen more boots, each from its own address: sixteen sources
         beat(m, boot(i), 10.0, addr(1 + i))
+    beat(m, k, 10.45, addr(0), seq=2)  # still sending, never answering: heard last of all
     beat(m, boot(15), 10.5, addr(16))  # the seventeenth: one must go
     challenged(m)
     seen: set[bytes] = set()
@@ -224,14 +226,50 @@ def test_among_equals_the_boot_heard_least_recently_is_forgotten_first() -> None
 def test_a_boot_never_challenged_is_kept_before_one_already_tried() -> None:
     m = monitor()
     m.handle_timer(0.0)
-    for i in range(5):  # from one address: the fifth is withheld (PER_SOURCE), never tried
+    for i in range(4):
         beat(m, boot(i), 1.0, addr(0))
+    beat(m, boot(4), 1.04, addr(0))  # the fifth from one address is withheld: never tried
+    for i in range(4):
+        beat(m, boot(i), 1.1, addr(0), seq=2)  # heard again
     for i in range(5, 16):
         beat(m, boot(i), 1.1, addr(i))
-    beat(m, boot(16), 1.2, addr(16))  # one must go: a tried one, though boot 4 is as old
+    beat(m, boot(16), 1.2, addr(16))  # one must go: a tried one, though boot 4 is the oldest
     challenged(m)
     m.handle_timer(1.5)
     assert (boot(4), addr(0)) in challenged(m)  # the withheld boot is still there
+
+
+def test_a_source_whose_boot_schedule_was_forgotten_is_not_held_against_it() -> None:
+    """A source outlives its boot's schedule (the schedules are a global table, the sources one
+    per network): it then counts as a boot without strikes, never tried."""
+    m = monitor()
+    beat(m, b"s" * 8, 0.1, addr(0), network="priv")  # the only source on priv
+    for i in range(256):  # 256 boots on pub push its schedule out (the least recently heard)
+        beat(m, boot(i), 0.2 + i / 1000, addr(i % 20))
+    assert m.footprint()["boots"] == 256
+    news = [boot(1000 + i) for i in range(16)]
+    for i, b in enumerate(news):  # sixteen new boots on priv, challenged at once
+        beat(m, b, 3.0, addr(100 + i), network="priv")
+    # the seventeenth source on priv: the old one (no strikes, never tried) stays; the first
+    # of the new ones, tried and heard least recently, goes
+    challenged(m)
+    m.handle_timer(4.0)
+    got = {b for b, _ in challenged(m)}
+    assert news[0] not in got and set(news[1:15]) <= got
+
+
+def test_the_verified_primary_heard_from_another_address_does_not_upset_an_eviction() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    p = b"p" * 8
+    beat(m, p, 0.1, addr(0), seq=1)
+    (challenge,) = [wire.decode(d, KEY) for d, _ in m.datagrams_to_send()]
+    beat(m, p, 0.2, addr(0), seq=2, echoes=(challenge.nonce,))
+    beat(m, p, 0.3, addr(1), seq=3)  # its boot, from elsewhere (a replay): not the pinned one
+    beat(m, p, 0.4, addr(0), seq=4)  # our nonce lost: challenged again at once
+    for i in range(15):
+        beat(m, boot(i), 0.5, addr(2 + i))  # the seventeenth source forces an eviction
+    assert m.footprint()["sources"] == 16 and m.peer_boot == p
 
 
 def verify(m: Monitor, b: bytes, at: float, source: wire.Addr, seq: int) -> bytes:
