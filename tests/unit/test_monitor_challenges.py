@@ -266,9 +266,9 @@ def test_the_verified_primary_heard_from_another_address_does_not_upset_an_evict
     (challenge,) = [wire.decode(d, KEY) for d, _ in m.datagrams_to_send()]
     beat(m, p, 0.2, addr(0), seq=2, echoes=(challenge.nonce,))
     beat(m, p, 0.3, addr(1), seq=3)  # its boot, from elsewhere (a replay): not the pinned one
-    beat(m, p, 0.4, addr(0), seq=4)  # our nonce lost: challenged again at once
+    beat(m, p, 1.2, addr(0), seq=4)  # our nonce lost: challenged again at once
     for i in range(15):
-        beat(m, boot(i), 0.5, addr(2 + i))  # the seventeenth source forces an eviction
+        beat(m, boot(i), 1.3, addr(2 + i))  # the seventeenth source forces an eviction
     assert m.footprint()["sources"] == 16 and m.peer_boot == p
 
 

@@ -175,8 +175,8 @@ def test_a_clone_with_our_name_is_reported_once_and_counted_each_time() -> None:
 
 def test_a_peer_interval_of_half_the_dead_time_is_warned_about_once_per_boot() -> None:
     m = monitor(deadtime=3.0)
-    verify(m, b"p" * 8, 0.1, interval=1.5)  # 2 x 1.5 = the dead time: warned
-    send(m, b"p" * 8, 3, 0.2, interval=1.5)  # the same boot again: no second warning
+    nonce = verify(m, b"p" * 8, 0.1, interval=1.5)  # 2 x 1.5 = the dead time: warned
+    send(m, b"p" * 8, 3, 0.2, (nonce,), interval=1.5)  # the same boot again: not again
     warnings = [e for e in events(m) if isinstance(e, PeerWarning)]
     assert warnings == [
         PeerWarning(

@@ -21,6 +21,7 @@ from ipfailover.core.monitor import (
     LocalProtocolError,
     Monitor,
     MonitorConfig,
+    NetworkEvent,
     Probe,
     Release,
     State,
@@ -184,6 +185,18 @@ def test_transitions_are_counted_and_stamped() -> None:
         StateChanged(old=State.ACTIVE, new=State.STOPPING, trigger=Trigger.SHUTDOWN, at=4.0),
         Release(reason=Trigger.SHUTDOWN, at=4.0),
     ]
+
+
+def test_each_transition_is_counted_every_time() -> None:
+    sim = Sim()
+    for dies, returns in ((5, 15), (30, 40)):
+        sim.run_until(dies)
+        sim.kill_primary()
+        sim.run_until(returns)
+        sim.revive_primary()
+    sim.run_until(50)
+    assert sim.monitor is not None
+    assert [sim.monitor.counters[f"transitions.{t}"] for t in ("peer-silent", "released")] == [2, 2]
 
 
 def test_an_illegal_transition_names_the_state_and_the_trigger() -> None:
@@ -526,12 +539,28 @@ def test_a_holddown_heard_in_six_rounds_of_ten_starts_over() -> None:
 
 
 def test_life_proven_at_the_instant_of_adoption_does_not_start_a_holddown() -> None:
-    m = Monitor(monitor().cfg, rng=random.Random(0).randbytes, now=0.0, holding=True)
+    m = Monitor(monitor().cfg, rng=random.Random(0).randbytes, now=5.0, holding=True)
     peer = Peer(m)
-    peer.beat(0.0)
+    peer.beat(5.0)
     (challenge,) = [c.nonce for c in sent(m)]
-    peer.beat(0.0, (challenge,))  # proves life at 0.0: not after we adopted the addresses
+    peer.beat(5.0, (challenge,))  # proves life at 5.0: not after we adopted the addresses
     assert m.state is State.ACTIVE and m.ever_verified
+    # nor is the network reported verified: that evidence would not bring the primary back
+    assert [e for e in events(m) if isinstance(e, NetworkEvent)] == []
+
+
+def test_each_network_is_reported_verified_once_per_return_of_the_primary() -> None:
+    sim = Sim(failback=3.0)
+    sim.run_until(5)
+    sim.kill_primary()
+    sim.run_until(15)
+    sim.revive_primary()
+    sim.run_until(40)  # handed back at about 22; heard on, steadily, since
+    assert len(sim.rec.releases) == 1
+    verified = [(round(t), net) for t, kind, net in sim.rec.network_events if kind == "verified"]
+    # at start-up (priv with the first round's challenge), then when the primary came back
+    # while we held its addresses (with the first challenge after its restart); not after
+    assert verified == [(0, "pub"), (1, "priv"), (16, "pub"), (16, "priv")]
 
 
 def test_an_undecodable_datagram_is_reported_with_where_and_when_it_came() -> None:
