@@ -65,3 +65,12 @@ def test_forget_clears_anomalies_so_no_recovery_is_reported_for_them() -> None:
     d.heard("a", 9.0, 9.0)
     d.heard("b", 9.0, 9.0)
     assert d.changes(9.0) == []  # "b" was not in anomaly any more: nothing to recover from
+
+
+def test_a_network_first_heard_is_learned_with_its_name_and_count() -> None:
+    d = Detector(["a"], deadtime=3.0, now=0.0)
+    for t in (1.0, 2.0, 3.0):
+        d.heard("b", t, t)
+    view = d.networks["b"]
+    assert (view.name, view.heartbeats, view.last_heard) == ("b", 3, 3.0)
+    assert d.alive("b", 5.9) and not d.alive("b", 6.0)

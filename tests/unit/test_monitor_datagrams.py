@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import random
 
-from sim import KEY
+import pytest
+from sim import KEY, Sim
 
 from ipfailover.core import auth, wire
 from ipfailover.core.monitor import (
     CHALLENGE_COPIES,
+    Heard,
     Monitor,
     MonitorConfig,
     PeerWarning,
@@ -25,9 +27,15 @@ A0 = ("203.0.113.100", 40000)
 A1 = ("203.0.113.101", 40000)
 
 
-def monitor(deadtime: float = 3.0, holding: bool = False) -> Monitor:
+def monitor(deadtime: float = 3.0, holding: bool = False, peer_name: str | None = None) -> Monitor:
     cfg = MonitorConfig(
-        node="s", key=KEY, period=1.0, deadtime=deadtime, failback_delay=3.0, networks=("pub",)
+        node="s",
+        key=KEY,
+        period=1.0,
+        deadtime=deadtime,
+        failback_delay=3.0,
+        networks=("pub",),
+        peer_name=peer_name,
     )
     return Monitor(cfg, rng=random.Random(0).randbytes, now=0.0, holding=holding)
 
@@ -239,3 +247,86 @@ def test_a_boot_heard_from_two_addresses_is_challenged_at_each_in_turn() -> None
         m.handle_timer(float(t))
         to += [(float(t), dest) for _, dest in m.datagrams_to_send()]
     assert to == [(0.1, A0), (2.0, A1), (10.0, A0)]
+
+
+def test_each_verified_heartbeat_is_reported_with_what_it_proved() -> None:
+    m = monitor()
+    nonce = verify(m, b"p" * 8, 0.1)
+    send(m, b"p" * 8, 3, 0.5, (nonce,), interval=0.8)
+    heard = [e for e in events(m) if isinstance(e, Heard)]
+    assert heard == [
+        Heard(network="pub", sender="primary", seq=2, evidence=0.11, alive_until=3.11, at=0.11),
+        Heard(network="pub", sender="primary", seq=3, evidence=0.5, alive_until=3.5, at=0.5),
+    ]
+    assert m.counters["heartbeats.pub"] == 2 and m.peer_interval == 0.8
+    assert m.counters["name-collision"] == 0  # the primary's own name is no collision
+
+
+def test_the_drops_say_why() -> None:
+    m = monitor(peer_name="primary")
+    send(m, b"o" * 8, 1, 0.1, sender="other")
+    send(m, b"p" * 8, 1, 0.2)  # the primary, stale: challenged
+    dropped = [(e.reason, e.detail) for e in events(m) if isinstance(e, wire.Dropped)]
+    assert dropped == [
+        (wire.Reason.UNKNOWN_PEER, "sender 'other'"),
+        (wire.Reason.STALE, "echoes no fresh challenge of ours"),
+    ]
+    (challenge,) = out(m)
+    send(m, b"p" * 8, 2, 0.25, (challenge.nonce,))
+    assert m.ever_verified  # FAILOVER_PEER_NAME's sender is verified
+    verify(m, b"q" * 8, 1.5)  # it restarted
+    send(m, b"p" * 8, 9, 1.6, (challenge.nonce,))
+    (earlier,) = [(e.reason, e.detail) for e in events(m) if isinstance(e, wire.Dropped)][-1:]
+    assert earlier == (wire.Reason.REPLAY, "from an earlier boot")
+
+
+def test_the_copies_of_leaving_are_counted_not_acted_on_again() -> None:
+    m = monitor()
+    nonce = verify(m, b"p" * 8, 0.1)
+    for seq in (3, 4, 5):  # heartbeatd sends LEAVING more than once
+        send(m, b"p" * 8, seq, 0.5, (nonce,), kind=wire.MsgType.LEAVING)
+    assert (m.counters["leaving"], m.counters["after-leaving"]) == (1, 2)
+    assert m.state is State.ACQUIRING
+
+
+def test_the_primary_is_challenged_on_every_network_it_was_verified_on() -> None:
+    m = monitor()
+    nonce = verify(m, b"p" * 8, 0.1)
+    m.receive_datagram(
+        wire.encode(
+            wire.Message(
+                type=wire.MsgType.HEARTBEAT,
+                sender="primary",
+                boot_id=b"p" * 8,
+                seq=3,
+                interval=1.0,
+                echoes=(nonce,),
+            ),
+            KEY,
+        ),
+        A1,
+        "priv",
+        0.2,
+    )
+    m.handle_timer(1.1)
+    assert (
+        sorted(dest for _, dest in m.datagrams_to_send())
+        == [A0] * CHALLENGE_COPIES + [A1] * CHALLENGE_COPIES
+    )
+
+
+def test_the_verified_primary_heard_from_elsewhere_right_after_verification() -> None:
+    m = monitor()
+    verify(m, b"p" * 8, 0.1)
+    send(m, b"p" * 8, 3, 0.2, source=A1)  # its boot from another address: not the pinned one
+    for i in range(15):  # the seventeenth source forces an eviction
+        send(m, bytes([i]) * 8, 1, 0.3, source=(f"198.51.100.{i}", 1))
+    assert m.footprint()["sources"] == 16
+
+
+def test_loss_counts_against_the_interval_the_primary_announces() -> None:
+    sim = Sim(interval=1.0)
+    sim.run_until(61)
+    assert sim.monitor is not None
+    # failoverd passes its own interval as the fallback; the announced 1 s is what counts
+    assert sim.monitor.detector.loss("pub", 0.5, sim.now) == pytest.approx(0.0, abs=0.02)

@@ -533,8 +533,15 @@ def test_a_holddown_heard_in_exactly_seven_rounds_of_ten_hands_back() -> None:
     assert m.counters["holddown-restarts"] == 0
 
 
+def test_a_beat_exactly_half_a_period_after_the_last_round_is_a_new_round() -> None:
+    # 11.7 = 11.2 + half a period: a round of its own; 18.0 keeps it alive, no new round
+    m = holddown_run([11.2, 11.7, 13.2, 14.7, 16.2, 17.7, 18.0])
+    assert m.state is State.RELEASING
+
+
 def test_a_holddown_heard_in_six_rounds_of_ten_starts_over() -> None:
-    m = holddown_run([12.7, 14.2, 15.7, 17.2, 18.7])
+    # the beats 0.4 s after a round are the same round (less than half a period later)
+    m = holddown_run([12.7, 13.1, 14.2, 14.6, 15.7, 16.1, 17.2, 17.6, 18.7, 19.1])
     assert m.state is State.HOLDDOWN and m.counters["holddown-restarts"] == 1
 
 
