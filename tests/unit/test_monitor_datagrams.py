@@ -287,6 +287,10 @@ def test_the_copies_of_leaving_are_counted_not_acted_on_again() -> None:
         send(m, b"p" * 8, seq, 0.5, (nonce,), kind=wire.MsgType.LEAVING)
     assert (m.counters["leaving"], m.counters["after-leaving"]) == (1, 2)
     assert m.state is State.ACQUIRING
+    m.acquire_done(0.6, ok=True)
+    nonce = verify(m, b"q" * 8, 1.5)  # restarted, it is back: then it leaves again
+    send(m, b"q" * 8, 3, 1.6, (nonce,), kind=wire.MsgType.LEAVING)
+    assert (m.counters["leaving"], m.counters["after-leaving"]) == (2, 2)
 
 
 def test_the_primary_is_challenged_on_every_network_it_was_verified_on() -> None:
