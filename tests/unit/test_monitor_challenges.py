@@ -98,7 +98,7 @@ def test_out_of_turn_challenges_are_limited_per_address_and_period() -> None:
     m.handle_timer(0.0)
     m.handle_timer(5.0)
     for i in range(6):  # six new boots from one address within a period
-        beat(m, boot(i), 5.0, addr(0))
+        beat(m, boot(i), 5.0 + i / 100, addr(0))
     assert [b for b, _ in challenged(m)] == [boot(i) for i in range(4)]  # PER_SOURCE
     assert m.counters["challenges-withheld"] == 2
     beat(m, boot(6), 5.5, addr(1))  # another address has a budget of its own
@@ -106,8 +106,8 @@ def test_out_of_turn_challenges_are_limited_per_address_and_period() -> None:
     beat(m, boot(7), 6.0, addr(0))  # a whole period later: the first address's budget is back
     assert challenged(m) == [(boot(7), addr(0))]
     m.handle_timer(6.0)
-    # the round: the two withheld boots (never challenged) come first
-    assert [b for b, _ in challenged(m)][:2] == [boot(4), boot(5)]
+    # the round: the two withheld boots (never challenged) come first, the one heard last first
+    assert [b for b, _ in challenged(m)][:2] == [boot(5), boot(4)]
 
 
 def test_the_verified_primary_that_lost_our_nonce_is_challenged_at_most_once_a_period() -> None:
@@ -346,3 +346,74 @@ def test_a_heartbeat_proves_life_only_while_its_evidence_is_within_the_dead_time
         beat(m, b"p" * 8, arrival, addr(0), seq=2, echoes=(challenge.nonce,))
         assert m.ever_verified is counted, arrival
         assert m.counters["rejected.stale"] == (1 if counted else 2), arrival  # 1: the first
+
+
+def test_old_nonces_are_forgotten_after_the_dead_time_and_a_period() -> None:
+    m = monitor()
+    for t in range(11):
+        m.handle_timer(float(t))
+    assert m.footprint()["nonces"] == 4  # issued at 7, 8, 9, 10: older ones prove nothing
+
+
+def test_a_round_without_budget_withholds_and_keeps_its_schedule() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    for i in range(140):  # 140 new boots at once, each from its own address
+        beat(m, boot(i), 0.99, (f"198.51.100.{i % 250}", 1000 + i))
+    assert m.counters["challenges-withheld"] == 12  # the bucket holds 128
+    m.datagrams_to_send()
+    m.handle_timer(1.0)  # the round finds the bucket (nearly) empty
+    assert m.counters["challenges-withheld"] == 13
+    assert m.get_timer() == 2.0  # the next round is still due a period on
+
+
+def test_the_verified_primary_silent_for_long_is_not_evicted_for_strikes() -> None:
+    """The detector judges the verified primary: its unanswered challenges are no strikes."""
+    m = monitor()
+    m.handle_timer(0.0)
+    p = b"p" * 8
+    beat(m, p, 0.1, addr(0), seq=1)
+    (challenge,) = [wire.decode(d, KEY) for d, _ in m.datagrams_to_send()]
+    beat(m, p, 0.2, addr(0), seq=2, echoes=(challenge.nonce,))
+    news = [boot(i) for i in range(15)]
+    for t in range(1, 10):
+        m.handle_timer(float(t))  # it dies: the rounds go unanswered
+    for i, b in enumerate(news[:14]):
+        beat(m, b, 9.0, addr(2 + i))  # fourteen new boots, challenged at once
+    beat(m, p, 9.5, addr(1), seq=3)  # its boot from another address, heard last
+    beat(m, news[14], 9.6, addr(16))  # the seventeenth source: one must go
+    m.datagrams_to_send()
+    m.handle_timer(10.0)
+    got = {b for b, _ in challenged(m)}
+    # the new boot heard least recently went, not the primary's other source
+    assert news[0] not in got and set(news[1:14]) <= got
+
+
+def test_the_round_picks_each_boots_source_challenged_least_recently() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    u = b"u" * 8
+    a, b, c = addr(0), addr(1), addr(2)
+    beat(m, u, 0.1, a, seq=1)  # challenged at once, at a
+    beat(m, u, 0.2, b, seq=2)
+    beat(m, u, 0.3, c, seq=3)
+    to = [(0.1, dest) for _, dest in m.datagrams_to_send()]
+    for t in range(1, 20):
+        m.handle_timer(float(t))
+        to += [(float(t), dest) for _, dest in m.datagrams_to_send()]
+    # never challenged first (the one heard last first), then the longest ago
+    assert to == [(0.1, a), (2.0, c), (10.0, b), (18.0, a)]
+
+
+def test_a_verified_primary_with_two_addresses_does_not_stop_the_round() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    p = b"p" * 8
+    beat(m, p, 0.1, addr(0), seq=1)
+    (challenge,) = [wire.decode(d, KEY) for d, _ in m.datagrams_to_send()]
+    beat(m, p, 0.2, addr(0), seq=2, echoes=(challenge.nonce,))
+    beat(m, p, 0.3, addr(1), seq=3)  # its boot from another address
+    beat(m, b"u" * 8, 0.4, addr(2))  # then another boot
+    challenged(m)
+    m.handle_timer(2.0)
+    assert (b"u" * 8, addr(2)) in challenged(m)

@@ -580,3 +580,53 @@ def test_an_undecodable_datagram_is_reported_with_where_and_when_it_came() -> No
         (wire.Reason.MALFORMED, ADDR, "pub", 0.6),
     ]
     assert m.counters["rejected.malformed"] == 2
+
+
+# Timers -------------------------------------------------------------------------------------------
+
+
+def test_the_holddown_ends_on_its_own_timer_not_at_the_next_round() -> None:
+    sim = in_holddown()
+    m = sim.monitor
+    assert m is not None and m.holddown_until is not None
+    end = m.holddown_until
+    sim.run_until(end + 3)
+    ((t, _),) = sim.rec.releases
+    assert t == pytest.approx(end)  # 26.001, not the round at 27.0
+
+
+def test_a_failed_takeover_wakes_the_shell_for_its_retry() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    m.probe_done(3.0, silent_takeover(m, 3.0), {})
+    m.acquire_done(3.1, ok=False, retry_after=0.45)
+    assert m.state is State.DECLINED
+    assert m.get_timer() == pytest.approx(3.55)  # before the next round (4.0)
+
+
+def test_a_stale_retry_does_not_wake_the_shell_once_the_primary_is_back() -> None:
+    m = monitor()
+    peer = Peer(m)
+    m.handle_timer(0.0)
+    m.probe_done(3.0, silent_takeover(m, 3.0), {})
+    m.acquire_done(3.1, ok=False, retry_after=5.0)  # a retry at 8.1
+    m.handle_timer(4.0)
+    peer.verify(4.1)  # the primary is back: DECLINED -> STANDBY
+    assert m.state is State.STANDBY
+    timer = m.get_timer()
+    assert timer is not None and timer <= 5.0  # the next round, not the retry
+    for t in (5.0, 6.0, 7.0, 8.0):
+        m.handle_timer(t)
+        peer.fresh(t + 0.01)
+    assert m.get_timer() == pytest.approx(9.0)  # the next round; the old retry (8.1) is gone
+
+
+def test_an_anomaly_is_stamped() -> None:
+    sim = Sim()
+    sim.run_until(5)
+    sim.up["pub"] = False
+    sim.run_until(15)
+    ((t, _, net),) = [e for e in sim.rec.network_events if e[1] == "anomaly"]
+    # silent on pub since 8.1 (heard at 5.0, plus the dead time and the allowance); priv's
+    # next heartbeat, at 9.0, is heard after that: the anomaly
+    assert net == "pub" and t == pytest.approx(9.001)
