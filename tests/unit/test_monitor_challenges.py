@@ -417,3 +417,14 @@ def test_a_verified_primary_with_two_addresses_does_not_stop_the_round() -> None
     challenged(m)
     m.handle_timer(2.0)
     assert (b"u" * 8, addr(2)) in challenged(m)
+
+
+def test_boots_heard_at_the_same_instant_are_all_challenged_in_the_round() -> None:
+    m = monitor()
+    m.handle_timer(0.0)
+    m.handle_timer(5.0)
+    for i in range(6):  # six new boots in one burst: two are withheld, equal in every way
+        beat(m, boot(i), 5.0, addr(0))
+    challenged(m)
+    m.handle_timer(6.0)
+    assert {boot(4), boot(5)} <= {b for b, _ in challenged(m)}
