@@ -423,8 +423,9 @@ def test_boots_heard_at_the_same_instant_are_all_challenged_in_the_round() -> No
     m = monitor()
     m.handle_timer(0.0)
     m.handle_timer(5.0)
-    for i in range(6):  # six new boots in one burst: two are withheld, equal in every way
+    for i in range(5):  # five new boots in one burst on each network: one is withheld on each
         beat(m, boot(i), 5.0, addr(0))
+        beat(m, boot(10 + i), 5.0, addr(1), network="priv")
     challenged(m)
-    m.handle_timer(6.0)
-    assert {boot(4), boot(5)} <= {b for b, _ in challenged(m)}
+    m.handle_timer(6.0)  # the two withheld ones are equal in every way but their network
+    assert {boot(4), boot(14)} <= {b for b, _ in challenged(m)}
