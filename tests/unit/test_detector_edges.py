@@ -74,3 +74,47 @@ def test_a_network_first_heard_is_learned_with_its_name_and_count() -> None:
     view = d.networks["b"]
     assert (view.name, view.heartbeats, view.last_heard) == ("b", 3, 3.0)
     assert d.alive("b", 5.9) and not d.alive("b", 6.0)
+
+
+def test_a_dead_time_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"^deadtime must be positive$"):
+        Detector(["a"], deadtime=0.0, now=0.0)
+    assert Detector(["a"], deadtime=0.1, now=0.0).networks["a"].name == "a"
+
+
+def test_a_network_silent_from_the_start_is_an_anomaly_once_the_grace_is_over() -> None:
+    d = Detector(["a", "b"], deadtime=3.0, now=0.0)
+    d.heard("a", 4.5, 4.5)
+    d.heard("a", 5.0, 5.0)
+    # the first look, after the start-up grace: b was never heard, a is
+    assert d.changes(5.0) == [(Change.ANOMALY, "b")]
+
+
+def test_an_anomaly_needs_life_elsewhere_after_the_silence_and_the_allowance() -> None:
+    d = Detector(["a", "b"], deadtime=3.0, now=0.0, allowance=0.5)
+    for t in (1.0, 2.0, 3.0):
+        d.heard("a", t, t)
+    d.heard("b", 1.0, 1.0)  # b falls silent at 1 + 3 + 0.5 = 4.5
+    d.heard("a", 4.2, 4.2)
+    assert d.changes(4.6) == []  # a's latest is from before b fell silent
+    d.heard("a", 4.5, 4.6)
+    assert d.changes(4.6) == []  # exactly when it fell silent: still not after
+    d.heard("a", 4.7, 4.7)
+    assert d.changes(4.7) == [(Change.ANOMALY, "b")]
+    d.heard("b", 5.0, 5.0)
+    assert d.changes(5.0) == [(Change.RECOVERED, "b")]
+    assert d.networks["b"].in_anomaly is False
+    assert d.changes(5.1) == []
+
+
+def test_after_silence_everywhere_the_others_get_a_dead_time_to_come_back() -> None:
+    d = Detector(["a", "b"], deadtime=3.0, now=0.0)
+    for t in (1.0, 2.0):
+        d.heard("a", t, t)
+        d.heard("b", t, t)
+    assert d.changes(6.0) == []  # silent everywhere: the monitor's business
+    d.heard("a", 10.0, 10.0)
+    assert d.changes(10.0) == []  # back on a: b has until 13.0
+    d.heard("a", 12.9, 12.9)
+    assert d.changes(12.9) == []
+    assert d.changes(13.0) == [(Change.ANOMALY, "b")]

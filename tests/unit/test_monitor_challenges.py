@@ -429,3 +429,30 @@ def test_boots_heard_at_the_same_instant_are_all_challenged_in_the_round() -> No
     challenged(m)
     m.handle_timer(6.0)  # the two withheld ones are equal in every way but their network
     assert {boot(4), boot(14)} <= {b for b, _ in challenged(m)}
+
+
+def test_the_challenge_budget_refills_at_its_rate_per_period() -> None:
+    m = monitor(period=0.5)  # CHALLENGE_RATE per period: 128 a second
+    m.handle_timer(0.0)
+    for i in range(128):
+        beat(m, boot(i), 0.1, (f"198.51.100.{i % 250}", 2000 + i))
+    assert m.counters["challenges-withheld"] == 0
+    for i in range(40):  # half a second later the budget holds 64 again
+        beat(m, boot(500 + i), 0.6, (f"192.0.2.{i}", 3000 + i))
+    assert m.counters["challenges-withheld"] == 0
+
+
+def test_a_heartbeat_with_our_name_and_our_own_boot_id_is_ours() -> None:
+    m = monitor()
+    msg = wire.Message(
+        type=wire.MsgType.HEARTBEAT, sender="s", boot_id=m.boot_id, seq=1, interval=1.0
+    )
+    m.receive_datagram(wire.encode(msg, KEY), addr(0), "pub", 0.1)
+    assert m.counters["own"] == 1 and not m.wants_local_boots
+
+
+def test_challenges_count_from_one() -> None:
+    m = monitor()
+    beat(m, b"u" * 8, 0.1, addr(0))
+    ((data, _),) = m.datagrams_to_send()
+    assert wire.decode(data, KEY).seq == 1

@@ -636,3 +636,22 @@ def test_an_anomaly_is_stamped() -> None:
     # silent on pub since 8.1 (heard at 5.0, plus the dead time and the allowance); priv's
     # next heartbeat, at 9.0, is heard after that: the anomaly
     assert net == "pub" and t == pytest.approx(9.001)
+
+
+def test_a_new_monitor_shows_nothing_probed_nothing_heard() -> None:
+    m = Monitor(monitor().cfg, rng=random.Random(0).randbytes, now=5.0)
+    assert (m.since, m.probe_result, m.probe_at, m.answering) == (5.0, "", None, ())
+    assert (m.peer_interval, m.ever_verified, m.collision) == (None, False, None)
+
+
+def test_every_restart_of_the_holddown_is_counted() -> None:
+    m = holddown_run([12.7, 13.1, 14.2, 14.6, 15.7, 16.1, 17.2, 17.6, 18.7, 19.1])
+    assert m.counters["holddown-restarts"] == 1 and m.holddown_until == 31.0
+    peer = Peer(m)
+    peer.seq = 100
+    for t in (22.0, 24.0, 26.0, 28.0, 30.0):  # every two seconds: five rounds of ten
+        m.handle_timer(t)
+        (nonce, *_) = [c.nonce for c in sent(m)]
+        peer.beat(t + 0.01, (nonce,))
+    m.handle_timer(31.0)
+    assert m.state is State.HOLDDOWN and m.counters["holddown-restarts"] == 2
