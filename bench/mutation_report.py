@@ -11,9 +11,10 @@ not explained (a test is missing, or the table is out of date), else 0.
 The table is matched on the function and the mutated line's text, not on mutmut's mutant
 numbers, so an edit elsewhere in a function does not unexplain its equivalent mutants.
 
-``--previous DIR``: the results in DIR (a copy of mutants/src from an earlier full run) count for
-every mutant this run did not check; `scripts/mutation --again` re-runs only the survivors, and a
-mutant once killed stays killed as long as the code and the tests that killed it are unchanged.
+``--previous DIR``: the results in DIR (a copy of mutants/src from an earlier run) count for every
+mutant this run did not check, and are written back into mutants/; `scripts/mutation --again`
+re-runs only the survivors, and a mutant once killed stays killed as long as the code and the
+tests that killed it are unchanged.
 ``--names``: print the names of the surviving mutants only (for `mutmut run NAME...`).
 """
 
@@ -111,13 +112,16 @@ def main(argv: list[str]) -> int:
             )
             return 2
         where = spans(path)
-        results = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        results = data["exit_code_by_key"]
         if args.previous is not None:
             earlier = args.previous / Path(path).relative_to("src")
             before = json.loads(Path(f"{earlier}.meta").read_text(encoding="utf-8"))
             for name, code in before["exit_code_by_key"].items():
                 if results.get(name) is None and name in results:
                     results[name] = code
+            # mutants/ now holds every verdict, for `mutmut results` and the next --again
+            meta.write_text(json.dumps(data, indent=4), encoding="utf-8")
         for name, code in sorted(results.items()):
             status = status_by_exit_code[code]
             counts[status] = counts.get(status, 0) + 1
