@@ -35,6 +35,10 @@ def test_a_heartbeat_exactly_a_minute_old_has_left_the_window() -> None:
     beats(d, [0.0, *[float(t) for t in range(2, 61)]], 1.0)  # 1.0 missing
     # the window is (0, 60]: the beat at 0.0 no longer counts, so one of 60 is missing
     assert d.loss("eth0", 1.0, LOSS_WINDOW) == pytest.approx(1 / 60)
+    young = Detector(["eth0"], deadtime=3.0, now=0.0)
+    beats(young, [0.0, *[float(t) for t in range(2, 31)]], 1.0)
+    # half a minute after start-up the span is (0, 30]: a beat at 0.0 is outside it too
+    assert young.loss("eth0", 1.0, 30.0) == pytest.approx(1 / 30)
 
 
 def test_an_interval_announced_at_the_start_of_the_window_counts_for_all_of_it() -> None:
