@@ -2,9 +2,9 @@
 
 Usage: .venv/bin/python bench/mutation_report.py [--seconds N] [--previous DIR] [--names]
 
-Reads mutmut's results in mutants/ and prints, for src/ipfailover/core/monitor.py and
-detector.py, how many mutants the tests killed, and each surviving mutant (file, line, the
-function and the mutated line). A survivor is *explained* when docs/development.md's table of
+Reads mutmut's results in mutants/ and prints, for the files pyproject.toml's [tool.mutmut]
+names (src/ipfailover/core/monitor.py and detector.py), how many mutants the tests killed, and
+each surviving mutant (file, line, the function and the mutated line). A survivor is *explained* when docs/development.md's table of
 equivalent mutants lists its function and mutated line; the exit status is 1 if any survivor is
 not explained (a test is missing, or the table is out of date), else 0.
 
@@ -25,13 +25,20 @@ import ast
 import json
 import re
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from mutmut.mutation.diff_apply import get_diff_for_mutant
 from mutmut.stats import status_by_exit_code
 
-FILES = ("src/ipfailover/core/monitor.py", "src/ipfailover/core/detector.py")
+
+def mutated_files() -> list[str]:
+    """The files pyproject.toml's [tool.mutmut] only_mutate names (paths or globs)."""
+    config = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["mutmut"]["only_mutate"]
+    return sorted({str(p) for pattern in patterns for p in Path().glob(pattern)})
+
 DOC = Path("docs/development.md")
 DETECTED = ("killed", "timeout", "segfault")
 
@@ -104,7 +111,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     counts: dict[str, int] = {}
     survivors: list[Survivor] = []
-    for path in FILES:
+    for path in mutated_files():
         meta = Path("mutants") / f"{path}.meta"
         if not meta.exists():
             print(
