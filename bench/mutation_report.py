@@ -4,9 +4,10 @@ Usage: .venv/bin/python bench/mutation_report.py [--seconds N] [--previous DIR] 
 
 Reads mutmut's results in mutants/ and prints, for the files pyproject.toml's [tool.mutmut]
 names (src/ipfailover/core/monitor.py and detector.py), how many mutants the tests killed, and
-each surviving mutant (file, line, the function and the mutated line). A survivor is *explained* when docs/development.md's table of
-equivalent mutants lists its function and mutated line; the exit status is 1 if any survivor is
-not explained (a test is missing, or the table is out of date), else 0.
+each surviving mutant (file, line, the function and the mutated line). A survivor is *explained*
+when docs/development.md's table of equivalent mutants lists its function and mutated line; the
+exit status is 1 if any survivor is not explained (a test is missing, or the table is out of
+date), else 0.
 
 The table is matched on the function and the mutated line's text, not on mutmut's mutant
 numbers, so an edit elsewhere in a function does not unexplain its equivalent mutants.
