@@ -40,6 +40,7 @@ def mutated_files() -> list[str]:
     patterns = config["tool"]["mutmut"]["only_mutate"]
     return sorted({str(p) for pattern in patterns for p in Path().glob(pattern)})
 
+
 DOC = Path("docs/development.md")
 DETECTED = ("killed", "timeout", "segfault")
 
