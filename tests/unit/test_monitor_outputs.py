@@ -527,16 +527,18 @@ def holddown_run(beats: list[float]) -> Monitor:
 def test_a_holddown_heard_in_exactly_seven_rounds_of_ten_hands_back() -> None:
     """The first round counts from the evidence of the beat that started the hold-down (10.0),
     not its arrival (10.9): the beat of 11.2 is a new round. Seven of ten rounds heard is
-    exactly STEADY_SHARE: steady."""
+    exactly STEADY_SHARE: steady, so the hold-down ends in the hand-back."""
     m = holddown_run([11.2, 12.7, 14.2, 15.7, 17.2, 18.7])
-    assert m.state is State.RELEASING
+    assert m.state is State.HANDBACK
     assert m.counters["holddown-restarts"] == 0
 
 
 def test_a_beat_exactly_half_a_period_after_the_last_round_is_a_new_round() -> None:
-    # 11.7 = 11.2 + half a period: a round of its own; 18.0 keeps it alive, no new round
-    m = holddown_run([11.2, 11.7, 13.2, 14.7, 16.2, 17.7, 18.0])
-    assert m.state is State.RELEASING
+    # 12.0 = 11.5 + half a period, echoing the newer challenge of 12.0: a round of its own (a
+    # beat that echoes the same challenge again is never one); 18.4 echoes 18.0's challenge
+    # again and keeps it alive, no new round. Seven rounds of ten: steady.
+    m = holddown_run([11.5, 12.0, 13.5, 15.0, 16.5, 18.0, 18.4])
+    assert m.state is State.HANDBACK
 
 
 def test_a_holddown_heard_in_six_rounds_of_ten_starts_over() -> None:
@@ -566,8 +568,9 @@ def test_each_network_is_reported_verified_once_per_return_of_the_primary() -> N
     assert len(sim.rec.releases) == 1
     verified = [(round(t), net) for t, kind, net in sim.rec.network_events if kind == "verified"]
     # at start-up (priv with the first round's challenge), then when the primary came back
-    # while we held its addresses (with the first challenge after its restart); not after
-    assert verified == [(0, "pub"), (1, "priv"), (16, "pub"), (16, "priv")]
+    # while we held its addresses (challenged at once on its first, stale-echo heartbeat, so
+    # within one round trip of its return at 15); not after
+    assert verified == [(0, "pub"), (1, "priv"), (15, "pub"), (15, "priv")]
 
 
 def test_an_undecodable_datagram_is_reported_with_where_and_when_it_came() -> None:
@@ -596,9 +599,11 @@ def test_the_holddown_ends_on_its_own_timer_not_at_the_next_round() -> None:
     assert m is not None and m.holddown_until is not None
     end = m.holddown_until
     sim.run_until(end + 3)
-    ((t, _),) = sim.rec.releases
-    # between heartbeats (they arrive at x.001) and rounds (at whole seconds)
-    assert t == pytest.approx(end) and round(end % 1, 3) == 0.301
+    ((t, _),) = [(s.at, s.trigger) for s in sim.rec.states if s.new is State.HANDBACK]
+    # between heartbeats (they arrive at x.001) and rounds (at whole seconds): the hold-down
+    # began with the answer to the challenge sent at once (15.003), and ends 10.3 s later
+    assert t == pytest.approx(end) and round(end % 1, 3) == 0.303
+    assert len(sim.rec.releases) == 1  # and the hand-back then released
 
 
 def test_a_failed_takeover_wakes_the_shell_for_its_retry() -> None:
