@@ -30,389 +30,65 @@ All state transitions are in :data:`TRANSITIONS`; an illegal one raises :class:`
 
 from __future__ import annotations
 
-import enum
-import ipaddress
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 
 from ipfailover.core import auth, wire
 from ipfailover.core.detector import Detector, NetworkView
 from ipfailover.core.errors import LocalProtocolError as LocalProtocolError
+from ipfailover.core.monitor_challenge import Challenger, Outbox, _PeerNet
 
-Addr = wire.Addr
-RandomBytes = Callable[[int], bytes]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class State(enum.Enum):
-    STANDBY = "standby"  # not holding; the primary is alive (or we are in the start-up grace)
-    PROBING = "probing"  # the primary is silent; the shell checks whether its addresses answer
-    BLOCKED = "blocked"  # not taking over: an address answers (see docs/safety.md); re-probing
-    ACQUIRING = "acquiring"  # the shell is taking the addresses over
-    ACTIVE = "active"  # holding; the primary is silent
-    HOLDDOWN = "holddown"  # holding; the primary is back, waiting out the failback delay
-    HANDBACK = "handback"  # holding; the primary was asked to announce first (make before break)
-    RELEASING = "releasing"  # the shell is handing the addresses back
-    DECLINED = "declined"  # a takeover was refused (Test said no, or it failed); waits for the peer
-    STOPPING = "stopping"  # releasing because we are shutting down
-    STOPPED = "stopped"
-
-
-class Trigger(enum.Enum):
-    PEER_SILENT = "peer-silent"
-    NO_ANSWER = "no-answer"  # the probe found no address answering (or could not probe)
-    ANSWERS_NEVER_VERIFIED = "answers-never-verified"  # an address answers; primary never heard
-    ANSWERS_AFTER_VERIFIED = "answers-after-verified"  # it answers; the primary was heard before
-    ANSWERS_REFUSED = "answers-refused"  # as above, but FAILOVER_TAKE_ANSWERING=no
-    PEER_LEAVING = "peer-leaving"
-    PEER_HEARD = "peer-heard"
-    HOLDDOWN_EXPIRED = "holddown-expired"
-    ANNOUNCED = "announced"  # the primary confirmed it announced its addresses (ANNOUNCED)
-    HANDBACK_TIMEOUT = "handback-timeout"  # no confirmation within the bound: release anyway
-    ACQUIRED = "acquired"
-    ACQUIRE_DECLINED = "acquire-declined"
-    RETRY = "retry"
-    RELEASED = "released"
-    RELEASE_DECLINED = "release-declined"
-    SHUTDOWN = "shutdown"
-
-
-S, T = State, Trigger
-TRANSITIONS: dict[tuple[State, Trigger], State] = {
-    (S.STANDBY, T.PEER_SILENT): S.PROBING,
-    # the primary said it is going (authenticated, fresh): no probe, its address still answers
-    (S.STANDBY, T.PEER_LEAVING): S.ACQUIRING,
-    (S.STANDBY, T.SHUTDOWN): S.STOPPED,
-    (S.PROBING, T.NO_ANSWER): S.ACQUIRING,
-    (S.PROBING, T.ANSWERS_AFTER_VERIFIED): S.ACQUIRING,
-    (S.PROBING, T.ANSWERS_NEVER_VERIFIED): S.BLOCKED,
-    (S.PROBING, T.ANSWERS_REFUSED): S.BLOCKED,
-    (S.PROBING, T.PEER_HEARD): S.STANDBY,
-    (S.PROBING, T.PEER_LEAVING): S.ACQUIRING,
-    (S.PROBING, T.SHUTDOWN): S.STOPPED,
-    (S.BLOCKED, T.NO_ANSWER): S.ACQUIRING,
-    (S.BLOCKED, T.ANSWERS_AFTER_VERIFIED): S.ACQUIRING,  # a reload set take_answering again
-    (S.BLOCKED, T.PEER_HEARD): S.STANDBY,
-    (S.BLOCKED, T.PEER_LEAVING): S.ACQUIRING,
-    (S.BLOCKED, T.SHUTDOWN): S.STOPPED,
-    (S.ACQUIRING, T.ACQUIRED): S.ACTIVE,
-    (S.ACQUIRING, T.ACQUIRE_DECLINED): S.DECLINED,
-    (S.DECLINED, T.RETRY): S.PROBING,
-    (S.ACTIVE, T.PEER_HEARD): S.HOLDDOWN,
-    (S.ACTIVE, T.SHUTDOWN): S.STOPPING,
-    (S.HOLDDOWN, T.PEER_SILENT): S.ACTIVE,
-    (S.HOLDDOWN, T.PEER_LEAVING): S.ACTIVE,
-    (S.HOLDDOWN, T.HOLDDOWN_EXPIRED): S.HANDBACK,
-    (S.HOLDDOWN, T.SHUTDOWN): S.STOPPING,
-    # make before break: the primary announces first, then we delete (docs/protocol.md)
-    (S.HANDBACK, T.ANNOUNCED): S.RELEASING,
-    (S.HANDBACK, T.HANDBACK_TIMEOUT): S.RELEASING,  # today's order: delete, then RELEASED
-    (S.HANDBACK, T.PEER_SILENT): S.ACTIVE,
-    (S.HANDBACK, T.PEER_LEAVING): S.ACTIVE,
-    (S.HANDBACK, T.SHUTDOWN): S.STOPPING,
-    (S.RELEASING, T.RELEASED): S.STANDBY,
-    (S.RELEASING, T.RELEASE_DECLINED): S.ACTIVE,
-    (S.DECLINED, T.PEER_HEARD): S.STANDBY,
-    (S.DECLINED, T.SHUTDOWN): S.STOPPED,
-    (S.STOPPING, T.RELEASED): S.STOPPED,
-    (S.STOPPING, T.RELEASE_DECLINED): S.STOPPED,
-}
-del S, T
-
-#: Triggers that end a probe (PROBING or BLOCKED) with its verdict.
-PROBE_VERDICTS = frozenset(
-    {
-        Trigger.NO_ANSWER,
-        Trigger.ANSWERS_NEVER_VERIFIED,
-        Trigger.ANSWERS_AFTER_VERIFIED,
-        Trigger.ANSWERS_REFUSED,
-    }
+# The table, the events, the configuration and the tunables were split out of this module (issue
+# 9); every name it had stays importable from here.
+from ipfailover.core.monitor_table import *  # noqa: F403
+from ipfailover.core.monitor_table import (
+    BUSY,
+    HOLDING,
+    PROBE_VERDICTS,
+    TRANSITIONS,
+    State,
+    Trigger,
 )
-
-#: States in which the addresses are (or are being made) ours.
-HOLDING = frozenset(
-    {
-        State.ACQUIRING,
-        State.ACTIVE,
-        State.HOLDDOWN,
-        State.HANDBACK,
-        State.RELEASING,
-        State.STOPPING,
-    }
+from ipfailover.core.monitor_types import *  # noqa: F403
+from ipfailover.core.monitor_types import (
+    ARRIVAL_ALLOWANCE,
+    CONFLICT_QUIET,
+    DEFEND_INTERVAL,
+    HANDBACK_COPIES,
+    HANDBACK_WAIT_MAX,
+    HANDBACK_WAIT_MIN,
+    MAX_CASCADE,
+    MAX_CONFLICT_MACS,
+    MAX_CONFLICTS,
+    PROBE_ANSWERED,
+    PROBE_FAILED,
+    PROBE_SILENT,
+    RELEASED_COPIES,
+    REPROBE_MIN,
+    RETRY_MAX,
+    STEADY_SHARE,
+    Acquire,
+    AcquireOutcome,
+    AcquireRetry,
+    Addr,
+    AddressAnswers,
+    AddressConflict,
+    Answers,
+    Conflict,
+    Defend,
+    Event,
+    Heard,
+    MonitorConfig,
+    NetworkEvent,
+    NetworkKind,
+    Probe,
+    ProbeResult,
+    RandomBytes,
+    Reclaim,
+    Release,
+    StateChanged,
 )
-#: States in which the shell is carrying out a transition; a shutdown waits for them.
-BUSY = frozenset({State.ACQUIRING, State.RELEASING, State.STOPPING})
-
-RELEASED_COPIES = 3  # RELEASED is sent this many times, one challenge period apart
-HANDBACK_COPIES = 2  # HANDBACK goes out this many times to each network, back to back
-# How long a hand-back waits for the primary's ANNOUNCED before it releases anyway (today's
-# order): one challenge period, within these bounds. A live primary answers in a round trip plus
-# its first announcement (milliseconds); the wait keeps a lost request or answer, or a primary
-# that does not know HANDBACK, within the failback budget of one interval after the hold-down.
-HANDBACK_WAIT_MIN = 0.05
-HANDBACK_WAIT_MAX = 0.25
-MAX_SOURCES = 16  # unverified (address, boot) pairs remembered per network
-MAX_BOOTS = 8  # anti-replay windows kept for unverified boots (the verified boot's is pinned)
-MAX_BOOT_STATES = 256  # boot ids whose challenge schedule is remembered (least recently heard go)
-MAX_RETIRED = 16  # boots the primary had before its current one (or that said LEAVING)
-MAX_HELD = 8  # datagrams held while the shell looks up this host's boot ids
-CHALLENGE_RATE = 64  # challenges to unverified sources per period, overall (a token bucket)
-CHALLENGE_BURST = 128
-PER_SOURCE = 4  # out-of-turn challenges to one source address per period
-BACKOFF_MAX = 3  # an unanswering boot is still challenged every 2**3 periods
-CHALLENGE_COPIES = 2  # each round's challenge goes out this many times to each address
-ARRIVAL_ALLOWANCE = 0.1  # intervals: how late the heartbeat due at the dead time may arrive
-STEADY_SHARE = 0.7  # of the hold-down's rounds the primary must be heard in, or it starts over
-REPROBE_MIN = 1.0  # seconds: BLOCKED probes again every max(this, FAILOVER_INTERVAL)
-DEFEND_INTERVAL = 10.0  # RFC 5227 section 2.4: at most one defence of an address per 10 s
-CONFLICT_QUIET = 30.0  # seconds without a conflicting frame that end a conflict episode
-MAX_CONFLICTS = 64  # conflict episodes remembered (one per held address)
-MAX_CONFLICT_MACS = 4  # distinct MACs remembered (and reported) per episode
-
-#: Answers to a probe: (address, MACs that answered for it), sorted; empty if none answered.
-Answers = tuple[tuple[str, tuple[str, ...]], ...]
-
-RETRY_MAX = 60.0  # seconds: the longest wait before trying a failed takeover again
-MAX_CASCADE = 4  # triggers one input may fire in a row; more means the table does not settle
-
-
-class ProbeResult(enum.StrEnum):
-    """What a probe found, as handed to the scripts (IPFAILOVER_PROBE) and shown by status."""
-
-    NONE = ""  # no probe yet (or none before this takeover: a graceful handover)
-    ANSWERED = "answered"  # some address answered from another MAC
-    SILENT = "silent"  # no address answered
-    FAILED = "failed"  # the shell could not probe (no socket, not Ethernet): as silent
-
-
-PROBE_ANSWERED = ProbeResult.ANSWERED
-PROBE_SILENT = ProbeResult.SILENT
-PROBE_FAILED = ProbeResult.FAILED
-
-
-class NetworkKind(enum.StrEnum):
-    """What happened on one network (the values are the log's and the mail's words)."""
-
-    VERIFIED = "verified"  # the first verified heartbeat on it after silence
-    ANOMALY = "anomaly"  # silent while another network is alive (Apple's one-network rule)
-    RECOVERED = "recovered"  # heard again after an anomaly
-
-
-class AcquireOutcome(enum.Enum):
-    """How a takeover the monitor asked for ended (``acquire_done``)."""
-
-    DONE = "done"  # the addresses are ours (all, or some of them)
-    DECLINED = "declined"  # Test said no: wait in DECLINED until the primary is heard
-    FAILED = "failed"  # the change failed: tried again, backing off, while the primary is silent
-
-
-# Events for the shell ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class Acquire:
-    """Take the addresses over now; report back with ``acquire_done``.
-
-    ``probe`` is what the probe before it found (``PROBE_*``; empty if there was none: a
-    graceful handover), ``answering`` which addresses still answered and from which MACs.
-    """
-
-    reason: Trigger
-    at: float
-    probe: ProbeResult = ProbeResult.NONE
-    answering: Answers = ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class AcquireRetry:
-    """A takeover failed (it was not vetoed): it is tried again after ``after`` seconds if the
-    primary is still silent then (a back-off doubling from the dead time, at most RETRY_MAX)."""
-
-    after: float
-    at: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class Probe:
-    """Ask the link whether the addresses to be taken still answer; reply with ``probe_done``
-    (passing ``id`` back) after a bounded wait."""
-
-    id: int
-    at: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class AddressAnswers:
-    """A probe before a takeover found addresses answering. ``taking``: we take them anyway (the
-    primary was verified, then fell silent); otherwise we hold back (BLOCKED)."""
-
-    answering: Answers
-    verified_before: bool
-    taking: bool
-    at: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class AddressConflict:
-    """While we hold ``address``, another MAC claimed it (first time this episode, or a new MAC)."""
-
-    address: str
-    mac: str
-    state: State
-    at: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class Defend:
-    """Re-announce ``address`` now (one gratuitous ARP or unsolicited NA): a conflict while the
-    primary is not heard, at most once per DEFEND_INTERVAL."""
-
-    address: str
-    at: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class Release:
-    """Hand the addresses back now; report back with ``release_done``."""
-
-    reason: Trigger
-    at: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class Reclaim:
-    """A hand-back was abandoned (the primary fell silent or left after we asked it to
-    announce): it may have announced our held addresses, so announce them all again now."""
-
-    at: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class StateChanged:
-    old: State
-    new: State
-    trigger: Trigger
-    at: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class NetworkEvent:
-    """``kind``: see :class:`NetworkKind`."""
-
-    kind: NetworkKind
-    network: str
-    at: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class Heard:
-    """A verified heartbeat (for --verbose): what it proved, and until when the network lives."""
-
-    network: str
-    sender: str
-    seq: int
-    evidence: float
-    alive_until: float
-    at: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class PeerWarning:
-    text: str
-    at: float
-
-
-Event = (
-    Acquire
-    | AcquireRetry
-    | Release
-    | StateChanged
-    | NetworkEvent
-    | Heard
-    | wire.Dropped
-    | PeerWarning
-    | Probe
-    | AddressAnswers
-    | AddressConflict
-    | Defend
-    | Reclaim
-    | auth.NameCollision
-)
-
-
-@dataclass(frozen=True, kw_only=True)
-class MonitorConfig:
-    node: str  # our identity; our own heartbeats (peering) are ignored
-    key: bytes
-    period: float  # challenge period: our FAILOVER_INTERVAL
-    deadtime: float
-    failback_delay: float
-    networks: tuple[str, ...]  # networks known up front (interfaces); more are learned
-    peer_ip: IPAddress | None = None
-    peer_name: str | None = None  # None: learn it (see _peer_matches)
-    # FAILOVER_TAKE_ANSWERING: take an address that still answers if the primary was verified
-    # earlier and then fell silent (Apple's behaviour); False: hold back (BLOCKED) instead
-    take_answering: bool = True
-
-
-@dataclass
-class Conflict:
-    """One episode of other MACs claiming a held address."""
-
-    address: str
-    since: float
-    last: float
-    macs: list[str] = field(default_factory=list)
-    frames: int = 0
-    defended_at: float | None = None
-    defences: int = 0
-
-
-@dataclass
-class _Source:
-    """One (address, boot id) that authentic heartbeats came from on one network."""
-
-    seq: int  # the highest sequence number seen: echoed in our challenges, never rolled back
-    heard: float  # when the last one arrived
-    challenged: float | None = None  # when we last sent a challenge here
-    immediate: float | None = None  # when we last challenged it out of turn
-
-
-@dataclass
-class _Boot:
-    """The challenge schedule of one boot id of the primary (a nonce reaches every network: the
-    primary echoes it in every heartbeat, so one challenge on any network is enough)."""
-
-    heard: float
-    challenged: float | None = None  # when we last challenged it (on any network)
-    unanswered: float | None = None  # since when our challenges to it went unanswered
-
-    def strikes(self, now: float, period: float) -> int:
-        """Periods its challenges went unanswered, less the first two (a round trip)."""
-        if self.unanswered is None:
-            return 0
-        return max(0, int((now - self.unanswered) / period) - 1)
-
-    def due(self, now: float, period: float) -> bool:
-        """Time to challenge it again: every period, backing off while it does not answer."""
-        if self.challenged is None:
-            return True
-        wait = period * (1 << min(self.strikes(now, period), BACKOFF_MAX))
-        return now >= self.challenged + wait - 1e-9
-
-
-@dataclass
-class _PeerNet:
-    """Where the primary can be reached on one network.
-
-    ``sources`` holds every (address, boot id) authentic heartbeats came from, so that a replayed
-    heartbeat of an old boot cannot overwrite what a live boot needs: each is challenged with its
-    own sequence number, on its own schedule. The verified primary's entry is never evicted.
-    """
-
-    verified: Addr | None = None
-    sources: dict[tuple[Addr, bytes], _Source] = field(default_factory=dict)
+from ipfailover.core.monitor_verify import Verifier
 
 
 class Monitor:
@@ -424,24 +100,20 @@ class Monitor:
         self.cfg = cfg
         self._rng = rng
         self.boot_id = rng(wire.BOOT_ID_SIZE)
-        self._seq = 0
+        # the primary's boots, their replay windows and challenge schedules, and our nonces
+        self.challenger = Challenger(cfg, self.boot_id, now)
+        # which datagrams come from the primary, and which prove it alive
+        self.verifier = Verifier(cfg, self.boot_id, now, self.challenger)
         self.state = State.ACTIVE if holding else State.STANDBY
         self.since = now
         self.detector = Detector(
             cfg.networks, cfg.deadtime, now, allowance=ARRIVAL_ALLOWANCE * cfg.period
         )
         self.counters: Counter[str] = Counter()
-        self.peer_name = cfg.peer_name
-        self.peer_boot: bytes | None = None
         self.peer_interval: float | None = None
-        self.peer_seq = 0
         self._now = now
         self._events: list[Event] = []
         self._out: list[tuple[bytes, Addr]] = []
-        self._peers: dict[str, _PeerNet] = {}
-        self._windows: OrderedDict[tuple[str, bytes], auth.ReplayWindow] = OrderedDict()
-        self._peer_window: tuple[bytes, auth.ReplayWindow] | None = None  # the verified boot's
-        self._nonces: dict[bytes, float] = {}  # nonce -> issue time
         self._next_challenge = now
         self._holddown_until: float | None = None
         self._rounds_heard = 0  # rounds of the hold-down in which the primary was heard
@@ -455,18 +127,7 @@ class Monitor:
         self._stop_pending = False
         self._retry_at: float | None = None
         self._failed_takeovers = 0  # in a row: the retry back-off doubles with each
-        self._warned_boots: OrderedDict[bytes, None] = OrderedDict()
-        self._left_boots: OrderedDict[bytes, None] = OrderedDict()
-        self._retired: OrderedDict[bytes, None] = OrderedDict()  # the primary's earlier boots
-        self._boots: OrderedDict[bytes, _Boot] = OrderedDict()  # challenge schedules
-        self._bucket = auth.TokenBucket(
-            CHALLENGE_RATE / cfg.period, CHALLENGE_BURST, now
-        )  # challenges to sources not (yet) verified
-        self.identity = auth.Identity(cfg.node, self.boot_id, now)
-        self.collision: auth.Collision | None = None
-        self._held: list[tuple[wire.Message, Addr, str]] = []
         # Evidence before a takeover (docs/safety.md)
-        self.ever_verified = False  # a heartbeat of the primary was verified since start-up
         self.probe_result = ProbeResult.NONE  # of the last probe that finished
         self.probe_at: float | None = None  # when it finished
         self.answering: Answers = ()  # what answered it
@@ -496,9 +157,7 @@ class Monitor:
         boot id is held until then), and whenever the shell re-reads them.
         """
         self._now = max(self._now, now)
-        self.identity.set_local(boots)
-        held, self._held = self._held, []
-        for msg, addr, network in held:
+        for msg, addr, network in self.verifier.set_local(boots):
             self._receive_checked(msg, addr, network, now)
         self._evaluate(now)
 
@@ -506,17 +165,18 @@ class Monitor:
     def wants_local_boots(self) -> bool:
         """A datagram carrying our name came from a boot id we do not know: the shell should
         re-read this host's boot ids and call :meth:`set_local_boots`."""
-        return self.identity.wants_local
+        return self.verifier.identity.wants_local
 
     def footprint(self) -> dict[str, int]:
         """Entries in each structure that remote input can grow (all bounded; for tests)."""
+        ch, v = self.challenger, self.verifier
         return {
             "sources": sum(len(p.sources) for p in self._peers.values()),
-            "windows": len(self._windows) + (self._peer_window is not None),
-            "boots": len(self._boots),
-            "retired": len(self._retired) + len(self._left_boots),
+            "windows": len(self._windows) + (ch.peer_window is not None),
+            "boots": len(ch.boots),
+            "retired": len(ch.retired) + len(v.left_boots),
             "nonces": len(self._nonces),
-            "held": len(self._held),
+            "held": len(v.held),
             "events": len(self._events),
         }
 
@@ -524,7 +184,8 @@ class Monitor:
         """Call at (or after) the deadline :meth:`get_timer` gave."""
         self._now = max(self._now, now)
         if now >= self._next_challenge:
-            self._challenge(now)
+            self.challenger.challenge(now, self._outbox())
+            self._next_challenge = now + self.cfg.period
         while self._released_due and self._released_due[0] <= now:
             self._released_due.pop(0)
             self._send_released()
@@ -693,14 +354,12 @@ class Monitor:
         key takes effect for the next datagram; nonces already issued stay valid.
         """
         self._now = max(self._now, now)
-        self.cfg = cfg
-        self.identity.node = cfg.node
+        self.cfg = self.challenger.cfg = cfg
+        self.verifier.reconfigure(cfg)
         self.detector.deadtime = cfg.deadtime
         self.detector.allowance = ARRIVAL_ALLOWANCE * cfg.period
         for name in cfg.networks:
             self.detector.networks.setdefault(name, NetworkView(name))
-        if cfg.peer_name is not None:
-            self.peer_name = cfg.peer_name
         if self.state is State.HOLDDOWN and self._holddown_until is not None:
             self._holddown_until = self.since + cfg.failback_delay
         self._next_challenge = min(self._next_challenge, now + cfg.period)
@@ -747,6 +406,58 @@ class Monitor:
     def holddown_until(self) -> float | None:
         return self._holddown_until if self.state is State.HOLDDOWN else None
 
+    # What the verifier and the challenger keep, under the names it had on the monitor.
+    @property
+    def identity(self) -> auth.Identity:
+        return self.verifier.identity
+
+    @property
+    def collision(self) -> auth.Collision | None:
+        return self.verifier.collision
+
+    @property
+    def peer_name(self) -> str | None:
+        """The primary's name: FAILOVER_PEER_NAME, or learnt (None until then)."""
+        return self.verifier.peer_name
+
+    @property
+    def ever_verified(self) -> bool:
+        """A heartbeat of the primary was verified since start-up."""
+        return self.verifier.ever_verified
+
+    @property
+    def peer_boot(self) -> bytes | None:
+        """The verified primary's boot id."""
+        return self.challenger.peer_boot
+
+    @property
+    def peer_seq(self) -> int:
+        """The highest sequence number the verified primary's boot sent."""
+        return self.challenger.peer_seq
+
+    @property
+    def _left_boots(self) -> OrderedDict[bytes, None]:
+        return self.verifier.left_boots
+
+    @property
+    def _warned_boots(self) -> OrderedDict[bytes, None]:
+        return self.verifier.warned_boots
+
+    @property
+    def _peers(self) -> dict[str, _PeerNet]:
+        return self.challenger.peers
+
+    @property
+    def _windows(self) -> OrderedDict[tuple[str, bytes], auth.ReplayWindow]:
+        return self.challenger.windows
+
+    @property
+    def _nonces(self) -> dict[bytes, float]:
+        return self.challenger.nonces
+
+    def _outbox(self) -> Outbox:
+        return Outbox(self._out, self._events, self.counters, self._rng, self.holding)
+
     # Internals ---------------------------------------------------------------------------------
 
     def _dropped(self, err: wire.RemoteProtocolError, addr: Addr, network: str, now: float) -> None:
@@ -762,55 +473,21 @@ class Monitor:
             self._dropped(err, addr, network, now)
 
     def _receive(self, msg: wire.Message, addr: Addr, network: str, now: float) -> None:
-        if msg.type not in (wire.MsgType.HEARTBEAT, wire.MsgType.LEAVING, wire.MsgType.ANNOUNCED):
-            raise wire.RemoteProtocolError(wire.Reason.UNEXPECTED, f"{msg.type.name} to failoverd")
-        # Our own datagrams are known by boot id, not by name: a clone may share the name.
-        who = self.identity.classify(msg.sender, msg.boot_id, now)
-        if who == auth.Identity.OWN:
-            self.counters["own"] += 1  # peering: our own host's heartbeatd, looped back
+        if not self.verifier.screen(msg, addr, network, now, self._outbox()):
             return
-        if who == auth.Identity.ASK:
-            self.counters["own-name-held"] += 1
-            if len(self._held) < MAX_HELD:
-                self._held.append((msg, addr, network))  # until the shell knows our boot ids
-            return
-        if who == auth.Identity.UNDECIDED:
-            raise wire.RemoteProtocolError(wire.Reason.UNEXPECTED, "our name, an unknown boot id")
-        if not self._peer_matches(msg.sender):
-            raise wire.RemoteProtocolError(wire.Reason.UNKNOWN_PEER, f"sender {msg.sender!r}")
-        if msg.boot_id in self._left_boots:
-            self.counters["after-leaving"] += 1  # the other copies of LEAVING, or stragglers
-            return
-        if msg.boot_id in self._retired:
-            # the primary has since restarted: what its earlier boot sent is history
-            raise wire.RemoteProtocolError(wire.Reason.REPLAY, "from an earlier boot")
         if msg.type is wire.MsgType.ANNOUNCED:
             self._announced(msg, now)
             return
-        if not self._window(msg.sender, msg.boot_id).accept(msg.seq):
-            raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"seq {msg.seq} seen or too old")
-        peer = self._peers.setdefault(network, _PeerNet())
-        source = self._source(peer, addr, msg, now)
-        evidence = self._evidence(msg, now)
-        if evidence is None:
-            # Nothing a fresh heartbeat relies on changes here: only this (address, boot)'s own
-            # entry, and the budget for challenging unverified sources.
-            self._challenge_now(peer, addr, msg.boot_id, source, now)
-            raise wire.RemoteProtocolError(wire.Reason.STALE, "echoes no fresh challenge of ours")
-        self._boot(msg.boot_id, now).unanswered = None
-        peer.verified = addr
-        self.ever_verified = True
-        if msg.sender == self.cfg.node:
-            self._collided(msg, addr, network, now)
-        self._pin_peer(msg.sender, addr)
-        self._note_peer_boot(msg, now)
+        box = self._outbox()
+        peer, source, evidence = self.verifier.verify(msg, addr, network, now, box, self._evidence)
+        ch = self.challenger
         was_alive = network in self.detector.networks and self._counts_as_alive(network, now)
         self.detector.heard(network, evidence, now, msg.interval)
         if self.state in (State.ACTIVE, State.DECLINED) and evidence <= self.since:
             # The primary is back, but it echoes a nonce from before we took over (a cable came
             # back): it missed our latest challenges. Challenge it at once, not at the next
             # round, so that its return costs one round trip.
-            self._challenge_now(peer, addr, msg.boot_id, source, now)
+            ch.challenge_now(peer, addr, msg.boot_id, source, now, box)
         self._echo_issued = max(self._nonces[e] for e in msg.echoes if e in self._nonces)
         if (
             self.state is State.HOLDDOWN
@@ -838,10 +515,18 @@ class Monitor:
             self._events.append(NetworkEvent(kind=NetworkKind.VERIFIED, network=network, at=now))
         if msg.type is wire.MsgType.LEAVING:
             self.counters["leaving"] += 1
-            _bounded_add(self._left_boots, msg.boot_id, MAX_RETIRED)
+            self.verifier.left(msg.boot_id)
             self.detector.forget()
             if (self.state, Trigger.PEER_LEAVING) in TRANSITIONS:
                 self._fire(Trigger.PEER_LEAVING, now)
+
+    def _evidence(self, msg: wire.Message, now: float) -> float | None:
+        """When this heartbeat proves the primary was alive, or None if it proves nothing."""
+        issued = [self._nonces[e] for e in msg.echoes if e in self._nonces]
+        if not issued:
+            return None
+        evidence = min(now, max(issued) + self.cfg.period)
+        return evidence if evidence + self.cfg.deadtime > now else None
 
     def _announced(self, msg: wire.Message, now: float) -> None:
         """The primary confirms that it announced its addresses, as our HANDBACK asked: only
@@ -855,237 +540,10 @@ class Monitor:
         if self.state is not State.HANDBACK:
             self.counters["announced-late"] += 1  # its copy, or after we released anyway
             return
-        if not self._window(msg.sender, msg.boot_id).accept(msg.seq):
+        if not self.challenger.window(msg.sender, msg.boot_id).accept(msg.seq):
             raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"seq {msg.seq} seen or too old")
         self.counters["announced"] += 1
         self._fire(Trigger.ANNOUNCED, now)
-
-    def _peer_matches(self, sender: str) -> bool:
-        """The primary is FAILOVER_PEER_NAME if set; otherwise the name pinned by the first verified
-        heartbeat from FAILOVER_PEER_IP; until then, any authenticated sender but ourselves."""
-        return self.peer_name is None or sender == self.peer_name
-
-    def _pin_peer(self, sender: str, addr: Addr) -> None:
-        if self.peer_name is None and self.cfg.peer_ip is not None:
-            try:
-                source = ipaddress.ip_address(addr[0])
-            except ValueError:
-                return
-            if source == self.cfg.peer_ip:
-                self.peer_name = sender
-
-    def _window(self, sender: str, boot: bytes) -> auth.ReplayWindow:
-        if self._peer_window is not None and self._peer_window[0] == boot:
-            return self._peer_window[1]  # pinned: no other boot can evict it
-        key = (sender, boot)
-        window = self._windows.get(key)
-        if window is None:
-            window = self._windows[key] = auth.ReplayWindow()
-            if len(self._windows) > MAX_BOOTS:
-                self._windows.popitem(last=False)
-        self._windows.move_to_end(key)
-        return window
-
-    def _evidence(self, msg: wire.Message, now: float) -> float | None:
-        """When this heartbeat proves the primary was alive, or None if it proves nothing."""
-        issued = [self._nonces[e] for e in msg.echoes if e in self._nonces]
-        if not issued:
-            return None
-        evidence = min(now, max(issued) + self.cfg.period)
-        return evidence if evidence + self.cfg.deadtime > now else None
-
-    def _pinned(self, peer: _PeerNet) -> tuple[Addr, bytes] | None:
-        if peer.verified is None or self.peer_boot is None:
-            return None
-        return (peer.verified, self.peer_boot)
-
-    def _boot(self, boot: bytes, now: float) -> _Boot:
-        """The schedule of ``boot``, made if new; the least recently heard go first, never the
-        verified primary's."""
-        state = self._boots.get(boot)
-        if state is None:
-            state = self._boots[boot] = _Boot(heard=now)
-            if len(self._boots) > MAX_BOOT_STATES:
-                victim = next(b for b in self._boots if b != self.peer_boot)
-                del self._boots[victim]
-        else:
-            state.heard = max(state.heard, now)
-        self._boots.move_to_end(boot)
-        return state
-
-    def _source(self, peer: _PeerNet, addr: Addr, msg: wire.Message, now: float) -> _Source:
-        """The entry of (``addr``, its boot id), made if new. The table stays bounded, and an
-        eviction never takes the verified primary's entry: it takes an entry of the boot that has
-        left challenges unanswered longest, else one already challenged, else the one heard
-        least recently (its boot's schedule survives it)."""
-        self._boot(msg.boot_id, now)
-        key = (addr, msg.boot_id)
-        source = peer.sources.get(key)
-        if source is not None:
-            source.seq = max(source.seq, msg.seq)  # a replay must not roll it back
-            source.heard = max(source.heard, now)
-            return source
-        source = peer.sources[key] = _Source(seq=msg.seq, heard=now)
-        if len(peer.sources) > MAX_SOURCES:
-            pinned = self._pinned(peer)
-            period = self.cfg.period
-
-            def badness(k: tuple[Addr, bytes]) -> tuple[int, bool, float]:
-                state = self._boots.get(k[1])
-                strikes = 0 if state is None else state.strikes(now, period)
-                tried = state is not None and state.challenged is not None
-                return (strikes, tried, -peer.sources[k].heard)
-
-            victim = max((k for k in peer.sources if k not in (pinned, key)), key=badness)
-            del peer.sources[victim]
-        return source
-
-    def _challenge_now(
-        self, peer: _PeerNet, addr: Addr, boot: bytes, source: _Source, now: float
-    ) -> None:
-        """The primary at ``addr`` lacks a fresh nonce of ours (it just started, or a link just
-        came back): send one at once rather than at the next round. At most once a period for
-        each (address, boot); for any but the verified primary, only for a boot never challenged
-        (a new primary process), at most PER_SOURCE a period to one address, and within the
-        overall budget."""
-        period = self.cfg.period
-        if source.immediate is not None and now - source.immediate < period:
-            return
-        state = self._boot(boot, now)
-        if (addr, boot) == self._pinned(peer):
-            # the verified primary lost our nonce (a link came back): as before, at once
-            source.immediate = now
-            self._send_challenge(self._current_nonce(now), addr, boot, source, now)
-            state.unanswered = None
-            return
-        if state.challenged is not None:
-            return  # seen before: the round challenges it again when due, the best first
-        recent = sum(
-            1
-            for (a, _), s in peer.sources.items()
-            if a == addr and s.immediate is not None and now - s.immediate < period
-        )
-        if recent >= PER_SOURCE or not self._bucket.take(now):
-            self.counters["challenges-withheld"] += 1
-            return
-        source.immediate = now
-        self._send_challenge(self._current_nonce(now), addr, boot, source, now)
-
-    def _send_challenge(
-        self, nonce: bytes, addr: Addr, boot: bytes, source: _Source, now: float
-    ) -> None:
-        source.challenged = now
-        state = self._boot(boot, now)
-        state.challenged = now
-        if state.unanswered is None:
-            state.unanswered = now  # until a heartbeat of this boot echoes a fresh nonce
-        data = self._encode_challenge(nonce, (boot, source.seq))
-        # The verified primary's round challenge goes out twice, back to back: a lost challenge
-        # leaves it echoing the previous round's nonce, whose evidence is up to a period older.
-        copies = CHALLENGE_COPIES if boot == self.peer_boot else 1
-        self._out += [(data, addr)] * copies
-
-    def _collided(self, msg: wire.Message, addr: Addr, network: str, now: float) -> None:
-        """A fresh heartbeat with our own name from a boot that is not this host's: another
-        machine uses our name. We still treat it as the primary (it is the one heartbeatd we
-        hear); the shell makes it loud."""
-        self.counters["name-collision"] += 1
-        self.collision, event = auth.note_collision(
-            self.collision, msg.sender, msg.boot_id, addr, network, now
-        )
-        if event is not None:
-            self._events.append(event)
-
-    def _note_peer_boot(self, msg: wire.Message, now: float) -> None:
-        if msg.boot_id != self.peer_boot:
-            if self.peer_boot is not None:
-                # The primary restarted: its earlier boot is history from now on (replays of it
-                # are refused outright), and the new boot's replay window is the pinned one.
-                _bounded_add(self._retired, self.peer_boot, MAX_RETIRED)
-                for peer in self._peers.values():
-                    for key in [k for k in peer.sources if k[1] == self.peer_boot]:
-                        del peer.sources[key]
-                self._boots.pop(self.peer_boot, None)
-            window = self._windows.pop((msg.sender, msg.boot_id), None)
-            self._peer_window = (msg.boot_id, window or auth.ReplayWindow())
-            if window is None:
-                self._peer_window[1].accept(msg.seq)
-            self.peer_boot, self.peer_seq = msg.boot_id, msg.seq
-        self.peer_seq = max(self.peer_seq, msg.seq)
-        if msg.interval * 2 >= self.cfg.deadtime and msg.boot_id not in self._warned_boots:
-            _bounded_add(self._warned_boots, msg.boot_id, MAX_RETIRED)
-            self._events.append(
-                PeerWarning(
-                    text=f"peer interval {msg.interval:g}s is at least half our dead time "
-                    f"{self.cfg.deadtime:g}s: expect false takeovers; raise FAILOVER_DEADTIME",
-                    at=now,
-                )
-            )
-
-    def _current_nonce(self, now: float) -> bytes:
-        if not self._nonces:
-            self._issue_nonce(now)
-        return max(self._nonces, key=self._nonces.__getitem__)
-
-    def _issue_nonce(self, now: float) -> bytes:
-        horizon = now - self.cfg.deadtime - self.cfg.period
-        self._nonces = {n: t for n, t in self._nonces.items() if t > horizon}
-        nonce = self._rng(wire.NONCE_SIZE)
-        self._nonces[nonce] = now
-        return nonce
-
-    def _challenge(self, now: float) -> None:
-        """The round: the verified primary on each network, always. Then each other boot that is
-        due, on one of its sources (the one challenged least recently, so a network that loses
-        them does not keep them all), within the budget: boots never challenged first, then
-        those that answered best, the ones heard last first."""
-        nonce = self._issue_nonce(now)
-        period = self.cfg.period
-        pick: dict[bytes, tuple[float, float, _PeerNet, tuple[Addr, bytes]]] = {}
-        for peer in self._peers.values():
-            pinned = self._pinned(peer)
-            for key, source in peer.sources.items():
-                if key == pinned:
-                    self._send_challenge(nonce, key[0], key[1], source, now)
-                    if key[1] in self._boots:  # verified: the detector judges it
-                        self._boots[key[1]].unanswered = None
-                    continue
-                if key[1] == self.peer_boot:
-                    continue  # its pinned source is challenged already
-                rank = (source.challenged or -1.0, -source.heard)
-                if key[1] not in pick or rank < pick[key[1]][:2]:
-                    pick[key[1]] = (*rank, peer, key)
-        due = []
-        for boot, (_, _, peer, key) in pick.items():
-            state = self._boots.get(boot)
-            if state is not None and state.due(now, period):
-                order = (state.challenged is not None, state.strikes(now, period), -state.heard)
-                due.append((order, peer, key))
-        due.sort(key=lambda x: x[0])
-        for _, peer, key in due:
-            if not self._bucket.take(now):
-                self.counters["challenges-withheld"] += 1
-                break
-            self._send_challenge(nonce, key[0], key[1], peer.sources[key], now)
-        self._next_challenge = now + period
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    def _encode_challenge(self, nonce: bytes, echo: tuple[bytes, int]) -> bytes:
-        msg = wire.Message(
-            type=wire.MsgType.CHALLENGE,
-            sender=self.cfg.node,
-            boot_id=self.boot_id,
-            seq=self._next_seq(),
-            interval=self.cfg.period,
-            nonce=nonce,
-            echo_boot=echo[0],
-            echo_seq=echo[1],
-            holding=self.holding,
-        )
-        return wire.encode(msg, self.cfg.key)
 
     def _send_handback(self) -> None:
         """Ask the primary to announce its addresses before we delete ours (make before
@@ -1096,7 +554,7 @@ class Monitor:
             type=wire.MsgType.HANDBACK,
             sender=self.cfg.node,
             boot_id=self.boot_id,
-            seq=self._next_seq(),
+            seq=self.challenger.next_seq(),
             interval=self.cfg.period,
             nonce=self._handback_id,
             echo_boot=self.peer_boot,
@@ -1115,7 +573,7 @@ class Monitor:
             type=wire.MsgType.RELEASED,
             sender=self.cfg.node,
             boot_id=self.boot_id,
-            seq=self._next_seq(),
+            seq=self.challenger.next_seq(),
             interval=self.cfg.period,
             nonce=self._release_id,
             echo_boot=self.peer_boot,
@@ -1286,10 +744,3 @@ def _answers(answers: Mapping[str, Iterable[str]]) -> Answers:
 
 def _macs(answers: Answers) -> set[str]:
     return {mac for _, macs in answers for mac in macs}
-
-
-def _bounded_add(items: OrderedDict[bytes, None], item: bytes, limit: int) -> None:
-    items[item] = None
-    items.move_to_end(item)
-    while len(items) > limit:
-        items.popitem(last=False)
