@@ -36,7 +36,8 @@ from collections.abc import Iterable, Mapping
 from ipfailover.core import auth, wire
 from ipfailover.core.detector import Detector, NetworkView
 from ipfailover.core.errors import LocalProtocolError as LocalProtocolError
-from ipfailover.core.monitor_challenge import Challenger, Outbox, _PeerNet
+from ipfailover.core.monitor_challenge import Challenger, _PeerNet
+from ipfailover.core.monitor_probe import Probing
 
 # The table, the events, the configuration and the tunables were split out of this module (issue
 # 9); every name it had stays importable from here.
@@ -53,35 +54,25 @@ from ipfailover.core.monitor_types import *  # noqa: F403
 from ipfailover.core.monitor_types import (
     ARRIVAL_ALLOWANCE,
     CONFLICT_QUIET,
-    DEFEND_INTERVAL,
     HANDBACK_COPIES,
     HANDBACK_WAIT_MAX,
     HANDBACK_WAIT_MIN,
     MAX_CASCADE,
-    MAX_CONFLICT_MACS,
-    MAX_CONFLICTS,
-    PROBE_ANSWERED,
-    PROBE_FAILED,
-    PROBE_SILENT,
     RELEASED_COPIES,
-    REPROBE_MIN,
     RETRY_MAX,
     STEADY_SHARE,
     Acquire,
     AcquireOutcome,
     AcquireRetry,
     Addr,
-    AddressAnswers,
-    AddressConflict,
     Answers,
     Conflict,
-    Defend,
     Event,
     Heard,
     MonitorConfig,
     NetworkEvent,
     NetworkKind,
-    Probe,
+    Outbox,
     ProbeResult,
     RandomBytes,
     Reclaim,
@@ -127,15 +118,7 @@ class Monitor:
         self._stop_pending = False
         self._retry_at: float | None = None
         self._failed_takeovers = 0  # in a row: the retry back-off doubles with each
-        # Evidence before a takeover (docs/safety.md)
-        self.probe_result = ProbeResult.NONE  # of the last probe that finished
-        self.probe_at: float | None = None  # when it finished
-        self.answering: Answers = ()  # what answered it
-        self._probe_reason = Trigger.PEER_SILENT  # why we are probing (the takeover's reason)
-        self._probe_seq = 0
-        self._probe_out: int | None = None  # id of the probe the shell is running
-        self._reprobe_at: float | None = None
-        self._conflicts: OrderedDict[str, Conflict] = OrderedDict()
+        self.probing = Probing()  # evidence before a takeover (docs/safety.md)
 
     # Inputs ------------------------------------------------------------------------------------
 
@@ -189,13 +172,8 @@ class Monitor:
         while self._released_due and self._released_due[0] <= now:
             self._released_due.pop(0)
             self._send_released()
-        if (
-            self.state is State.BLOCKED
-            and self._probe_out is None
-            and self._reprobe_at is not None
-            and now >= self._reprobe_at
-        ):
-            self._start_probe(now)
+        if self.state is State.BLOCKED and self.probing.reprobe_due(now):
+            self.probing.start(now, self._outbox())
         self._evaluate(now)
 
     def acquire_done(
@@ -248,51 +226,10 @@ class Monitor:
         if probe_id != self._probe_out:
             self.counters["probe-late"] += 1  # the state moved on (the primary was heard)
             return
-        self._probe_out = None
-        found = _answers(answers)
-        self.probe_result = PROBE_ANSWERED if found else PROBE_SILENT if ok else PROBE_FAILED
-        self.probe_at = now
-        self.counters[f"probes.{self.probe_result}"] += 1
-        if self.state is State.PROBING:
-            self.answering = found
-            if not found:
-                trigger = Trigger.NO_ANSWER
-            elif not self.ever_verified:
-                trigger = Trigger.ANSWERS_NEVER_VERIFIED
-            elif not self.cfg.take_answering:
-                trigger = Trigger.ANSWERS_REFUSED
-            else:
-                trigger = Trigger.ANSWERS_AFTER_VERIFIED
-            if found:
-                taking = trigger is Trigger.ANSWERS_AFTER_VERIFIED
-                self._events.append(
-                    AddressAnswers(
-                        answering=found, verified_before=self.ever_verified, taking=taking, at=now
-                    )
-                )
+        box = self._outbox()
+        trigger = self.probing.done(now, answers, ok, self.state, self.ever_verified, self.cfg, box)
+        if trigger is not None:
             self._fire(trigger, now)
-        elif self.state is State.BLOCKED:
-            if found and self.ever_verified and self.cfg.take_answering:
-                self.answering = found
-                self._events.append(
-                    AddressAnswers(answering=found, verified_before=True, taking=True, at=now)
-                )
-                self._fire(Trigger.ANSWERS_AFTER_VERIFIED, now)
-            elif found:
-                if _macs(found) - _macs(self.answering):
-                    self._events.append(
-                        AddressAnswers(
-                            answering=found,
-                            verified_before=self.ever_verified,
-                            taking=False,
-                            at=now,
-                        )
-                    )
-                self.answering = found
-                self._reprobe_at = now + max(REPROBE_MIN, self.cfg.period)
-            else:
-                self.answering = ()
-                self._fire(Trigger.NO_ANSWER, now)
         self._evaluate(now)
 
     def address_claimed(self, now: float, address: str, mac: str) -> None:
@@ -306,34 +243,13 @@ class Monitor:
         again: expected, we hand it back soon; counted only. Outside those states, ignored.
         """
         self._now = max(self._now, now)
-        if self.state in (State.HOLDDOWN, State.HANDBACK):
-            self.counters["claims.holddown"] += 1
-            return
-        if self.state is not State.ACTIVE:
-            self.counters["claims.ignored"] += 1
-            return
-        self.counters["claims.active"] += 1
-        ep = self._conflicts.get(address)
-        if ep is None or now - ep.last > CONFLICT_QUIET:
-            ep = self._conflicts[address] = Conflict(address=address, since=now, last=now)
-            if len(self._conflicts) > MAX_CONFLICTS:
-                self._conflicts.popitem(last=False)
-        self._conflicts.move_to_end(address)
-        ep.last = now
-        ep.frames += 1
-        if mac not in ep.macs and len(ep.macs) < MAX_CONFLICT_MACS:
-            ep.macs.append(mac)
-            self._events.append(AddressConflict(address=address, mac=mac, state=self.state, at=now))
-        if ep.defended_at is None or now - ep.defended_at >= DEFEND_INTERVAL:
-            ep.defended_at = now
-            ep.defences += 1
-            self._events.append(Defend(address=address, at=now))
+        self.probing.claimed(now, address, mac, self.state, self._outbox())
 
     def conflicts(self, now: float) -> list[Conflict]:
         """The conflict episodes still going on (a frame within CONFLICT_QUIET), oldest first."""
         if not self.holding:
-            self._conflicts.clear()
-        return [c for c in self._conflicts.values() if now - c.last <= CONFLICT_QUIET]
+            self.probing.conflicts.clear()
+        return [c for c in self.probing.conflicts.values() if now - c.last <= CONFLICT_QUIET]
 
     def release_done(self, now: float, ok: bool) -> None:
         """The shell finished the release (``ok``), or refused or failed it."""
@@ -387,8 +303,9 @@ class Monitor:
             # once due, the retry waits for silence on every network: the detector's deadline
             # above wakes us for that (a past deadline here would spin the shell's timer)
             times.append(self._retry_at)
-        if self.state is State.BLOCKED and self._probe_out is None and self._reprobe_at is not None:
-            times.append(self._reprobe_at)
+        reprobe = self.probing.reprobe_at
+        if self.state is State.BLOCKED and self._probe_out is None and reprobe is not None:
+            times.append(reprobe)
         return min(times)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
@@ -424,6 +341,25 @@ class Monitor:
     def ever_verified(self) -> bool:
         """A heartbeat of the primary was verified since start-up."""
         return self.verifier.ever_verified
+
+    @property
+    def probe_result(self) -> ProbeResult:
+        """What the last probe that finished found."""
+        return self.probing.result
+
+    @property
+    def probe_at(self) -> float | None:
+        """When it finished."""
+        return self.probing.at
+
+    @property
+    def answering(self) -> Answers:
+        """What answered it."""
+        return self.probing.answering
+
+    @property
+    def _probe_out(self) -> int | None:
+        return self.probing.out  # the probe the shell is running
 
     @property
     def peer_boot(self) -> bytes | None:
@@ -594,33 +530,27 @@ class Monitor:
         self._events.append(StateChanged(old=old, new=new, trigger=trigger, at=now))
         self._enter(old, new, trigger, now)
 
-    def _start_probe(self, now: float) -> None:
-        self._probe_seq += 1
-        self._probe_out = self._probe_seq
-        self._reprobe_at = None
-        self._events.append(Probe(id=self._probe_seq, at=now))
-
     def _enter(self, old: State, new: State, trigger: Trigger, now: float) -> None:
         if old in (State.PROBING, State.BLOCKED) and new is not State.BLOCKED:
-            self._probe_out = None  # an answer still under way counts for nothing
+            self.probing.out = None  # an answer still under way counts for nothing
         if new not in HOLDING:
-            self._conflicts.clear()  # an episode ends when we stop holding
+            self.probing.conflicts.clear()  # an episode ends when we stop holding
         if new is State.PROBING:
-            self._probe_reason = trigger
-            self._start_probe(now)
+            self.probing.reason = trigger
+            self.probing.start(now, self._outbox())
         elif new is State.ACQUIRING and trigger in PROBE_VERDICTS:
             self._events.append(
                 Acquire(
-                    reason=self._probe_reason,
+                    reason=self.probing.reason,
                     at=now,
-                    probe=self.probe_result,
-                    answering=self.answering,
+                    probe=self.probing.result,
+                    answering=self.probing.answering,
                 )
             )
         elif new is State.ACQUIRING:
             self._events.append(Acquire(reason=trigger, at=now))
         elif new is State.BLOCKED:
-            self._reprobe_at = now + max(REPROBE_MIN, self.cfg.period)
+            self.probing.block(now, self.cfg)
         elif new is State.HOLDDOWN:
             self._start_holddown(now)
         elif new is State.HANDBACK:
@@ -730,17 +660,3 @@ class Monitor:
 def handback_wait(period: float) -> float:
     """How long a hand-back waits for ANNOUNCED before it releases anyway."""
     return min(max(period, HANDBACK_WAIT_MIN), HANDBACK_WAIT_MAX)
-
-
-def _answers(answers: Mapping[str, Iterable[str]]) -> Answers:
-    """The shell's answers in canonical form: sorted, no address without a MAC."""
-    out = []
-    for address, macs in answers.items():
-        unique = tuple(sorted(set(macs)))[:MAX_CONFLICT_MACS]
-        if unique:
-            out.append((str(address), unique))
-    return tuple(sorted(out))
-
-
-def _macs(answers: Answers) -> set[str]:
-    return {mac for _, macs in answers for mac in macs}

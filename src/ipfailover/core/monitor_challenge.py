@@ -16,7 +16,7 @@ flag), so that what it keeps is only what it verifies with.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ipfailover.core import auth, wire
@@ -31,9 +31,8 @@ from ipfailover.core.monitor_types import (
     MAX_SOURCES,
     PER_SOURCE,
     Addr,
-    Event,
     MonitorConfig,
-    RandomBytes,
+    Outbox,
 )
 
 
@@ -81,18 +80,6 @@ class _PeerNet:
 
     verified: Addr | None = None
     sources: dict[tuple[Addr, bytes], _Source] = field(default_factory=dict)
-
-
-@dataclass
-class Outbox:
-    """Where one call's datagrams, events, counts and randomness go: the monitor's, lent for
-    the call."""
-
-    out: list[tuple[bytes, Addr]]
-    events: list[Event]
-    counters: Counter[str]
-    rng: RandomBytes
-    holding: bool  # the flag our challenges carry
 
 
 class Challenger:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -291,3 +292,15 @@ class Conflict:
     frames: int = 0
     defended_at: float | None = None
     defences: int = 0
+
+
+@dataclass
+class Outbox:
+    """Where one call's datagrams, events, counts and randomness go: the monitor's, lent for
+    the call."""
+
+    out: list[tuple[bytes, Addr]]
+    events: list[Event]
+    counters: Counter[str]
+    rng: RandomBytes
+    holding: bool  # the flag our challenges carry

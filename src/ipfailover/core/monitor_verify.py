@@ -18,8 +18,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from ipfailover.core import auth, wire
-from ipfailover.core.monitor_challenge import Challenger, Outbox, _PeerNet, _Source, bounded_add
-from ipfailover.core.monitor_types import MAX_HELD, MAX_RETIRED, Addr, MonitorConfig, PeerWarning
+from ipfailover.core.monitor_challenge import Challenger, _PeerNet, _Source, bounded_add
+from ipfailover.core.monitor_types import (
+    MAX_HELD,
+    MAX_RETIRED,
+    Addr,
+    MonitorConfig,
+    Outbox,
+    PeerWarning,
+)
 
 Held = tuple[wire.Message, Addr, str]  # a datagram, where it came from, its network
 Proof = Callable[[wire.Message, float], float | None]  # when a heartbeat proves life
