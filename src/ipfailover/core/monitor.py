@@ -37,6 +37,8 @@ from ipfailover.core import auth, wire
 from ipfailover.core.detector import Detector, NetworkView
 from ipfailover.core.errors import LocalProtocolError as LocalProtocolError
 from ipfailover.core.monitor_challenge import Challenger, _PeerNet
+from ipfailover.core.monitor_handback import Handback
+from ipfailover.core.monitor_handback import handback_wait as handback_wait
 from ipfailover.core.monitor_probe import Probing
 
 # The table, the events, the configuration and the tunables were split out of this module (issue
@@ -54,13 +56,8 @@ from ipfailover.core.monitor_types import *  # noqa: F403
 from ipfailover.core.monitor_types import (
     ARRIVAL_ALLOWANCE,
     CONFLICT_QUIET,
-    HANDBACK_COPIES,
-    HANDBACK_WAIT_MAX,
-    HANDBACK_WAIT_MIN,
     MAX_CASCADE,
-    RELEASED_COPIES,
     RETRY_MAX,
-    STEADY_SHARE,
     Acquire,
     AcquireOutcome,
     AcquireRetry,
@@ -106,15 +103,7 @@ class Monitor:
         self._events: list[Event] = []
         self._out: list[tuple[bytes, Addr]] = []
         self._next_challenge = now
-        self._holddown_until: float | None = None
-        self._rounds_heard = 0  # rounds of the hold-down in which the primary was heard
-        self._round_heard = float("-inf")  # the evidence of the last one counted
-        self._round_issued = float("-inf")  # and the issue time of the nonce it echoed
-        self._echo_issued = float("-inf")  # the issue time of the nonce the last heartbeat echoed
-        self._released_due: list[float] = []
-        self._release_id = b""
-        self._handback_id = b""  # the id of the last HANDBACK we sent
-        self._handback_until: float | None = None  # while HANDBACK: when we release anyway
+        self.handback = Handback(self.challenger)  # the hold-down, HANDBACK and RELEASED
         self._stop_pending = False
         self._retry_at: float | None = None
         self._failed_takeovers = 0  # in a row: the retry back-off doubles with each
@@ -169,9 +158,7 @@ class Monitor:
         if now >= self._next_challenge:
             self.challenger.challenge(now, self._outbox())
             self._next_challenge = now + self.cfg.period
-        while self._released_due and self._released_due[0] <= now:
-            self._released_due.pop(0)
-            self._send_released()
+        self.handback.resend_due(now, self._outbox())
         if self.state is State.BLOCKED and self.probing.reprobe_due(now):
             self.probing.start(now, self._outbox())
         self._evaluate(now)
@@ -276,8 +263,8 @@ class Monitor:
         self.detector.allowance = ARRIVAL_ALLOWANCE * cfg.period
         for name in cfg.networks:
             self.detector.networks.setdefault(name, NetworkView(name))
-        if self.state is State.HOLDDOWN and self._holddown_until is not None:
-            self._holddown_until = self.since + cfg.failback_delay
+        if self.state is State.HOLDDOWN and self.handback.holddown_until is not None:
+            self.handback.holddown_until = self.since + cfg.failback_delay
         self._next_challenge = min(self._next_challenge, now + cfg.period)
         self._evaluate(now)
 
@@ -287,14 +274,15 @@ class Monitor:
         """The absolute time at which :meth:`handle_timer` must next be called."""
         if self.state is State.STOPPED:
             return None
-        times = [self._next_challenge, *self._released_due[:1]]
+        hb = self.handback
+        times = [self._next_challenge, *hb.released_due[:1]]
         deadline = self.detector.next_deadline(self._now)
         if deadline is not None:
             times.append(deadline)
-        if self.state is State.HOLDDOWN and self._holddown_until is not None:
-            times.append(self._holddown_until)
-        if self.state is State.HANDBACK and self._handback_until is not None:
-            times.append(self._handback_until)
+        if self.state is State.HOLDDOWN and hb.holddown_until is not None:
+            times.append(hb.holddown_until)
+        if self.state is State.HANDBACK and hb.handback_until is not None:
+            times.append(hb.handback_until)
         if (
             self.state is State.DECLINED
             and self._retry_at is not None
@@ -321,7 +309,7 @@ class Monitor:
 
     @property
     def holddown_until(self) -> float | None:
-        return self._holddown_until if self.state is State.HOLDDOWN else None
+        return self.handback.holddown_until if self.state is State.HOLDDOWN else None
 
     # What the verifier and the challenger keep, under the names it had on the monitor.
     @property
@@ -356,6 +344,10 @@ class Monitor:
     def answering(self) -> Answers:
         """What answered it."""
         return self.probing.answering
+
+    @property
+    def _holddown_until(self) -> float | None:
+        return self.handback.holddown_until
 
     @property
     def _probe_out(self) -> int | None:
@@ -424,17 +416,8 @@ class Monitor:
             # back): it missed our latest challenges. Challenge it at once, not at the next
             # round, so that its return costs one round trip.
             ch.challenge_now(peer, addr, msg.boot_id, source, now, box)
-        self._echo_issued = max(self._nonces[e] for e in msg.echoes if e in self._nonces)
-        if (
-            self.state is State.HOLDDOWN
-            and evidence >= self._round_heard + self.cfg.period / 2
-            and self._echo_issued > self._round_issued
-        ):
-            # A new round heard: not the same one on another network, nor a second heartbeat
-            # echoing the same challenge (heartbeatd answers a holder's challenge at once, and
-            # its regular beat echoes that challenge again up to a period later)
-            self._round_heard, self._round_issued = evidence, self._echo_issued
-            self._rounds_heard += 1
+        issued = max(self._nonces[e] for e in msg.echoes if e in self._nonces)
+        self.handback.heard(evidence, issued, self.cfg, self.state is State.HOLDDOWN)
         self._events.append(
             Heard(
                 network=network,
@@ -471,7 +454,7 @@ class Monitor:
             raise wire.RemoteProtocolError(
                 wire.Reason.STALE, "ANNOUNCED not from the verified primary to this boot"
             )
-        if not self._handback_id or msg.nonce != self._handback_id:
+        if not self.handback.answers(msg.nonce):
             raise wire.RemoteProtocolError(wire.Reason.STALE, "ANNOUNCED answers no hand-back")
         if self.state is not State.HANDBACK:
             self.counters["announced-late"] += 1  # its copy, or after we released anyway
@@ -480,46 +463,6 @@ class Monitor:
             raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"seq {msg.seq} seen or too old")
         self.counters["announced"] += 1
         self._fire(Trigger.ANNOUNCED, now)
-
-    def _send_handback(self) -> None:
-        """Ask the primary to announce its addresses before we delete ours (make before
-        break), on every network where we verified it."""
-        if self.peer_boot is None:
-            return
-        msg = wire.Message(
-            type=wire.MsgType.HANDBACK,
-            sender=self.cfg.node,
-            boot_id=self.boot_id,
-            seq=self.challenger.next_seq(),
-            interval=self.cfg.period,
-            nonce=self._handback_id,
-            echo_boot=self.peer_boot,
-            echo_seq=self.peer_seq,
-        )
-        data = wire.encode(msg, self.cfg.key)
-        for peer in self._peers.values():
-            if peer.verified:
-                self._out += [(data, peer.verified)] * HANDBACK_COPIES
-        self.counters["handback-sent"] += 1
-
-    def _send_released(self) -> None:
-        if self.peer_boot is None:
-            return
-        msg = wire.Message(
-            type=wire.MsgType.RELEASED,
-            sender=self.cfg.node,
-            boot_id=self.boot_id,
-            seq=self.challenger.next_seq(),
-            interval=self.cfg.period,
-            nonce=self._release_id,
-            echo_boot=self.peer_boot,
-            echo_seq=self.peer_seq,
-        )
-        data = wire.encode(msg, self.cfg.key)
-        for peer in self._peers.values():
-            if peer.verified:
-                self._out.append((data, peer.verified))
-        self.counters["released-sent"] += 1
 
     def _fire(self, trigger: Trigger, now: float) -> None:
         new = TRANSITIONS.get((self.state, trigger))
@@ -552,11 +495,9 @@ class Monitor:
         elif new is State.BLOCKED:
             self.probing.block(now, self.cfg)
         elif new is State.HOLDDOWN:
-            self._start_holddown(now)
+            self.handback.start_holddown(now, self.cfg, self.detector.last_evidence())
         elif new is State.HANDBACK:
-            self._handback_id = self._rng(wire.NONCE_SIZE)
-            self._handback_until = now + handback_wait(self.cfg.period)
-            self._send_handback()
+            self.handback.ask(now, self.cfg, self._outbox())
         elif new is State.ACTIVE and old is State.HANDBACK:
             self._events.append(Reclaim(at=now))
         elif new is State.RELEASING:
@@ -564,15 +505,9 @@ class Monitor:
         elif new is State.STOPPING:
             self._events.append(Release(reason=Trigger.SHUTDOWN, at=now))
         elif new is State.STANDBY and old is State.RELEASING:
-            self._release_id = self._rng(wire.NONCE_SIZE)
-            self._send_released()
-            self._released_due = [now + i * self.cfg.period for i in range(1, RELEASED_COPIES)]
+            self.handback.released(now, self.cfg, self._outbox())
         elif new is State.STOPPED and old is State.STOPPING and trigger is Trigger.RELEASED:
-            # Stopping while holding: the primary may be waiting for this to re-announce. There
-            # is no later round to repeat it in, so the copies go now.
-            self._release_id = self._rng(wire.NONCE_SIZE)
-            for _ in range(RELEASED_COPIES):
-                self._send_released()
+            self.handback.released_stopping(self._outbox())  # stopping while holding
         if self._stop_pending and new not in BUSY and new is not State.STOPPED:
             self._stop_pending = False
             self._fire(Trigger.SHUTDOWN, now)
@@ -607,20 +542,6 @@ class Monitor:
         last = self.detector.last_evidence()
         return last is not None and last > t and self.detector.any_alive(now)
 
-    def _start_holddown(self, now: float) -> None:
-        self._holddown_until = now + self.cfg.failback_delay
-        self._rounds_heard = 1  # the heartbeat that started it
-        self._round_heard = self.detector.last_evidence() or now
-        self._round_issued = self._echo_issued
-
-    def _steady(self) -> bool:
-        """The primary was heard in at least STEADY_SHARE of the hold-down's rounds: a hold-down
-        counts only a primary heard at (nearly) every interval. A flapping cable (0.5 s out, 0.5 s
-        in) lets at most half of them through; random loss of 30 % of all datagrams still lets
-        nine rounds in ten through on one of two networks (half of them: three in four)."""
-        rounds = self.cfg.failback_delay / self.cfg.period
-        return self._rounds_heard >= STEADY_SHARE * rounds
-
     def _due_trigger(self, now: float) -> Trigger | None:
         det = self.detector
         if self.state is State.STANDBY and det.all_silent(now):
@@ -642,21 +563,18 @@ class Monitor:
         if self.state is State.HOLDDOWN:
             if not det.any_alive(now):
                 return Trigger.PEER_SILENT
-            if self._holddown_until is not None and now >= self._holddown_until:
-                if self._steady():
+            hb = self.handback
+            if hb.holddown_until is not None and now >= hb.holddown_until:
+                if hb.steady(self.cfg):
                     return Trigger.HOLDDOWN_EXPIRED
                 # Not steady (a flapping cable): keep the addresses, and start over.
                 self.counters["holddown-restarts"] += 1
-                self._start_holddown(now)
-                self._rounds_heard = 0
+                hb.start_holddown(now, self.cfg, det.last_evidence())
+                hb.rounds_heard = 0
         if self.state is State.HANDBACK:
             if not det.any_alive(now):
                 return Trigger.PEER_SILENT
-            if self._handback_until is not None and now >= self._handback_until:
+            until = self.handback.handback_until
+            if until is not None and now >= until:
                 return Trigger.HANDBACK_TIMEOUT
         return None
-
-
-def handback_wait(period: float) -> float:
-    """How long a hand-back waits for ANNOUNCED before it releases anyway."""
-    return min(max(period, HANDBACK_WAIT_MIN), HANDBACK_WAIT_MAX)

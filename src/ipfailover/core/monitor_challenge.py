@@ -272,6 +272,27 @@ class Challenger:
                 break
             self._send_challenge(nonce, key[0], key[1], peer.sources[key], now, box)
 
+    def to_primary(self, kind: wire.MsgType, nonce: bytes, copies: int, box: Outbox) -> bool:
+        """``kind`` (HANDBACK, RELEASED) to the verified primary, on every network where we
+        verified it, ``copies`` times back to back; False if no primary was verified yet."""
+        if self.peer_boot is None:
+            return False
+        msg = wire.Message(
+            type=kind,
+            sender=self.cfg.node,
+            boot_id=self.boot_id,
+            seq=self.next_seq(),
+            interval=self.cfg.period,
+            nonce=nonce,
+            echo_boot=self.peer_boot,
+            echo_seq=self.peer_seq,
+        )
+        data = wire.encode(msg, self.cfg.key)
+        for peer in self.peers.values():
+            if peer.verified:
+                box.out += [(data, peer.verified)] * copies
+        return True
+
     def _encode_challenge(self, nonce: bytes, echo: tuple[bytes, int], holding: bool) -> bytes:
         msg = wire.Message(
             type=wire.MsgType.CHALLENGE,
