@@ -14,29 +14,23 @@ the detector believe in life later than ``T + period``. Captures from before a f
 echo nonces the new process never issued, so they count for nothing. Duplicates are refused by an
 anti-replay window per sender boot. See ``docs/protocol.md``.
 
-Evidence before a takeover (``docs/safety.md``): silence alone is not enough. Before it takes
-anything the monitor asks the shell to probe the link (:class:`Probe`; ARP probe, neighbour
-solicitation) and the shell reports which addresses still answer, from which MAC
-(``probe_done``). An address that answers while the primary was never verified since start-up
-is never taken (BLOCKED: a firewall, key, port or peer address problem, not a dead primary); one
-that answers after the primary was verified and then fell silent is taken as Apple did, unless
-the configuration says otherwise, and the fact goes with the takeover to the scripts and the
-mail. While holding, the shell reports other MACs that claim a held address
-(``address_claimed``); the monitor reports each conflict once per episode and has the shell
-defend the address at most once per :data:`DEFEND_INTERVAL` while the primary is not heard.
-
-All state transitions are in :data:`TRANSITIONS`; an illegal one raises :class:`LocalProtocolError`.
+All state transitions are in :data:`TRANSITIONS` (:mod:`ipfailover.core.monitor_table`); an
+illegal one raises :class:`LocalProtocolError`. The :class:`Monitor` decides; the parts it owns
+keep the rest: :mod:`~ipfailover.core.monitor_challenge` (our nonces, the primary's boots, the
+challenges), :mod:`~ipfailover.core.monitor_verify` (which datagrams are the primary's and
+fresh), :mod:`~ipfailover.core.monitor_probe` (evidence before a takeover, ``docs/safety.md``)
+and :mod:`~ipfailover.core.monitor_handback` (the hold-down, HANDBACK, RELEASED).
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from ipfailover.core import auth, wire
+from ipfailover.core import wire
 from ipfailover.core.detector import Detector, NetworkView
 from ipfailover.core.errors import LocalProtocolError as LocalProtocolError
-from ipfailover.core.monitor_challenge import Challenger, _PeerNet
+from ipfailover.core.monitor_challenge import Challenger
 from ipfailover.core.monitor_handback import Handback
 from ipfailover.core.monitor_handback import handback_wait as handback_wait
 from ipfailover.core.monitor_probe import Probing
@@ -62,7 +56,6 @@ from ipfailover.core.monitor_types import (
     AcquireOutcome,
     AcquireRetry,
     Addr,
-    Answers,
     Conflict,
     Event,
     Heard,
@@ -70,17 +63,18 @@ from ipfailover.core.monitor_types import (
     NetworkEvent,
     NetworkKind,
     Outbox,
-    ProbeResult,
     RandomBytes,
     Reclaim,
     Release,
     StateChanged,
 )
 from ipfailover.core.monitor_verify import Verifier
+from ipfailover.core.monitor_view import MonitorView
 
 
-class Monitor:
-    """The failover state machine of one failoverd watching one primary."""
+class Monitor(MonitorView):
+    """The failover state machine of one failoverd watching one primary (what it keeps is read
+    through :class:`ipfailover.core.monitor_view.MonitorView`)."""
 
     def __init__(
         self, cfg: MonitorConfig, *, rng: RandomBytes, now: float, holding: bool = False
@@ -133,25 +127,6 @@ class Monitor:
             self._receive_checked(msg, addr, network, now)
         self._evaluate(now)
 
-    @property
-    def wants_local_boots(self) -> bool:
-        """A datagram carrying our name came from a boot id we do not know: the shell should
-        re-read this host's boot ids and call :meth:`set_local_boots`."""
-        return self.verifier.identity.wants_local
-
-    def footprint(self) -> dict[str, int]:
-        """Entries in each structure that remote input can grow (all bounded; for tests)."""
-        ch, v = self.challenger, self.verifier
-        return {
-            "sources": sum(len(p.sources) for p in self._peers.values()),
-            "windows": len(self._windows) + (ch.peer_window is not None),
-            "boots": len(ch.boots),
-            "retired": len(ch.retired) + len(v.left_boots),
-            "nonces": len(self._nonces),
-            "held": len(v.held),
-            "events": len(self._events),
-        }
-
     def handle_timer(self, now: float) -> None:
         """Call at (or after) the deadline :meth:`get_timer` gave."""
         self._now = max(self._now, now)
@@ -177,16 +152,7 @@ class Monitor:
 
         The older form still works: ``ok=True`` is DONE; ``ok=False`` with ``retry_after`` is
         FAILED, retried after exactly that; ``ok=False`` without it is DECLINED."""
-        if outcome is None:
-            outcome = ok
-        if outcome is None:
-            raise LocalProtocolError("acquire_done needs an outcome")
-        if isinstance(outcome, bool):
-            if outcome:
-                outcome = AcquireOutcome.DONE
-            else:
-                failed = retry_after is not None
-                outcome = AcquireOutcome.FAILED if failed else AcquireOutcome.DECLINED
+        outcome = AcquireOutcome.of(outcome, ok, retry_after)
         trigger = Trigger.ACQUIRED if outcome is AcquireOutcome.DONE else Trigger.ACQUIRE_DECLINED
         if (self.state, trigger) not in TRANSITIONS:
             raise LocalProtocolError(f"no transition from {self.state.name} on {trigger.name}")
@@ -274,15 +240,10 @@ class Monitor:
         """The absolute time at which :meth:`handle_timer` must next be called."""
         if self.state is State.STOPPED:
             return None
-        hb = self.handback
-        times = [self._next_challenge, *hb.released_due[:1]]
+        times = [self._next_challenge, *self.handback.timers(self.state)]
         deadline = self.detector.next_deadline(self._now)
         if deadline is not None:
             times.append(deadline)
-        if self.state is State.HOLDDOWN and hb.holddown_until is not None:
-            times.append(hb.holddown_until)
-        if self.state is State.HANDBACK and hb.handback_until is not None:
-            times.append(hb.handback_until)
         if (
             self.state is State.DECLINED
             and self._retry_at is not None
@@ -302,86 +263,6 @@ class Monitor:
 
     def next_event(self) -> Event | None:
         return self._events.pop(0) if self._events else None
-
-    @property
-    def holding(self) -> bool:
-        return self.state in HOLDING
-
-    @property
-    def holddown_until(self) -> float | None:
-        return self.handback.holddown_until if self.state is State.HOLDDOWN else None
-
-    # What the verifier and the challenger keep, under the names it had on the monitor.
-    @property
-    def identity(self) -> auth.Identity:
-        return self.verifier.identity
-
-    @property
-    def collision(self) -> auth.Collision | None:
-        return self.verifier.collision
-
-    @property
-    def peer_name(self) -> str | None:
-        """The primary's name: FAILOVER_PEER_NAME, or learnt (None until then)."""
-        return self.verifier.peer_name
-
-    @property
-    def ever_verified(self) -> bool:
-        """A heartbeat of the primary was verified since start-up."""
-        return self.verifier.ever_verified
-
-    @property
-    def probe_result(self) -> ProbeResult:
-        """What the last probe that finished found."""
-        return self.probing.result
-
-    @property
-    def probe_at(self) -> float | None:
-        """When it finished."""
-        return self.probing.at
-
-    @property
-    def answering(self) -> Answers:
-        """What answered it."""
-        return self.probing.answering
-
-    @property
-    def _holddown_until(self) -> float | None:
-        return self.handback.holddown_until
-
-    @property
-    def _probe_out(self) -> int | None:
-        return self.probing.out  # the probe the shell is running
-
-    @property
-    def peer_boot(self) -> bytes | None:
-        """The verified primary's boot id."""
-        return self.challenger.peer_boot
-
-    @property
-    def peer_seq(self) -> int:
-        """The highest sequence number the verified primary's boot sent."""
-        return self.challenger.peer_seq
-
-    @property
-    def _left_boots(self) -> OrderedDict[bytes, None]:
-        return self.verifier.left_boots
-
-    @property
-    def _warned_boots(self) -> OrderedDict[bytes, None]:
-        return self.verifier.warned_boots
-
-    @property
-    def _peers(self) -> dict[str, _PeerNet]:
-        return self.challenger.peers
-
-    @property
-    def _windows(self) -> OrderedDict[tuple[str, bytes], auth.ReplayWindow]:
-        return self.challenger.windows
-
-    @property
-    def _nonces(self) -> dict[bytes, float]:
-        return self.challenger.nonces
 
     def _outbox(self) -> Outbox:
         return Outbox(self._out, self._events, self.counters, self._rng, self.holding)
@@ -404,7 +285,8 @@ class Monitor:
         if not self.verifier.screen(msg, addr, network, now, self._outbox()):
             return
         if msg.type is wire.MsgType.ANNOUNCED:
-            self._announced(msg, now)
+            if self.handback.announced(msg, self.state, self._outbox()):
+                self._fire(Trigger.ANNOUNCED, now)
             return
         box = self._outbox()
         peer, source, evidence = self.verifier.verify(msg, addr, network, now, box, self._evidence)
@@ -446,23 +328,6 @@ class Monitor:
             return None
         evidence = min(now, max(issued) + self.cfg.period)
         return evidence if evidence + self.cfg.deadtime > now else None
-
-    def _announced(self, msg: wire.Message, now: float) -> None:
-        """The primary confirms that it announced its addresses, as our HANDBACK asked: only
-        from the verified primary's boot, to our boot, for the hand-back under way."""
-        if msg.boot_id != self.peer_boot or msg.echo_boot != self.boot_id:
-            raise wire.RemoteProtocolError(
-                wire.Reason.STALE, "ANNOUNCED not from the verified primary to this boot"
-            )
-        if not self.handback.answers(msg.nonce):
-            raise wire.RemoteProtocolError(wire.Reason.STALE, "ANNOUNCED answers no hand-back")
-        if self.state is not State.HANDBACK:
-            self.counters["announced-late"] += 1  # its copy, or after we released anyway
-            return
-        if not self.challenger.window(msg.sender, msg.boot_id).accept(msg.seq):
-            raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"seq {msg.seq} seen or too old")
-        self.counters["announced"] += 1
-        self._fire(Trigger.ANNOUNCED, now)
 
     def _fire(self, trigger: Trigger, now: float) -> None:
         new = TRANSITIONS.get((self.state, trigger))

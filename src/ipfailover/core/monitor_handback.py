@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ipfailover.core import wire
 from ipfailover.core.monitor_challenge import Challenger
+from ipfailover.core.monitor_table import State
 from ipfailover.core.monitor_types import (
     HANDBACK_COPIES,
     HANDBACK_WAIT_MAX,
@@ -84,9 +85,33 @@ class Handback:
         ):
             box.counters["handback-sent"] += 1
 
-    def answers(self, nonce: bytes) -> bool:
-        """``nonce`` is the id of the last HANDBACK we sent."""
-        return bool(self.handback_id) and nonce == self.handback_id
+    def announced(self, msg: wire.Message, state: State, box: Outbox) -> bool:
+        """ANNOUNCED: the primary confirms that it announced its addresses, as our HANDBACK
+        asked; only from the verified primary's boot, to our boot, for the hand-back under way.
+        True if it ends the hand-back (in HANDBACK); raises what is to be dropped."""
+        ch = self.challenger
+        if msg.boot_id != ch.peer_boot or msg.echo_boot != ch.boot_id:
+            raise wire.RemoteProtocolError(
+                wire.Reason.STALE, "ANNOUNCED not from the verified primary to this boot"
+            )
+        if not self.handback_id or msg.nonce != self.handback_id:
+            raise wire.RemoteProtocolError(wire.Reason.STALE, "ANNOUNCED answers no hand-back")
+        if state is not State.HANDBACK:
+            box.counters["announced-late"] += 1  # its copy, or after we released anyway
+            return False
+        if not ch.window(msg.sender, msg.boot_id).accept(msg.seq):
+            raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"seq {msg.seq} seen or too old")
+        box.counters["announced"] += 1
+        return True
+
+    def timers(self, state: State) -> list[float]:
+        """When the monitor's timer is due for us in ``state``."""
+        times = self.released_due[:1]
+        if state is State.HOLDDOWN and self.holddown_until is not None:
+            times.append(self.holddown_until)
+        if state is State.HANDBACK and self.handback_until is not None:
+            times.append(self.handback_until)
+        return times
 
     def released(self, now: float, cfg: MonitorConfig, box: Outbox) -> None:
         """We released: RELEASED now, and again each period until RELEASED_COPIES went out."""

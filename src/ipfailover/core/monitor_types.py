@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ipfailover.core import auth, wire
+from ipfailover.core.errors import LocalProtocolError
 from ipfailover.core.monitor_table import State, Trigger
 
 __all__ = [
@@ -130,6 +131,23 @@ class AcquireOutcome(enum.Enum):
     DONE = "done"  # the addresses are ours (all, or some of them)
     DECLINED = "declined"  # Test said no: wait in DECLINED until the primary is heard
     FAILED = "failed"  # the change failed: tried again, backing off, while the primary is silent
+
+    @classmethod
+    def of(
+        cls, outcome: AcquireOutcome | bool | None, ok: bool | None, retry_after: float | None
+    ) -> AcquireOutcome:
+        """``acquire_done``'s outcome, also from its older form: ``ok=True`` is DONE;
+        ``ok=False`` with ``retry_after`` is FAILED, retried after exactly that; ``ok=False``
+        without it is DECLINED."""
+        if outcome is None:
+            outcome = ok
+        if outcome is None:
+            raise LocalProtocolError("acquire_done needs an outcome")
+        if isinstance(outcome, bool):
+            if outcome:
+                return cls.DONE
+            return cls.FAILED if retry_after is not None else cls.DECLINED
+        return outcome
 
 
 # Events for the shell ------------------------------------------------------------------------
