@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import random
 import sys
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import keepalived_lab
@@ -66,6 +69,7 @@ def main() -> int:
     p.add_argument("--report", help="write the JSON report here")
     args = p.parse_args()
     rng = random.Random(args.seed)
+    began = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     # keepalived hands back at once (preemption, no delay): its "hold-down" is 0 s
     settings = faultrun.Settings(args.interval, 3.6 * args.interval, 0.0)
     results = []
@@ -78,7 +82,16 @@ def main() -> int:
             result = labcases.run_case(name, settings, params, make_run=KeepalivedRun)
             print(f"   {'ok' if result.ok else 'FAILED'} {result.metrics}", file=sys.stderr)
             results.append(result)
-    report = {"software": "keepalived", "interval": args.interval,
+    meta = {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "date": began,
+        "seed": args.seed,
+        "minutes": args.minutes,
+        "interval": args.interval,
+    }
+    report = {"software": "keepalived", "interval": args.interval, "meta": meta,
               "results": [asdict(r) for r in results]}  # fmt: skip
     text = json.dumps(report, indent=2, default=str)
     if args.report:

@@ -49,9 +49,12 @@ def run(
     jitter: float = 0.003,
     latency: float = 0.0005,
     primary_cuts: Sequence[tuple[float, float]] = (),
+    relink: float | None = None,
 ) -> Outcome:
     """Run ``rounds`` intervals. ``primary_cuts`` are (start, end) times when the primary's cables
-    are out; at each end heartbeatd sees its carrier come back (``Sender.link_up``)."""
+    are out; at each end heartbeatd sees its carrier come back (``Sender.link_up``), and again
+    ``relink`` seconds later if given (the second cable, as in the lab, where the cables come
+    back one after the other and each one's carrier makes heartbeatd beat at once)."""
     rng = random.Random(seed)
     noise = random.Random(seed + 1000)
     queue: list[tuple[float, int, str, object]] = []
@@ -117,6 +120,8 @@ def run(
 
     for _, back in primary_cuts:
         push(back, "link-up")
+        if relink is not None:
+            push(back + relink, "link-up")
     push(0.0, "s", 0)
     push(t0, "m", 0)
     end = t0 + rounds * interval

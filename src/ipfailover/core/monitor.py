@@ -8,7 +8,8 @@ carries out what ``next_event()`` returns. Time is always passed in; randomness 
 Freshness (why a replayed capture never delays a takeover): every challenge period the monitor
 sends the primary a CHALLENGE with a new random nonce on each network. heartbeatd echoes the nonces
 it holds in every heartbeat. A heartbeat counts as heard only if it echoes one of our nonces, and
-the time it proves the primary alive (its *evidence time*) is ``min(arrival, issue + period)``:
+the time it proves the primary alive (its *evidence time*) is ``min(arrival, issue + period)``
+(just ``issue`` once two newer rounds have gone out; see ``_evidence``):
 a primary that stopped at time T cannot have echoed a nonce issued after T, so no replay can make
 the detector believe in life later than ``T + period``. Captures from before a failoverd restart
 echo nonces the new process never issued, so they count for nothing. Duplicates are refused by an
@@ -322,11 +323,19 @@ class Monitor(MonitorView):
                 self._fire(Trigger.PEER_LEAVING, now)
 
     def _evidence(self, msg: wire.Message, now: float) -> float | None:
-        """When this heartbeat proves the primary was alive, or None if it proves nothing."""
+        """When this heartbeat proves the primary was alive, or None if it proves nothing.
+
+        It echoes a nonce issued at ``issue``: the primary was alive after that. The credit up to
+        ``issue + period`` is for the round in flight (it beat before our next nonce reached it).
+        When two newer rounds have gone out since, it missed a whole round: nothing proves life
+        after ``issue`` (the heartbeat of a primary whose cables just came back after 0.5 s
+        out would otherwise be credited with life while they were out)."""
         issued = [self._nonces[e] for e in msg.echoes if e in self._nonces]
         if not issued:
             return None
-        evidence = min(now, max(issued) + self.cfg.period)
+        issue = max(issued)
+        newer = sum(1 for t in self._nonces.values() if t > issue)
+        evidence = min(now, issue + self.cfg.period) if newer < 2 else issue
         return evidence if evidence + self.cfg.deadtime > now else None
 
     def _fire(self, trigger: Trigger, now: float) -> None:
