@@ -21,6 +21,8 @@ from ipfailover.core.sender import Announce, AnnounceDeferred, Sender, SenderCon
 from ipfailover.core.wire import Dropped
 from ipfailover.shell import control
 from ipfailover.shell import runtime as daemon
+from ipfailover.shell.clock import Clock, LoopClock
+from ipfailover.shell.snapshot import HeartbeatdSnapshot
 
 if TYPE_CHECKING:
     from ipfailover.shell import netif
@@ -57,12 +59,23 @@ def _sender_config(cfg: config.Config, key: bytes) -> SenderConfig:
 
 
 class Heartbeatd:
-    def __init__(self, cfg: config.Config, key: bytes, loop: asyncio.AbstractEventLoop) -> None:
+    """heartbeatd's shell; ``clock`` is what it reads the core's ``now`` from (by default the
+    event loop's time, the base of its timers)."""
+
+    def __init__(
+        self,
+        cfg: config.Config,
+        key: bytes,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
         self.cfg = cfg
         self.loop = loop
+        self.clock: Clock = clock or LoopClock(loop)
         self.events = daemon.EventLog(log)
         self.udp = daemon.UdpEndpoint(0, broadcast=True, families=_families(cfg))
-        self.core = Sender(_sender_config(cfg, key), rng=os.urandom, now=loop.time())
+        self.core = Sender(_sender_config(cfg, key), rng=os.urandom, now=self.clock.monotonic())
         self.timer = daemon.Timer(loop, self._on_timer)
         self.stopped = asyncio.Event()
         self.control = control.ControlServer(cfg.run_dir, "heartbeatd", self.snapshot)
@@ -75,10 +88,10 @@ class Heartbeatd:
         self._own: list[netif.Assignment] | None = None  # the last dump, until a change
         self._own_lock = asyncio.Lock()  # set by watch_links: look the targets up
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> HeartbeatdSnapshot:
         """The status this daemon reports (docs/status.md)."""
-        wall = daemon.WallClock(self.loop)
-        now = self.loop.time()
+        wall = daemon.WallClock.of(self.clock)
+        now = self.clock.monotonic()
         return {
             "schema": control.SCHEMA,
             "role": "heartbeatd",
@@ -129,7 +142,7 @@ class Heartbeatd:
                         self._addresses_changed.set()
                     elif any(a.ifname == ifname for a in await self.own_addresses()):
                         self.events("link-up", interface=ifname)
-                        self.core.link_up(self.loop.time())
+                        self.core.link_up(self.clock.monotonic())
                         self._flush()
             except Exception as e:  # logged, and the watch starts over
                 self.events("link-watch-error", logging.WARNING, error=repr(e))
@@ -179,12 +192,12 @@ class Heartbeatd:
                 self._own = None  # the safety re-check dumps again
 
     def _on_timer(self) -> None:
-        self.core.handle_timer(self.loop.time())
+        self.core.handle_timer(self.clock.monotonic())
         self._flush()
 
     def _on_datagram(self, dg: daemon.Datagram) -> None:
-        self.core.receive_datagram(dg.data, dg.addr, self.loop.time())
-        daemon.answer_local_boots(self.core, self.cfg.run_dir, self.loop.time())
+        self.core.receive_datagram(dg.data, dg.addr, self.clock.monotonic())
+        daemon.answer_local_boots(self.core, self.cfg.run_dir, self.clock.monotonic())
         # One flush for the batch the socket readers are draining (the challenge copies of
         # every network arrive together), not one per datagram.
         if not self._flush_soon:
@@ -214,7 +227,7 @@ class Heartbeatd:
             return  # stopping: the core takes no more announcements
         self.service.reloading()
         self.reload()
-        self.core.tickle(self.loop.time(), "sighup")
+        self.core.tickle(self.clock.monotonic(), "sighup")
         self._flush()
         self.service.ready(f"sending every {self.cfg.interval:g} s")
 
@@ -234,7 +247,7 @@ class Heartbeatd:
             self.udp.close()
             self.udp = new
             self.udp.start(self.loop, self._on_datagram)
-        self.core.reconfigure(_sender_config(cfg, key), self.loop.time())
+        self.core.reconfigure(_sender_config(cfg, key), self.clock.monotonic())
         self.cfg = cfg
         self._own = None  # the targets may have changed
         self.events(
@@ -247,7 +260,7 @@ class Heartbeatd:
         if self.core.stopped:
             return  # a second SIGTERM: LEAVING went out already
         self.service.stopping()
-        self.core.leave(self.loop.time())
+        self.core.leave(self.clock.monotonic())
         self.events("leaving", node=self.core.cfg.node)
         self._flush()
         self.stopped.set()
@@ -278,7 +291,7 @@ class Heartbeatd:
                 elif isinstance(ev, AnnounceDeferred):
                     self.events("announce-deferred", reason=ev.reason, holder=ev.listener)
                 elif isinstance(ev, Dropped):
-                    self.events.dropped(ev, self.loop.time())
+                    self.events.dropped(ev, self.clock.monotonic())
                 elif isinstance(ev, auth.NameCollision):
                     daemon.log_collision(self.events, ev)
         finally:
@@ -287,7 +300,7 @@ class Heartbeatd:
     def _send_failed(self, addr: tuple[str, int]) -> None:
         """Log a failed send at WARNING: the first at once, then one line per target every
         SEND_FAILURE_EVERY seconds with how many failed since (the counter keeps them all)."""
-        now = self.loop.time()
+        now = self.clock.monotonic()
         target = f"{addr[0]}:{addr[1]}"
         last, hidden = self._send_failures.get(target, (None, 0))
         if last is not None and now - last < SEND_FAILURE_EVERY:
@@ -320,7 +333,7 @@ class Heartbeatd:
         except netif.NetifError as e:
             self.events("announce-error", logging.ERROR, reason=ev.reason, error=e)
             if ev.handback:  # unconfirmed: the secondary releases first after its bound
-                self.core.handback_announced(self.loop.time(), ev.handback, ok=False)
+                self.core.handback_announced(self.clock.monotonic(), ev.handback, ok=False)
             return
         self.events(
             "announce",
@@ -334,7 +347,7 @@ class Heartbeatd:
             # Make before break: the first round out, then confirm, so that the secondary
             # deletes the addresses only once clients have been told where they are.
             await announce.announce_all(addrs, 1, 0.0)
-            self.core.handback_announced(self.loop.time(), ev.handback)
+            self.core.handback_announced(self.clock.monotonic(), ev.handback)
             self._flush()
             if count == 1:
                 return

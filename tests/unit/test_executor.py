@@ -409,6 +409,15 @@ class StopDuringTakeover:
         self.calls.append(("release", reason, gate))
         return self._record(Action.RELEASE, reason)
 
+    async def prepare(self) -> None:
+        pass
+
+    async def flush_mail(self) -> None:
+        pass
+
+    def reconfigure(self, addresses: object, scripts: object, announcing: object) -> None:
+        pass
+
 
 def test_a_stop_during_a_takeover_hands_back_right_after_it(tmp_path: Path) -> None:
     """Regression: the release asked for from within acquire_done was taken for an overlap."""
@@ -423,9 +432,10 @@ def test_a_stop_during_a_takeover_hands_back_right_after_it(tmp_path: Path) -> N
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
-        fd = failoverd.Failoverd(cfg, bytes(32), loop, [], ("pub0",), holding=False)
+        fd = failoverd.Failoverd.create(
+            cfg, bytes(32), loop, [], ("pub0",), holding=False, executor=fake
+        )
         fake.daemon = fd
-        fd.executor = fake  # type: ignore[assignment]
         try:
             fd.core.handle_timer(loop.time() + 10)  # past the start-up grace, all silent
             fd._flush()

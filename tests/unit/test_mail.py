@@ -587,7 +587,7 @@ def test_notify_program_gets_apples_arguments_and_the_message(tmp_path: Path) ->
     program = tmp_path / "page-oncall"
     program.write_text(
         f'#!/bin/sh\necho "$@" > {out}.args\ncat > {out}.stdin\n'
-        f'echo "$IPFAILOVER_EVENT|$IPFAILOVER_SUBJECT" > {out}.env\n'
+        f'echo "$IPFAILOVER_EVENT|$IPFAILOVER_SUBJECT|$PATH" > {out}.env\n'
         f"[ -e {tmp_path}/fail ] && {{ echo pager down; exit 4; }}\nexit 0\n"
     )
     program.chmod(0o755)
@@ -609,7 +609,8 @@ def test_notify_program_gets_apples_arguments_and_the_message(tmp_path: Path) ->
     asyncio.run(go())
     assert events.named("mail-deferred")[0]["error"] == f"{program}: exit 4: pager down"
     assert Path(f"{out}.args").read_text() == "down 203.0.113.10 2001:db8:1::10\n"
-    assert Path(f"{out}.env").read_text() == f"takeover|{NOTICE.subject}\n"
+    # the clean PATH the transition scripts get too, not the daemon's
+    assert Path(f"{out}.env").read_text() == f"takeover|{NOTICE.subject}|{hooks.SCRIPT_PATH}\n"
     msg = email.message_from_string(Path(f"{out}.stdin").read_text(), policy=email.policy.default)
     assert msg["Subject"] == NOTICE.subject and "\r" not in Path(f"{out}.stdin").read_text()
     assert events.named("mail-sent")[0]["via"] == "program"
@@ -688,4 +689,3 @@ def test_daemon_thread_result_and_errors_reach_the_caller() -> None:
             await mail.in_daemon_thread(lambda: 1 / 0)
 
     asyncio.run(go())
-    assert hooks.SCRIPT_PATH.startswith("/usr/local/sbin")

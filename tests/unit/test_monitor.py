@@ -255,9 +255,18 @@ def test_reconfigure_keeps_holding_and_applies_new_deadtime() -> None:
     assert sim.monitor is not None and sim.monitor.state is State.ACTIVE
     events_before = len(sim.rec.acquires) + len(sim.rec.releases)
     sim.monitor.reconfigure(MonitorConfig(**{**sim.mcfg.__dict__, "deadtime": 1.0}), sim.now)
-    assert sim.monitor.state is State.ACTIVE and sim.monitor.detector.deadtime == 1.0
+    assert sim.monitor.state is State.ACTIVE
     sim.run_until(15)
     assert len(sim.rec.acquires) + len(sim.rec.releases) == events_before
+    # the new dead time applies: back, handed back, then dead again, it is taken over after
+    # 1 s of silence (plus the arrival allowance and the probe), not 3 s
+    sim.revive_primary()
+    sim.run_until(25)
+    assert sim.monitor.state is State.STANDBY
+    sim.kill_primary()  # its last heartbeat left at 25.0
+    sim.run_until(30)
+    t, _ = sim.rec.acquires[-1]
+    assert t == pytest.approx(25.0 + 1.0 + 0.1 + sim.probe_wait, abs=0.02)
 
 
 def test_loss_over_the_last_minute() -> None:

@@ -314,7 +314,12 @@ def _scaled(p: Params, dead_mult: float, failback_mult: float) -> Params:
     )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 200 random schedules; the mutation run's profile (tests/conftest.py) makes them 10 fixed ones
+@settings(
+    max_examples=2 * settings.default.max_examples,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     schedule=st.lists(phase, min_size=1, max_size=10),
     p=params,

@@ -22,198 +22,72 @@ durations and every script's result, for the log, the mail and the status comman
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
-import fcntl
-import ipaddress
 import logging
-import os
 import time
-from collections.abc import Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol, runtime_checkable
+from collections.abc import Coroutine, Sequence
 
 from ipfailover import mail
+from ipfailover.failover.backends import (
+    AddressBackend,
+    Announcing,
+    BatchBackend,
+    NetlinkBackend,
+    Notifier,
+    TransitionExecutor,
+)
+from ipfailover.failover.lock import LOCK_NAME, LockHeld, ManagerLock, manager, overlap
+from ipfailover.failover.notices import (
+    MAIL_OUTPUT_CHARS,
+    scripts_text,
+    timeline_text,
+    transition_notice,
+    transition_subject,
+)
+from ipfailover.failover.record import (
+    Action,
+    Outcome,
+    Step,
+    TransitionRecord,
+    plain,
+    script_env,
+)
 from ipfailover.shell import announce as announcing
-from ipfailover.shell import control, netbatch, netif
+from ipfailover.shell import netif
 from ipfailover.shell import runtime as daemon
 from ipfailover.shell import scripts as hooks
 from ipfailover.shell.announce import Announcer
 from ipfailover.shell.scripts import Phase, ScriptResult, Status
 
+__all__ = [  # the record, the mail text and the lock moved out; their old names stay
+    "LOCK_NAME",
+    "MAIL_OUTPUT_CHARS",
+    "Action",
+    "AddressBackend",
+    "Announcing",
+    "BatchBackend",
+    "Executor",
+    "LockHeld",
+    "ManagerLock",
+    "NetlinkBackend",
+    "Notifier",
+    "Outcome",
+    "Step",
+    "TransitionExecutor",
+    "TransitionRecord",
+    "manager",
+    "overlap",
+    "plain",
+    "script_env",
+    "scripts_text",
+    "timeline_text",
+    "transition_notice",
+    "transition_subject",
+]
+
 log = logging.getLogger("ipfailover.transition")
 
-LOCK_NAME = "failoverd.lock"  # in FAILOVER_RUN_DIR: failoverd's claim on its addresses
 SPOOL_TIMEOUT = 5.0  # seconds a transition waits for its mail to be spooled (a hung disk)
 OUTPUT_LOG_LINES = 40  # lines of a script's output copied to the log (the mail has more)
-MAIL_OUTPUT_CHARS = 2000  # characters of a script's output quoted in the mail
-
-
-class Action(enum.StrEnum):
-    ACQUIRE = "acquire"
-    RELEASE = "release"
-
-
-class Outcome(enum.StrEnum):
-    DONE = "done"  # every address changed
-    PARTIAL = "partial"  # a takeover that added some addresses but not all
-    DECLINED = "declined"  # Test said no: nothing changed
-    FAILED = "failed"  # the address change failed (nothing added, or something not deleted)
-
-
-def plain(a: netif.Assignment) -> str:
-    """``interface:address/prefix``, IPv6 without brackets (easy to split in a shell script)."""
-    return f"{a.ifname}:{a.address}/{a.prefixlen}"
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of the timeline; times in seconds from the start of the transition."""
-
-    name: str
-    start: float
-    duration: float
-    detail: str = ""
-
-
-@dataclass
-class TransitionRecord:
-    """One takeover or release as it happened."""
-
-    action: Action
-    reason: str  # peer-silent, peer-leaving, peer-heard, shutdown, manual
-    addresses: tuple[str, ...]
-    started: float  # loop time
-    started_wall: float
-    steps: list[Step] = field(default_factory=list)
-    scripts: list[ScriptResult] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # netlink failures, one per address
-    outcome: Outcome = Outcome.FAILED
-    why: str = ""  # for DECLINED and FAILED: the reason in words
-    changed_at: float | None = None  # seconds from the start when the addresses had changed
-    duration: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """Whether the core should treat it as done (a partial takeover still holds some)."""
-        if self.action is Action.ACQUIRE:
-            return self.outcome in (Outcome.DONE, Outcome.PARTIAL)
-        return self.outcome is Outcome.DONE
-
-    @property
-    def script_problems(self) -> list[ScriptResult]:
-        """Scripts that failed, timed out, were refused or could not start.
-
-        A Test that declined the transition is the outcome, not a problem of its own.
-        """
-        declined = self.outcome is Outcome.DECLINED
-        return [s for s in self.scripts if not s.ok and not (declined and s.phase is Phase.TEST)]
-
-    def summary(self) -> dict[str, object]:
-        """A JSON-ready view for the status command (wall-clock start, seconds elsewhere)."""
-        return {
-            "started": self.started_wall,
-            "action": str(self.action),
-            "reason": self.reason,
-            "outcome": str(self.outcome),
-            "ok": self.ok,
-            "vetoed": self.outcome is Outcome.DECLINED,
-            "why": self.why,
-            "duration": self.duration,
-            "changed_at": self.changed_at,
-            "steps": [
-                {"step": st.name, "start": st.start, "duration": st.duration, "detail": st.detail}
-                for st in self.steps
-            ],
-            "scripts": [
-                {
-                    "name": r.name,
-                    "status": str(r.status),
-                    "detail": r.detail,
-                    "duration": r.duration,
-                }
-                for r in self.scripts
-            ],
-            "errors": list(self.errors),
-        }
-
-
-class AddressBackend(Protocol):
-    """Adds, deletes and announces addresses (netlink in production, a fake in tests)."""
-
-    async def add(self, a: netif.Assignment) -> bool: ...
-
-    async def delete(self, a: netif.Assignment) -> bool: ...
-
-    async def announce(self, a: netif.Assignment, count: int, interval: float) -> int: ...
-
-
-@runtime_checkable
-class BatchBackend(AddressBackend, Protocol):
-    """A backend that changes and announces many addresses at once (one netlink socket, one
-    packet socket): what a takeover of a thousand addresses needs to stay within 0.1 s."""
-
-    async def add_all(
-        self, addresses: Sequence[netif.Assignment], on_chunk: netbatch.OnChunk | None = None
-    ) -> list[bool | netif.NetifError]: ...
-
-    async def delete_all(
-        self, addresses: Sequence[netif.Assignment]
-    ) -> list[bool | netif.NetifError]: ...
-
-    def announcer(self, addresses: Sequence[netif.Assignment]) -> announcing.Announcer: ...
-
-
-class NetlinkBackend:
-    """The real thing: :mod:`ipfailover.shell.netif` in the current network namespace, with
-    the requests of the current addresses encoded once (:class:`netbatch.AddressBatch`)."""
-
-    def __init__(self) -> None:
-        self._batch: netbatch.AddressBatch | None = None
-
-    def prepare(self, addresses: Sequence[netif.Assignment]) -> None:
-        """Encode the requests for these addresses now, off the takeover's path."""
-        self._batch_for(addresses).prepare()
-
-    def _batch_for(self, addresses: Sequence[netif.Assignment]) -> netbatch.AddressBatch:
-        if self._batch is None or self._batch.assignments != tuple(addresses):
-            self._batch = netbatch.AddressBatch(addresses)
-        return self._batch
-
-    async def add(self, a: netif.Assignment) -> bool:
-        return await netif.add(a)
-
-    async def delete(self, a: netif.Assignment) -> bool:
-        return await netif.delete(a)
-
-    async def announce(self, a: netif.Assignment, count: int, interval: float) -> int:
-        return await announcing.announce(a, count, interval)
-
-    async def add_all(
-        self, addresses: Sequence[netif.Assignment], on_chunk: netbatch.OnChunk | None = None
-    ) -> list[bool | netif.NetifError]:
-        return await self._batch_for(addresses).add(on_chunk)
-
-    async def delete_all(
-        self, addresses: Sequence[netif.Assignment]
-    ) -> list[bool | netif.NetifError]:
-        return await self._batch_for(addresses).delete()
-
-    def announcer(self, addresses: Sequence[netif.Assignment]) -> announcing.Announcer:
-        return announcing.Announcer(addresses)
-
-
-class Notifier(Protocol):
-    async def submit(self, notice: mail.Notice) -> object: ...
-
-
-@dataclass(frozen=True)
-class Announcing:
-    """FAILOVER_GARP_COUNT announcements per address, FAILOVER_GARP_INTERVAL apart."""
-
-    count: int
-    interval: float
 
 
 _OUTCOME_LEVEL = {
@@ -271,6 +145,17 @@ class Executor:
         self._addresses = tuple(addresses)
         self._plain = tuple(plain(a) for a in self._addresses)
         self._texts = (" ".join(str(a) for a in self._addresses), " ".join(self._plain))
+
+    def reconfigure(
+        self,
+        addresses: Sequence[netif.Assignment],
+        scripts: hooks.HookRunner,
+        announcing: Announcing,
+    ) -> None:
+        """After a reload: the addresses, scripts and announcements of the new configuration."""
+        self.addresses = tuple(addresses)
+        self.announcing = announcing
+        self.scripts = scripts
 
     async def acquire(
         self, reason: str, situation: mail.Situation, *, gate: bool = True
@@ -555,202 +440,3 @@ class Executor:
             hung = isinstance(e, TimeoutError)  # (a subclass of OSError)
             error = f"not written in {self.spool_timeout:g} s" if hung else str(e)
             self.events("mail-spool-error", logging.ERROR, error=error, subject=notice.subject)
-
-
-def script_env(
-    *,
-    action: Action,
-    reason: str,
-    phase: Phase,
-    node: str,
-    situation: mail.Situation,
-    addresses: Iterable[netif.Assignment],
-    folder: Path,
-) -> dict[str, str]:
-    """The whole environment of a transition script (nothing is inherited from the daemon)."""
-    addresses = list(addresses)
-    return {
-        "PATH": hooks.SCRIPT_PATH,
-        "IPFAILOVER_ACTION": str(action),
-        "IPFAILOVER_REASON": reason,
-        "IPFAILOVER_PHASE": str(phase),
-        "IPFAILOVER_NODE": node,
-        "IPFAILOVER_PEER": situation.peer,
-        "IPFAILOVER_ADDRESSES": " ".join(plain(a) for a in addresses),
-        "IPFAILOVER_IPS": " ".join(str(a.address) for a in addresses),
-        "IPFAILOVER_SCRIPT_DIR": str(folder),
-        # docs/safety.md: what the probe before a takeover found
-        "IPFAILOVER_PROBE": situation.probe,
-        "IPFAILOVER_ANSWERING": " ".join(
-            f"{address}={mac}" for address, macs in situation.answering for mac in macs
-        ),
-        "IPFAILOVER_PEER_VERIFIED": {True: "yes", False: "no", None: ""}[situation.peer_verified],
-    }
-
-
-# --- mail text ------------------------------------------------------------------------------------
-
-
-def _ips(rec: TransitionRecord) -> tuple[str, ...]:
-    return tuple(a.split(":", 1)[1].rsplit("/", 1)[0] for a in rec.addresses)
-
-
-def transition_subject(rec: TransitionRecord, s: mail.Situation) -> str:
-    ips, peer = " ".join(_ips(rec)), s.peer
-    retry = {"manual": "", "shutdown": "; gave up, exiting while still holding them"}.get(
-        rec.reason, "; retrying after the hold-down"
-    )
-    acquire = {
-        Outcome.DONE: f"took over {ips} from {peer} ({rec.reason})",
-        Outcome.PARTIAL: f"took over only part of {ips} from {peer} ({rec.reason})",
-        Outcome.DECLINED: f"did NOT take over {ips} from {peer}: {rec.why}",
-        Outcome.FAILED: f"FAILED to take over {ips} from {peer}: {rec.why}; gave up",
-    }
-    release = {
-        Outcome.DONE: f"released {ips} to {peer} ({rec.reason})",
-        Outcome.DECLINED: f"keeps {ips}: {rec.why}{retry}",
-        Outcome.FAILED: f"FAILED to release {ips}: {rec.why}{retry}",
-    }
-    table = acquire if rec.action is Action.ACQUIRE else release
-    text = f"[ipfailover] {s.node} {table.get(rec.outcome, rec.outcome)}"
-    problems = len(rec.script_problems)
-    if problems:
-        text += f" -- {problems} script(s) failed or refused"
-    return text
-
-
-def timeline_text(rec: TransitionRecord) -> str:
-    """Steps and scripts in time order, each with its start offset and duration."""
-    rows = [(round(st.start, 6), 0, f"{st.name}: {st.detail}", st.duration) for st in rec.steps]
-    rows += [
-        (round(r.started - rec.started, 6), 1, f"  {r.name}: {r.detail}", r.duration)
-        for r in rec.scripts
-    ]  # a step sorts before its own scripts, which start when it does
-    lines = [f"  {start:+8.3f}  {dur:7.3f} s  {text}" for start, _, text, dur in sorted(rows)]
-    lines.append(f"  {rec.duration:+8.3f}             {rec.outcome}")
-    return "\n".join(lines)
-
-
-def scripts_text(rec: TransitionRecord) -> str:
-    if not rec.scripts:
-        return "  (none ran)"
-    width = max(len(r.name) for r in rec.scripts)
-    out = []
-    for r in rec.scripts:
-        out.append(f"  {r.name:<{width}}  {r.status.upper():<8} {r.duration:7.3f} s  {r.detail}")
-        text = r.output.strip()
-        if len(text) > MAIL_OUTPUT_CHARS:
-            text = text[:MAIL_OUTPUT_CHARS] + f"\n[{len(text) - MAIL_OUTPUT_CHARS} more characters]"
-        out += [f"      | {line}" for line in text.splitlines()]
-    return "\n".join(out)
-
-
-def transition_notice(rec: TransitionRecord, s: mail.Situation, now: float) -> mail.Notice:
-    """The mail about one transition: the situation, outcome, timeline and each script."""
-    event = "takeover" if rec.action is Action.ACQUIRE else "release"
-    if not rec.ok:
-        event += f"-{rec.outcome}"
-    changed = "" if rec.changed_at is None else f"; addresses changed at +{rec.changed_at:.3f} s"
-    body = [
-        transition_subject(rec, s).removeprefix("[ipfailover] "),
-        "",
-        mail.situation_text(s, now),
-        "",
-        f"Action:    {rec.action} ({rec.reason}), started {mail.format_time(rec.started_wall)}",
-        f"Outcome:   {rec.outcome} in {rec.duration:.3f} s{changed}",
-    ]
-    if rec.why:
-        body.append(f"Why:       {rec.why}")
-    body += [f"Error:     {e}" for e in rec.errors]
-    body += ["", "Timeline (seconds from the start, duration):", timeline_text(rec)]
-    body += ["", "Scripts:", scripts_text(rec), ""]
-    direction = "down" if rec.action is Action.ACQUIRE else "up"
-    return mail.Notice(event, direction, _ips(rec), transition_subject(rec, s), "\n".join(body))
-
-
-# --- failoverd's claim on its addresses ---------------------------------------------------------
-
-
-class LockHeld(Exception):
-    """Another process holds failoverd's lock (``pid`` and the addresses it manages)."""
-
-    def __init__(self, path: Path, pid: int | None, addresses: list[str]) -> None:
-        super().__init__(path, pid, addresses)
-        self.path = path
-        self.pid = pid
-        self.addresses = addresses
-
-
-class ManagerLock:
-    """An flock on ``<FAILOVER_RUN_DIR>/failoverd.lock``, held for failoverd's lifetime.
-
-    The file says which process manages which addresses, so ``ipfailover process`` can refuse to
-    touch them. The kernel drops the lock when the process dies, however it dies, so a stale file
-    never blocks anyone.
-    """
-
-    def __init__(self, fd: int, path: Path) -> None:
-        self.fd = fd
-        self.path = path
-
-    @classmethod
-    def take(cls, run_dir: str, addresses: Iterable[netif.Assignment]) -> ManagerLock:
-        """Take the lock and write our pid and addresses; LockHeld if someone has it."""
-        path = control.make_run_dir(run_dir) / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            content = os.read(fd, 65536).decode("utf-8", "replace")
-            os.close(fd)
-            raise LockHeld(path, *_parse_lock(content)) from None
-        lock = cls(fd, path)
-        lock.update(addresses)
-        return lock
-
-    def update(self, addresses: Iterable[netif.Assignment]) -> None:
-        """Rewrite the addresses we manage (after a reload changed them)."""
-        text = f"pid {os.getpid()}\n" + "".join(f"address {plain(a)}\n" for a in addresses)
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, text.encode(), 0)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
-def _parse_lock(text: str) -> tuple[int | None, list[str]]:
-    pid, addresses = None, []
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "pid" and value.isdigit():
-            pid = int(value)
-        elif key == "address":
-            addresses.append(value)
-    return pid, addresses
-
-
-def manager(run_dir: str) -> LockHeld | None:
-    """Who manages addresses here: a LockHeld describing the running failoverd, or None."""
-    path = Path(run_dir) / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return LockHeld(path, *_parse_lock(os.read(fd, 65536).decode("utf-8", "replace")))
-        return None  # nobody holds it: the file is left over from a failoverd that stopped
-    finally:
-        os.close(fd)
-
-
-def overlap(held: LockHeld, wanted: Iterable[netif.Assignment]) -> list[str]:
-    """The addresses of ``wanted`` that the lock holder manages (compared by IP address)."""
-    managed = set()
-    for entry in held.addresses:
-        with contextlib.suppress(ValueError):
-            managed.add(ipaddress.ip_address(entry.split(":", 1)[1].rsplit("/", 1)[0]))
-    return [str(a.address) for a in wanted if a.address in managed]

@@ -79,8 +79,9 @@ class Handler:
     async def handle_DATA(self, server, session, envelope):
         msg = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         subject = str(msg["subject"] or "")
+        message_id = str(msg["message-id"] or "")
         with open(out, "a") as f:
-            f.write(json.dumps({"subject": subject}) + "\n")
+            f.write(json.dumps({"subject": subject, "message_id": message_id}) + "\n")
         return "250 OK"
 
 
@@ -96,7 +97,8 @@ asyncio.run(main())
 
 
 class MailSink:
-    """An aiosmtpd server in the secondary's namespace, recording the subject of every mail."""
+    """An aiosmtpd server in the secondary's namespace, recording the subject and Message-ID of
+    every mail."""
 
     def __init__(self, lab: Lab) -> None:
         self.path = lab.tmpdir / "mail.jsonl"
@@ -109,8 +111,14 @@ class MailSink:
         self.proc.wait_event("smtp-listening", 10.0)
 
     def subjects(self) -> list[str]:
+        return [subject for subject, _ in self.received()]
+
+    def received(self) -> list[tuple[str, str]]:
+        """(subject, Message-ID) of every mail, in the order received."""
         lines = self.path.read_text().splitlines()
-        return [json.loads(line)["subject"] for line in lines if line.strip()]
+        return [
+            (m["subject"], m.get("message_id", "")) for m in map(json.loads, lines) if m
+        ]
 
 
 @dataclass

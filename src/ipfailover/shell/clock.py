@@ -3,7 +3,8 @@
 :class:`SystemClock` is the real one. A test hands a component a fake clock and then decides when
 time passes, so it asserts what the component does at each moment without waiting for, or
 measuring, real time. The mail outbox takes one (``Outbox.clock``), and so do the script runner
-(``ScriptFolder(clock=...)``, ``run_program(clock=...)``).
+(``ScriptFolder(clock=...)``, ``run_program(clock=...)``), and the daemons read the ``now`` they
+feed their cores through one (:class:`LoopClock` by default).
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ class SystemClock:
 
 
 SYSTEM_CLOCK = SystemClock()
+
+
+class LoopClock(SystemClock):
+    """The daemons' clock: ``monotonic`` is the event loop's own time, the time base of its
+    timers (``loop.call_at``), so the deadlines a core hands out are scheduled on the clock that
+    fed it ``now``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def monotonic(self) -> float:
+        return self.loop.time()
 
 
 async def within(clock: Clock, aw: Awaitable[T], timeout: float) -> T:

@@ -17,9 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ipfailover.shell import snapshot as shape
+
 SCHEMA = 1
 ROLES = ("failoverd", "heartbeatd")
-Snapshot = Callable[[], dict[str, Any]]
+Snapshot = Callable[[], shape.Snapshot]
 
 
 class UnsafeDirectory(PermissionError):
@@ -105,7 +107,7 @@ class ControlServer:
             line = await asyncio.wait_for(reader.readline(), timeout=5.0)
             command = line.decode("ascii", "replace").strip() or "status"
             if command == "status":
-                reply: dict[str, Any] = self.snapshot()
+                reply: shape.Snapshot | dict[str, Any] = self.snapshot()
             else:
                 reply = {"schema": SCHEMA, "error": f"unknown command {command!r}"}
             writer.write(json.dumps(reply, sort_keys=True).encode() + b"\n")

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-Snapshot = Callable[[], dict[str, Any]]
+from ipfailover.shell import snapshot as shape
+
+Snapshot = Callable[[], shape.Snapshot]
 STATES = (
     "standby",
     "probing",
@@ -35,8 +36,8 @@ class SnapshotCollector(Collector):
         self.loop = loop
         self.snapshot = snapshot
 
-    def _take(self) -> dict[str, Any]:
-        async def take() -> dict[str, Any]:
+    def _take(self) -> shape.Snapshot:
+        async def take() -> shape.Snapshot:
             return self.snapshot()
 
         return asyncio.run_coroutine_threadsafe(take(), self.loop).result(timeout=5.0)
@@ -49,16 +50,16 @@ class SnapshotCollector(Collector):
         for reason, n in sorted(d["rejected"].items()):
             rejected.add_metric([reason], n)
         yield rejected
-        collision = d.get("name_collision") or {}
+        collision = d.get("name_collision")
         yield GaugeMetricFamily(
             "ipfailover_name_collision",
             "1 while another machine sends under this node name",
-            value=1.0 if collision.get("active") else 0.0,
+            value=1.0 if collision and collision.get("active") else 0.0,
         )
         yield CounterMetricFamily(
             "ipfailover_name_collision_datagrams",
             "Fresh datagrams carrying this node name from a boot that is not this host's",
-            value=collision.get("datagrams", 0),
+            value=collision.get("datagrams", 0) if collision else 0,
         )
         if d["role"] == "heartbeatd":
             yield CounterMetricFamily(
@@ -68,7 +69,9 @@ class SnapshotCollector(Collector):
         yield from _failoverd_metrics(d)
 
 
-def _failoverd_metrics(d: dict[str, Any]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+def _failoverd_metrics(
+    d: shape.FailoverdSnapshot,
+) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
     state = GaugeMetricFamily("ipfailover_state", "1 for the current state", labels=["state"])
     for name in STATES:
         state.add_metric([name], 1.0 if d["state"] == name else 0.0)
@@ -84,9 +87,9 @@ def _failoverd_metrics(d: dict[str, Any]) -> Iterator[GaugeMetricFamily | Counte
     alive = GaugeMetricFamily(
         "ipfailover_network_alive", "1 while the peer is heard on the network", labels=["network"]
     )
-    for n in d["networks"]:
-        received.add_metric([n["name"]], n["heartbeats"])
-        alive.add_metric([n["name"]], 1.0 if n["alive"] else 0.0)
+    for net in d["networks"]:
+        received.add_metric([net["name"]], net["heartbeats"])
+        alive.add_metric([net["name"]], 1.0 if net["alive"] else 0.0)
     yield received
     yield alive
     transitions = CounterMetricFamily(

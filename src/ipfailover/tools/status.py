@@ -7,10 +7,16 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import cast
 
 from ipfailover.core import config
 from ipfailover.shell import control
+from ipfailover.shell.snapshot import (
+    Answering,
+    FailoverdSnapshot,
+    HeartbeatdSnapshot,
+    Snapshot,
+)
 
 EXIT_CONFIG = 2  # --config names a file with errors: which run dir to ask is unknown
 EXIT_NOT_RUNNING = 3  # as systemctl status says for a unit that is not running
@@ -23,14 +29,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", metavar="DIR", help="where the control sockets are (overrides)")
 
 
-def collect(run_dir: str) -> list[dict[str, Any]]:
+def collect(run_dir: str) -> list[Snapshot]:
     """The status of every daemon that answers in ``run_dir``; PermissionError if the sockets
     are there but not ours to open (they are root-only)."""
-    out = []
+    out: list[Snapshot] = []
     for role in control.ROLES:
         path = control.socket_path(run_dir, role)
         try:
-            out.append(control.query(path))
+            out.append(cast(Snapshot, control.query(path)))  # as docs/status.md says
         except PermissionError:
             raise
         except (OSError, ValueError):
@@ -87,13 +93,17 @@ def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     ]
 
 
-def _rejected(d: dict[str, Any]) -> str:
+def _rejected(d: Snapshot) -> str:
     counts = d.get("rejected", {})
     return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
 
 
-def render(d: dict[str, Any]) -> str:
-    text = _render_heartbeatd(d) if d.get("role") == "heartbeatd" else _render_failoverd(d)
+def render(d: Snapshot) -> str:
+    text = (
+        _render_heartbeatd(cast(HeartbeatdSnapshot, d))
+        if d.get("role") == "heartbeatd"
+        else _render_failoverd(cast(FailoverdSnapshot, d))
+    )
     collision = _collision(d)
     if collision:
         head, _, rest = text.partition("\n")
@@ -101,7 +111,7 @@ def render(d: dict[str, Any]) -> str:
     return text
 
 
-def _collision(d: dict[str, Any]) -> str:
+def _collision(d: Snapshot) -> str:
     """The node-name collision line, right under the heading: it is the loudest thing."""
     c = d.get("name_collision")
     if not c:
@@ -119,7 +129,7 @@ def _collision(d: dict[str, Any]) -> str:
     )
 
 
-def _render_failoverd(d: dict[str, Any]) -> str:
+def _render_failoverd(d: FailoverdSnapshot) -> str:
     peer = d["peer"]
     lines = [
         f"failoverd on {d['node']} (pid {d['pid']}): {d['state'].upper()} since "
@@ -166,7 +176,7 @@ def _render_failoverd(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _render_heartbeatd(d: dict[str, Any]) -> str:
+def _render_heartbeatd(d: HeartbeatdSnapshot) -> str:
     lines = [
         f"heartbeatd on {d['node']} (pid {d['pid']}): sending every {_num(d['interval'])} to "
         + " ".join(d["targets"]),
@@ -185,7 +195,7 @@ def _render_heartbeatd(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _macs(answering: list[dict[str, Any]]) -> str:
+def _macs(answering: list[Answering]) -> str:
     return "; ".join(f"{x['address']} {' '.join(x['macs'])}" for x in answering)
 
 

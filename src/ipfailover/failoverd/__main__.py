@@ -1,0 +1,5 @@
+import sys
+
+from ipfailover.failoverd import main
+
+sys.exit(main())
