@@ -25,6 +25,7 @@ and :mod:`~ipfailover.core.monitor_handback` (the hold-down, HANDBACK, RELEASED)
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
@@ -299,7 +300,8 @@ class Monitor(MonitorView):
             # back): it missed our latest challenges. Challenge it at once, not at the next
             # round, so that its return costs one round trip.
             ch.challenge_now(peer, addr, msg.boot_id, source, now, box)
-        issued = max(self._nonces[e] for e in msg.echoes if e in self._nonces)
+        # (a heartbeat with evidence echoes a nonce we keep; none would count as no new round)
+        issued = max((self._nonces[e] for e in msg.echoes if e in self._nonces), default=-math.inf)
         self.handback.heard(evidence, issued, self.cfg, self.state is State.HOLDDOWN)
         self._events.append(
             Heard(
