@@ -119,17 +119,27 @@ def blocked_notice(
     return mail.Notice("blocked", "down", ips, subject, body)
 
 
+CONFLICT_LISTED = 20
+"""Addresses a conflict mail names one by one; more are counted."""
+
+
 def conflict_notice(
-    address: str, mac: str, s: mail.Situation, defend_interval: float, now: float
+    addresses: tuple[str, ...], mac: str, s: mail.Situation, defend_interval: float, now: float
 ) -> mail.Notice:
-    """Another machine (``mac``) claims an address we hold."""
-    subject = f"[ipfailover] {s.node}: address conflict on {address}: also at {mac}"
+    """Another machine (``mac``) claims addresses we hold (one mail for all it claimed at once)."""
+    first, more = addresses[0], len(addresses) - 1
+    which = first if not more else f"{first} and {more} more"
+    listed = ", ".join(addresses[:CONFLICT_LISTED])
+    if len(addresses) > CONFLICT_LISTED:
+        listed += f" and {len(addresses) - CONFLICT_LISTED} more"
+    it, them = ("it", "it") if not more else ("them", "them")
+    subject = f"[ipfailover] {s.node}: address conflict on {which}: also at {mac}"
     body = (
-        f"While {s.node} holds {address}, another machine claims it: {mac} answers or "
-        "announces it on the link.\nClients may split between the two until this is "
-        f"resolved. {s.node} re-announces the address at most every {defend_interval:g} s "
+        f"While {s.node} holds {listed}, another machine claims {them}: {mac} answers or "
+        f"announces {it} on the link.\nClients may split between the two until this is "
+        f"resolved. {s.node} re-announces an address at most every {defend_interval:g} s "
         f"while {s.peer} is silent, so that they converge on it.\nFind the machine with that "
-        f"MAC (switch tables, `ip neigh`) and stop it answering for {address} (is it "
+        f"MAC (switch tables, `ip neigh`) and stop it answering for {first} (is it "
         f"{s.peer}, hung but not dead?).\n\n{mail.situation_text(s, now)}\n"
     )
-    return mail.Notice("conflict", "down", (address,), subject, body)
+    return mail.Notice("conflict", "down", addresses, subject, body)

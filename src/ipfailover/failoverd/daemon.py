@@ -115,6 +115,9 @@ class Failoverd(ReloadMixin, TransitionsMixin, EvidenceMixin):
         self.notices_timer = daemon.Timer(loop, self._on_notices_timer)
         self._tasks: set[asyncio.Task[None]] = set()
         self._watches: list[linkwatch.LinkWatch] = []  # while holding: other MACs claiming ours
+        # conflicts gathered for one mail per MAC (CONFLICT_MAIL_GATHER), and its timer
+        self._conflict_mail: dict[str, list[str]] = {}
+        self.conflict_timer = daemon.Timer(loop, self._send_conflict_mail)
         self._blocked_why = ""  # while BLOCKED: why, in words (BLOCKED_WHY)
 
     @classmethod
@@ -236,6 +239,7 @@ class Failoverd(ReloadMixin, TransitionsMixin, EvidenceMixin):
         An episode summary not yet due is not sent (docs/scripts.md)."""
         self.notices_timer.arm(None)
         self._watch(False)
+        self._send_conflict_mail()  # gathered, not yet mailed: mail them now
         await self.executor.flush_mail()
         await self.outbox.stop(MAIL_STOP_GRACE)
         self.udp.close()

@@ -23,11 +23,15 @@ from ipfailover.core.monitor import (
 from ipfailover.failover import executor as transition
 from ipfailover.failover import notices
 from ipfailover.failoverd.mailing import MailMixin
-from ipfailover.shell import linkwatch, netif
+from ipfailover.shell import linkwatch, netif, runtime
 
 log = logging.getLogger("ipfailover.failoverd")
 
 #: Why failoverd holds back (state BLOCKED), by the trigger that blocked it (docs/safety.md).
+CONFLICT_MAIL_GATHER = 1.0
+"""Seconds from the first address conflict to its mail: the conflicts of that while, one mail
+per claiming MAC."""
+
 BLOCKED_WHY = {
     Trigger.ANSWERS_NEVER_VERIFIED: "its address answers, but no heartbeat was ever verified: "
     "check the firewall, key, port and FAILOVER_PEER_IP",
@@ -47,6 +51,8 @@ class EvidenceMixin(MailMixin):
         _by_text: dict[str, netif.Assignment]
         _claims: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]]
         _watches: list[linkwatch.LinkWatch]
+        _conflict_mail: dict[str, list[str]]
+        conflict_timer: runtime.Timer
 
         def _flush(self) -> None: ...
 
@@ -100,9 +106,26 @@ class EvidenceMixin(MailMixin):
             state=ev.state.value,
             defending="yes" if ev.state is State.ACTIVE else "no",
         )
+        # One mail per MAC for the conflicts of a short while: a returning primary claims all
+        # its addresses at once (1,024 addresses made 1,024 mails).
+        addresses = self._conflict_mail.setdefault(ev.mac, [])
+        if ev.address not in addresses:
+            addresses.append(ev.address)
+        if self.conflict_timer.deadline is None:
+            self.conflict_timer.arm(self.loop.time() + CONFLICT_MAIL_GATHER)
+
+    def _send_conflict_mail(self) -> None:
+        """Mail the conflicts gathered since the first one: one notice per claiming MAC."""
+        self.conflict_timer.arm(None)
+        gathered, self._conflict_mail = self._conflict_mail, {}
+        if not gathered:
+            return
         s = self._situation()
-        notice = notices.conflict_notice(ev.address, ev.mac, s, DEFEND_INTERVAL, self.clock.time())
-        self._spawn(self._notify(notice))
+        for mac, addresses in gathered.items():
+            notice = notices.conflict_notice(
+                tuple(addresses), mac, s, DEFEND_INTERVAL, self.clock.time()
+            )
+            self._spawn(self._notify(notice))
 
     def _defend(self, ev: Defend) -> None:
         a = self._by_text.get(ev.address)
