@@ -44,14 +44,17 @@ from typing import Any
 
 import keepalived_lab
 
-from ipfailover.lab import topology as iplab
-from ipfailover.lab.topology import Lab, Network, Node
+from ipfailover.lab import processes, testbed, topology
+from ipfailover.lab import scenario as iplab
+from ipfailover.lab.settings import LabSettings
+from ipfailover.lab.testbed import Lab
+from ipfailover.lab.topology import Network, Node
 
 REPO = Path(__file__).resolve().parent.parent
 NICE = ["nice", "-n", "-10"]
-HEARTBEAT_PORT = iplab.HEARTBEAT_PORT
+HEARTBEAT_PORT = topology.HEARTBEAT_PORT
 
-_daemon_command = iplab.daemon_command
+_daemon_command = processes.daemon_command
 _keepalived_argv = keepalived_lab.keepalived_argv
 
 
@@ -71,7 +74,8 @@ def niced_keepalived_argv(workdir: Path, config: Path) -> list[str]:
     return [*NICE, *_keepalived_argv(workdir, config)]
 
 
-iplab.daemon_command = niced_daemon_command  # every daemon the lab starts runs niced
+# every daemon the lab starts runs niced (testbed imported the name, so both are set)
+processes.daemon_command = testbed.daemon_command = niced_daemon_command
 keepalived_lab.keepalived_argv = niced_keepalived_argv
 
 
@@ -138,7 +142,7 @@ def idle_ipfailover(interval: float, window: float) -> dict[str, Any]:
 def idle_keepalived(interval: float, window: float) -> dict[str, Any]:
     vrrp = keepalived_lab.VrrpSettings(interval, 2 if interval >= 1 else 3)
     with Lab() as lab:
-        args = keepalived_lab.scenario_args(vrrp)
+        args = keepalived_lab.scenario_settings(vrrp)
         scenario = keepalived_lab.KeepalivedScenario(lab, vrrp, args, iplab.RunResult(0))
         master = scenario.start_keepalived(Node.PRIMARY)
         backup = scenario.start_keepalived(Node.SECONDARY)
@@ -272,13 +276,11 @@ def timeline(software: str, interval: float) -> dict[str, Any]:
     phases: dict[str, Any] = {}
     with Lab() as lab:
         if software == "ipfailover":
-            parser = argparse.ArgumentParser()
-            iplab.configure_parser(parser)
-            args = parser.parse_args([f"--interval={interval}", "--failback-delay=3"])
+            args = LabSettings(interval=interval, failback_delay=3.0)
             scenario: iplab.Scenario = iplab.Scenario(lab, args, result)
         else:
             vrrp = keepalived_lab.VrrpSettings(interval, 3)
-            args = keepalived_lab.scenario_args(vrrp)
+            args = keepalived_lab.scenario_settings(vrrp)
             scenario = keepalived_lab.KeepalivedScenario(lab, vrrp, args, result)
         scenario.setup()
         assert scenario.client is not None
@@ -380,7 +382,7 @@ class Lines:
         deadline = time.monotonic() + 10
         while not any(ln.text == "start" for ln in list(self.proc.lines)):
             if time.monotonic() > deadline:
-                raise iplab.LabTimeout(f"{name} did not start")
+                raise topology.LabTimeout(f"{name} did not start")
             time.sleep(0.02)
 
     def times(self, since: float = 0.0, until: float = float("inf")) -> list[float]:
@@ -420,7 +422,7 @@ def scale_ipfailover(interval: float) -> dict[str, Any]:
     res: dict[str, Any] = {"software": "ipfailover", "interval": interval}
     try:
         _scale_ipfailover(interval, res)
-    except iplab.LabError as e:  # keep what was measured before
+    except topology.LabError as e:  # keep what was measured before
         res["error"] = str(e)[:2000]
     return res
 
@@ -532,7 +534,7 @@ def scale_keepalived(interval: float) -> dict[str, Any]:
     keepalived_lab.render_config = render
     try:
         with Lab() as lab:
-            args = keepalived_lab.scenario_args(vrrp)
+            args = keepalived_lab.scenario_settings(vrrp)
             scenario = keepalived_lab.KeepalivedScenario(lab, vrrp, args, iplab.RunResult(0))
             monitor = Lines(lab, Node.SECONDARY, MONITOR, name="addr-monitor")
             lab.start_responders()
@@ -572,9 +574,7 @@ def fast(interval: float, runs: int, window: float) -> dict[str, Any]:
     for _ in range(runs):
         result = iplab.RunResult(0)
         with Lab() as lab:
-            parser = argparse.ArgumentParser()
-            iplab.configure_parser(parser)
-            args = parser.parse_args([f"--interval={interval}", "--failback-delay=3"])
+            args = LabSettings(interval=interval, failback_delay=3.0)
             scenario = iplab.Scenario(lab, args, result)
             try:
                 scenario.setup()
@@ -584,7 +584,7 @@ def fast(interval: float, runs: int, window: float) -> dict[str, Any]:
                 assert scenario.failoverd is not None
                 began = scenario.failoverd.wait_event("acquire-start", 5.0, since=start)
                 done = scenario.failoverd.wait_event("acquire-done", 5.0, since=start)
-            except iplab.LabError as e:
+            except topology.LabError as e:
                 errors.append(str(e))
                 continue
             if phase.seconds is not None:
@@ -602,7 +602,7 @@ def fast(interval: float, runs: int, window: float) -> dict[str, Any]:
     idle = idle_ipfailover(interval, window)
     try:
         keepalived = idle_keepalived(interval, window)
-    except iplab.LabError as e:
+    except topology.LabError as e:
         keepalived = {"error": str(e)[:500]}
     return {
         "keepalived_idle": keepalived,
@@ -796,7 +796,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"{name} ...")
             try:
                 results[name] = step()
-            except iplab.LabError as e:
+            except topology.LabError as e:
                 results[name] = {"error": str(e)}
                 log(f"{name} failed: {e}")
             log(f"{name}: {json.dumps(results[name])[:300]}")
