@@ -115,10 +115,8 @@ class MailSink:
 
     def received(self) -> list[tuple[str, str]]:
         """(subject, Message-ID) of every mail, in the order received."""
-        lines = self.path.read_text().splitlines()
-        return [
-            (m["subject"], m.get("message_id", "")) for m in map(json.loads, lines) if m
-        ]
+        mails = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [(m["subject"], m.get("message_id", "")) for m in mails]
 
 
 @dataclass
