@@ -15,6 +15,14 @@ import losssim
 from ipfailover.core import wire
 
 
+def lab_cuts(seed: int, count: int) -> list[tuple[float, float]]:
+    """``count`` cuts of 0.5 s (plus up to 30 ms) every 1.02 s from a seeded start, as the lab
+    makes them (its flap thread takes a few ms to take the cables down and up)."""
+    rng = random.Random(seed)
+    start = 5.0 + rng.random()
+    return [(start + i * 1.02, start + i * 1.02 + 0.5 + rng.uniform(0, 0.03)) for i in range(count)]
+
+
 def test_no_false_takeover_at_20_percent_loss() -> None:
     # 12,000 rounds at interval 0.1 s. Three lost rounds on both networks (what an ideal
     # detector needs) happen about 0.06 times per 1,000 rounds at 20 %; the old detector made
@@ -165,10 +173,7 @@ def test_a_primary_that_tells_its_cut_is_taken_over_as_its_cable_returns() -> No
     over within a round trip of the flagged heartbeat that echoes a fresh challenge."""
     interval = 0.2
     for seed in range(12):
-        rng = random.Random(seed)
-        start = 5.0 + rng.random()
-        cuts = [(start + i * 1.02, start + i * 1.02 + 0.5 + rng.uniform(0, 0.03))
-                for i in range(12)]  # fmt: skip
+        cuts = lab_cuts(seed, 12)
         out = losssim.run(
             interval=interval, failback=3.0, rounds=int(25 / interval), seed=seed,
             primary_cuts=cuts, relink=0.012,
@@ -218,10 +223,7 @@ def test_a_flapping_primary_is_not_handed_back_while_it_flaps() -> None:
     the hold-down, and a flapping primary sometimes passed for steady and got its addresses
     back in the middle of the flapping (4 owner changes instead of 2; seeds 3 and 9 here)."""
     for seed in range(12):
-        rng = random.Random(seed)
-        start = 5.0 + rng.random()
-        cuts = [(start + i * 1.02, start + i * 1.02 + 0.5 + rng.uniform(0, 0.03))
-                for i in range(40)]  # fmt: skip
+        cuts = lab_cuts(seed, 40)
         out = losssim.run(
             interval=0.2, failback=3.0, rounds=int(60 / 0.2), seed=seed, primary_cuts=cuts,
             relink=0.012,

@@ -68,7 +68,7 @@ def test_a_flag_its_type_does_not_carry_is_malformed_even_signed(
     body = {"nonce": b"n" * 8, "echo_boot": b"b" * 8} if kind in wire.ECHO_TYPES else {}
     data = bytearray(wire.encode(beat(type=kind, **body), KEY))
     data[6] = flags
-    resigned = bytes(data[: -32]) + wire.auth.sign(KEY, bytes(data[:-32]))
+    resigned = bytes(data[:-32]) + wire.auth.sign(KEY, bytes(data[:-32]))
     with pytest.raises(wire.RemoteProtocolError) as err:
         wire.decode(resigned, KEY)
     assert err.value.reason is wire.Reason.MALFORMED
@@ -146,15 +146,21 @@ def events(s: Sender) -> list[object]:
     return list(iter(s.next_event, None))
 
 
-def test_after_a_cut_the_carrier_announcement_waits_for_the_takeover() -> None:
-    """The crossing seen in CI (four owner changes): a primary back from a cut announced its
-    addresses on the first challenge, just before the secondary took them over."""
+def back_from_a_cut() -> Sender:
+    """A sender with a listener (not holding) since 0.05 s, cut off from 1.0 s to 1.5 s."""
     s = sender(0.2)
     s.handle_timer(0.0)
     s.receive_datagram(challenge(s, 1, False), LISTENER, 0.05)
     events(s)
     s.link_down(1.0)
     s.link_up(1.5)
+    return s
+
+
+def test_after_a_cut_the_carrier_announcement_waits_for_the_takeover() -> None:
+    """The crossing seen in CI (four owner changes): a primary back from a cut announced its
+    addresses on the first challenge, just before the secondary took them over."""
+    s = back_from_a_cut()
     s.receive_datagram(challenge(s, 2, False), LISTENER, 1.55)  # not yet taken over
     assert events(s) == []
     s.receive_datagram(challenge(s, 3, True), LISTENER, 1.65)  # it holds them now
@@ -162,12 +168,7 @@ def test_after_a_cut_the_carrier_announcement_waits_for_the_takeover() -> None:
 
 
 def test_after_a_cut_nobody_taking_over_means_an_announcement_after_the_window() -> None:
-    s = sender(0.2)
-    s.handle_timer(0.0)
-    s.receive_datagram(challenge(s, 1, False), LISTENER, 0.05)
-    events(s)
-    s.link_down(1.0)
-    s.link_up(1.5)
+    s = back_from_a_cut()
     end = s.cut_off_until
     assert end == pytest.approx(1.5 + (CUT_FLAG_BEATS - 0.5) * 0.2)
     s.receive_datagram(challenge(s, 2, False), LISTENER, end - 0.01)
