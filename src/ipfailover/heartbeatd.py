@@ -83,7 +83,7 @@ class Heartbeatd:
         self._tasks: set[asyncio.Task[None]] = set()
         self._send_failures: dict[str, tuple[float | None, int]] = {}  # target -> (logged, since)
         self._unsure: dict[asyncio.Task[None], str] = {}  # announcements a holder cancels
-        self._flush_soon = False  # a flush is queued for the end of this batch of datagrams
+        self._after_batch = daemon.AfterBatch(loop, self._batch_done)
         self._addresses_changed = asyncio.Event()
         self._no_carrier: set[str] = set()  # interfaces of ours whose carrier went
         self._own: list[netif.Assignment] | None = None  # the last dump, until a change
@@ -216,14 +216,9 @@ class Heartbeatd:
     def _on_datagram(self, dg: daemon.Datagram) -> None:
         self.core.receive_datagram(dg.data, dg.addr, self.clock.monotonic())
         daemon.answer_local_boots(self.core, self.cfg.run_dir, self.clock.monotonic())
-        # One flush for the batch the socket readers are draining (the challenge copies of
-        # every network arrive together), not one per datagram.
-        if not self._flush_soon:
-            self._flush_soon = True
-            self.loop.call_soon(self._batch_done)
+        self._after_batch.request()  # one flush for the batch (every network's copies)
 
     def _batch_done(self) -> None:
-        self._flush_soon = False
         self._flush()
         if self._unsure:
             self._cancel_if_held()
