@@ -137,6 +137,10 @@ class Heartbeatd:
         from ipfailover.shell import linkwatch
 
         while not self.stopped.is_set():
+            # a (re)subscription reports only changes from now on: forget the carriers we saw
+            # go, or a cable that came back unseen would make a later loss of another look like
+            # a cut of every network (a takeover the primary did not need)
+            self._no_carrier.clear()
             try:
                 async for kind, ifname in linkwatch.link_events():
                     if kind == "addresses":

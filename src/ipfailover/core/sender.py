@@ -15,8 +15,8 @@ and when a cable comes back -- unless a listener's challenge says it still holds
 case its hand-back triggers the announcement. On a graceful stop it sends LEAVING.
 
 A primary that lost carrier on every network that carries its heartbeats (:meth:`Sender.link_down`)
-for at least CUT_MIN intervals says so when the carrier comes back: its heartbeats carry the
-cut-off flag for CUT_FLAG_BEATS intervals, and a listener takes the addresses over at once (a
+for at least CUT_MIN intervals says so when the carrier comes back: its next CUT_FLAG_BEATS rounds
+of heartbeats carry the cut-off flag, and a listener takes the addresses over at once (a
 cable that flaps for about the dead time would otherwise cost the clients every cut until the
 silence happened to outlast it). Its carrier announcement then waits for that listener's
 challenge saying it holds them (and is deferred), or for the flag's window to pass.
