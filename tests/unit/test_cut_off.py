@@ -25,6 +25,7 @@ from ipfailover.core.monitor import (
 from ipfailover.core.sender import (
     CUT_FLAG_BEATS,
     CUT_MIN,
+    CUT_MIN_SECONDS,
     Announce,
     AnnounceDeferred,
     Sender,
@@ -338,3 +339,14 @@ def test_a_cut_longer_than_the_dead_time_hands_back_a_hold_down_after_the_return
     ((released, _),) = sim.rec.releases
     assert released - 12.0 < 1.0 + 2 * 1.0  # the hold-down, from a round trip after the return
     assert sim.monitor is not None and sim.monitor.counters["cut-off"] == 1
+
+
+def test_at_long_intervals_a_quarter_second_cut_is_told() -> None:
+    """At the default interval (1 s) a cut of half an interval would be a coin toss for the
+    0.5 s flaps of issue 8 case 3; a cut counts from CUT_MIN_SECONDS on, whatever the interval."""
+    assert CUT_MIN_SECONDS < CUT_MIN * 1.0
+    for length, told in ((CUT_MIN_SECONDS + 0.01, 1), (CUT_MIN_SECONDS - 0.01, 0)):
+        s = sender(1.0)
+        s.link_down(2.0)
+        s.link_up(2.0 + length)
+        assert s.counters["cuts-reported"] == told, length
