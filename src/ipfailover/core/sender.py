@@ -184,7 +184,7 @@ class Sender(HandbackReplies):
         if cut is not None and now - cut >= cut_min(self.cfg.interval) and not self.stopped:
             # the beat now and the next CUT_FLAG_BEATS - 1 (half an interval of slack each way)
             self._cut_flag_until = now + (CUT_FLAG_BEATS - 0.5) * self.cfg.interval
-            self.counters["cuts-reported"] += 1
+            self.counters["cuts-reported"] += 1  # its number tells its heartbeats from the next's
         self._fire(Trigger.LINK_UP, now)
 
     @property
@@ -273,6 +273,7 @@ class Sender(HandbackReplies):
         self.seq += 1
         echoes = self.roster.echoes()
         cut_off = kind is wire.MsgType.HEARTBEAT and now < self._cut_flag_until
+        cut = self.counters["cuts-reported"] % wire.CUT_NUMBERS if cut_off else 0
         msg = wire.Message(
             type=kind,
             sender=self.cfg.node,
@@ -281,6 +282,7 @@ class Sender(HandbackReplies):
             interval=self.cfg.interval,
             echoes=echoes,
             cut_off=cut_off,
+            cut=cut,
         )
         self.counters["sent"] += 1
         if cut_off:
