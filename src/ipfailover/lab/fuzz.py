@@ -16,9 +16,15 @@ The primary runs a fixed cycle of :data:`CYCLE` steps:
   over);
 * it dies, the monitor probes, takes over and holds until it comes back.
 
-Between their own exchanges, each core is fed fuzz inputs, made from what the pair sent lately
-(flagged heartbeats, ANNOUNCED, HANDBACK and RELEASED are also kept in a pool of their own, so
-that they are picked often although they are rare on the wire):
+Between their own exchanges, each core is fed fuzz inputs (eight a step, and four times as many
+while the monitor is in a state that lasts only a step or two: probing, acquiring, handback,
+releasing), made from what the pair sent lately (flagged heartbeats, LEAVING, ANNOUNCED, HANDBACK
+and RELEASED are also kept in pools of their own, so that they are picked often although they are
+rare on the wire). Anyone with the key can take the pair off its schedule (a far sequence number
+moves a replay window past the real datagrams, a fresh heartbeat of a new boot retires the
+primary's): in every other cycle the authentic inputs go to copies of the cores, checked the
+same way and dropped, so that the schedule above is kept; in the others, to the pair's cores,
+so that they meet the inputs' consequences:
 
 * random bytes (some behind a valid magic and version, to get past the first checks);
 * captured datagrams with bit flips, truncated, or extended;
@@ -56,18 +62,21 @@ Around every input the harness takes a snapshot of the core and checks:
     above that challenge's and an id the sender does not have.
 
   What a non-fresh input may legitimately change, besides counters and queues: a stale
-  heartbeat still marks its sequence number in its boot's replay window and its (address, boot)
-  source entry, and may be challenged out of turn (none of that is in the view: the cores'
-  docstrings say why); a datagram under our own name from an unknown boot is held until the
-  shell names this host's boots. A *copy* of a HANDBACK the sender already acts on (same id,
-  same listener boot) adds the address it came from to that hand-back's list (at most
+  heartbeat still marks its sequence number in its boot's replay window (the window is checked
+  first; only a holder of the key can make a heartbeat with a number the primary has not sent
+  yet, and one with a far number deafens the monitor to that boot until it restarts), updates
+  its (address, boot) source entry and may be challenged out of turn (neither is in the view:
+  ``Verifier.verify`` says why); a datagram under our own name from an unknown boot is held
+  until the shell names this host's boots. A *copy* of a HANDBACK the sender already acts on
+  (same id, same listener boot) adds the address it came from to that hand-back's list (at most
   HANDBACK_ADDRS), and if the hand-back was confirmed already, confirms it there too (one more
   sequence number): the harness checks exactly that and nothing else;
 * memory stays bounded: the sources, replay windows, boot schedules, retired boots, nonces,
   listeners, release ids, hand-backs and held datagrams never exceed their documented caps.
 
 :func:`run` returns a :class:`Report`, which counts the inputs per kind, the outcomes, the
-state each core was in when fed, and the kind of captured datagram each was made from;
+state each core was in when fed, the kind of captured datagram each was made from, and what the
+pair did (the monitor's transitions, the hand-backs' confirmations, the cuts);
 ``tests/unit/test_fuzz.py`` runs 10^5 inputs and ``bench/fuzz.py`` 10^6. The inputs are made by
 :mod:`ipfailover.lab.mutator`, the snapshots compared by :mod:`ipfailover.lab.snapshot`; this
 module is the harness around both cores.
@@ -114,8 +123,8 @@ SHELL_DELAYS = (0.25, 0.5)  # how long the monitor's shell takes to probe, acqui
 TRANSIENT = frozenset({State.PROBING, State.ACQUIRING, State.HANDBACK, State.RELEASING})
 BURST = 32  # inputs per step while the monitor is in one of those (8 otherwise)
 RARE = 8  # rare datagrams kept per type (flagged heartbeats, hand-back, RELEASED...)
-RARE_SHARE = 0.2  # the share of inputs made from them (HANDBACK_SHARE for the monitor in handback:
-HANDBACK_SHARE = 0.5  # an ANNOUNCED is acted on only there)
+RARE_SHARE = 0.2  # the share of inputs made from them
+HANDBACK_SHARE = 0.5  # that share for the monitor in handback (an ANNOUNCED is acted on only there)
 # In every other cycle of the primary (a quiet one) each authentic input goes to a copy of the core,
 # checked the same way and then dropped; in the others (wild ones) to the pair's cores. Anyone with
 # the key can take the pair off its schedule: a fresh challenge with a far sequence number deafens
@@ -148,6 +157,7 @@ class Report:
     # "random"); a heartbeat that carried the cut-off flag is "heartbeat+cut-off"
     captured: Counter[str] = field(default_factory=Counter)
     fresh: Counter[str] = field(default_factory=Counter)  # inputs judged fresh, per core
+    copied: Counter[str] = field(default_factory=Counter)  # authentic inputs fed to a copy
     # what the pair did: the monitor's transitions, and what the shells did
     schedule: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -396,7 +406,7 @@ class Harness:
         self.report.fresh["monitor"] += fresh
         if msg is not None and self.quiet:
             m = self._copy(m)
-            self.report.fresh["monitor.into-copy"] += 1
+            self.report.copied["monitor"] += 1
         events = self._feed(
             "monitor",
             m,
@@ -500,7 +510,7 @@ class Harness:
         self.report.fresh["sender"] += verdict == "fresh"
         if msg is not None and self.quiet:
             s = self._copy(s)
-            self.report.fresh["sender.into-copy"] += 1
+            self.report.copied["sender"] += 1
         view: Callable[[Any], dict[str, Any]] | None = snapshot.sender_core
         if verdict == "copy":
             assert msg is not None
