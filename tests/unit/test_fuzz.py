@@ -45,14 +45,21 @@ def test_a_hundred_thousand_fuzzed_datagrams_change_nothing_they_must_not() -> N
         assert report.captured[captured] > 1000, captured
     assert report.captured["sender.released"] > 1000
     # the pair did what the schedule says: hand-backs confirmed in time, late, failed and
-    # unanswered; ended by ANNOUNCED and by the timeout; cuts reported, and taken over on
+    # unanswered, ended by ANNOUNCED and by the timeout; cuts reported, and acted on in standby
+    # (takeover), holddown (it starts over) and handback (the addresses are kept)
     sched = report.schedule
     for how in ("confirmed", "confirmed-late", "announce-failed", "unanswered"):
         assert sched[f"handback-{how}"] > 0, how
-    for trigger in ("announced", "handback-timeout", "peer-cut-off", "no-answer"):
-        assert sched[f"monitor.transitions.{trigger}"] > 0, trigger
+    for move in (
+        "handback.announced",
+        "handback.handback-timeout",
+        "handback.peer-cut-off",
+        "holddown.peer-cut-off",
+        "standby.peer-cut-off",
+        "probing.no-answer",
+    ):
+        assert sched[f"monitor.{move}"] > 0, move
     assert sched["sender.cuts-reported"] > 0
-    assert sched["sender.cut-off-beats"] > 0
 
 
 def _handback_acting_on_replays(

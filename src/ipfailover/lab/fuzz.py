@@ -10,10 +10,12 @@ The primary runs a fixed cycle of :data:`CYCLE` steps:
 
 * it comes back with a new boot (the monitor, holding, goes through hold-down, hand-back and
   releasing back to standby);
-* in three cycles of four it is cut off on both networks (``Sender.link_down``) for less than
-  the dead time, then ``link_up``: its next heartbeats carry the cut-off flag, and the monitor
-  takes over at once and hands back again (a flagged heartbeat during the hold-down starts it
-  over);
+* in half of the cycles it is then cut off on both networks (``Sender.link_down``) for less
+  than the dead time, then ``link_up``: its next heartbeats carry the cut-off flag, and the
+  monitor takes over at once and hands back again (a flagged heartbeat during the hold-down
+  starts it over); in a quarter it is instead cut off for the last half second of the hold-down
+  after its return, until the monitor asks for the hand-back: its first heartbeat, flagged,
+  then finds the monitor in handback, which keeps the addresses and starts over;
 * it dies, the monitor probes, takes over and holds until it comes back.
 
 Between their own exchanges, each core is fed fuzz inputs (eight a step, and four times as many
@@ -97,7 +99,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ipfailover.core import auth, monitor, sender, wire
-from ipfailover.core.monitor import Acquire, Monitor, MonitorConfig, Probe, Release, State
+from ipfailover.core.monitor import (
+    Acquire,
+    Monitor,
+    MonitorConfig,
+    Probe,
+    Release,
+    State,
+    StateChanged,
+)
 from ipfailover.core.sender import Sender, SenderConfig
 from ipfailover.lab import snapshot
 from ipfailover.lab.mutator import KEY, POOL, Mutator
@@ -115,10 +125,16 @@ DEADTIME = 3.0
 FAILBACK = 3.0
 STEP = INTERVAL / 4
 # The primary's cycle, in steps: it comes back (a new boot) at 0, is cut off at CUT_AT for one of
-# CUT_STEPS (in CUT_SHARE of the cycles; each shorter than the dead time), and dies at DIE_AT.
+# CUT_STEPS (in CUT_SHARE of the cycles; each shorter than the dead time), and dies at DIE_AT. In
+# LATE_CUT_SHARE of the cycles it is instead cut off LATE_CUT before the end of the hold-down that
+# follows its return, until the monitor asks for the hand-back (or for LATE_CUT_MAX steps): its
+# flagged heartbeat then reaches the monitor in handback.
 CYCLE, CUT_AT, DIE_AT = 120, 28, 88  # 30 s: back at 0 s, cut at 7 s, dead from 22 s
 CUT_STEPS = (3, 6, 9)
-CUT_SHARE = 0.75
+CUT_SHARE = 0.5
+LATE_CUT_SHARE = 0.25
+LATE_CUT = 0.5  # seconds (at least CUT_MIN intervals)
+LATE_CUT_MAX = 8  # steps
 SHELL_DELAYS = (0.25, 0.5)  # how long the monitor's shell takes to probe, acquire, release
 TRANSIENT = frozenset({State.PROBING, State.ACQUIRING, State.HANDBACK, State.RELEASING})
 BURST = 32  # inputs per step while the monitor is in one of those (8 otherwise)
@@ -158,7 +174,7 @@ class Report:
     captured: Counter[str] = field(default_factory=Counter)
     fresh: Counter[str] = field(default_factory=Counter)  # inputs judged fresh, per core
     copied: Counter[str] = field(default_factory=Counter)  # authentic inputs fed to a copy
-    # what the pair did: the monitor's transitions, and what the shells did
+    # what the pair did: the monitor's transitions ("monitor.<from>.<trigger>"), the shells' work
     schedule: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
@@ -182,6 +198,8 @@ class Harness:
         self.step = 0
         self.alive = True
         self.cut_until: int | None = None  # the step at which a cut ends
+        self.late_cut = False  # this cycle's cut comes at the end of the hold-down
+        self.cut_draw = True  # this cycle has a cut at CUT_AT
         self._state = ""  # the state of the core last fed, before the input
         self.mutator = Mutator(self.rng)
         # captured (datagram, network, label); the rare ones also in a pool of their own
@@ -237,18 +255,44 @@ class Harness:
             self.alive = True  # and comes back, a new boot
             self.sender = self._new_sender()
             self.report.schedule["primary-restarts"] += 1
-        elif phase == CUT_AT and self.connected and self.rng.random() < CUT_SHARE:
-            self.sender.link_down(self.now)  # every cable out: nothing is heard either way
-            self.cut_until = self.step + self.rng.choice(CUT_STEPS)
-            self.report.schedule["primary-cut-off"] += 1
+            r = self.rng.random()
+            self.late_cut = r < LATE_CUT_SHARE
+            self.cut_draw = CUT_SHARE > r - LATE_CUT_SHARE >= 0
+        elif phase == CUT_AT and self.connected and self.cut_draw:
+            self._cut(self.step + self.rng.choice(CUT_STEPS), "primary-cut-off")
         elif self.cut_until == self.step:
-            self.cut_until = None
-            self.sender.link_up(self.now)
+            self._link_up()
         if self.alive:
             self.sender.handle_timer(self.now)
             self._flush_sender()
         self.monitor.handle_timer(self.now)
         self._flush_monitor()
+        self._late_cut()
+
+    def _cut(self, until: int, what: str) -> None:
+        self.sender.link_down(self.now)  # every cable out: nothing is heard either way
+        self.cut_until = until
+        self.report.schedule[what] += 1
+
+    def _link_up(self) -> None:
+        self.cut_until = None
+        self.sender.link_up(self.now)
+
+    def _late_cut(self) -> None:
+        """A cut that ends just as the monitor asks for the hand-back: the primary's first
+        heartbeat after it (flagged, sent at once) finds the monitor in handback."""
+        m = self.monitor
+        if not self.late_cut or not self.alive:
+            return
+        if self.cut_until is None:
+            end = m.holddown_until
+            if end is not None and LATE_CUT <= end - self.now < LATE_CUT + STEP:
+                self._cut(self.step + LATE_CUT_MAX, "primary-cut-off-late")
+        elif m.state is State.HANDBACK:
+            self.late_cut = False
+            self._link_up()
+            self.sender.handle_timer(self.now)
+            self._flush_sender()
 
     def _later(self, delay: float, work: Callable[[], None]) -> None:
         heapq.heappush(self.agenda, (self.now + delay, next(self._order), work))
@@ -316,7 +360,9 @@ class Harness:
         """What failoverd's shell does, a moment later and always successfully: a probe finds
         the primary's address answering only while the primary is up and connected."""
         m = self.monitor
-        if isinstance(ev, Probe):
+        if isinstance(ev, StateChanged):  # the pair's schedule, by state and trigger
+            self.report.schedule[f"monitor.{ev.old.value}.{ev.trigger.value}"] += 1
+        elif isinstance(ev, Probe):
             probe, answers = ev.id, ANSWERING if self.connected else {}
             self._shell(lambda: m.probe_done(self.now, probe, answers))
         elif isinstance(ev, Acquire):
@@ -529,7 +575,8 @@ class Harness:
             hb_after = s._handbacks.get(copy_of)
             want_seq = seq + (1 if grows and confirmed else 0)
             if hb_after is None or hb_after.addrs != want or s.seq != want_seq:
-                raise self._fail("sender", data, "a copy of a hand-back did more than a copy may")
+                what = "a non-fresh input changed more than a copy of a hand-back may"
+                raise self._fail("sender", data, f"{what} (its addresses, our sequence number)")
         s.datagrams_to_send()  # the immediate beat to a new listener: not delivered
         _drain(s)
         self._check_sender_bounds(s, data)
@@ -641,8 +688,7 @@ def run(inputs: int, seed: int = 1, progress: Callable[[Report], None] | None = 
             progress(h.report)
     if h.alive:
         h._retire_sender()
-    for name, count in h.monitor.counters.items():
-        if name.startswith("transitions.") or name in ("announced", "announced-late", "cut-off"):
-            h.report.schedule[f"monitor.{name}"] += count
+    for name in ("announced", "announced-late", "cut-off"):
+        h.report.schedule[f"monitor.{name}"] += h.monitor.counters[name]
     h.report.seconds = time.perf_counter() - began
     return h.report
