@@ -5,8 +5,10 @@ Usage (from the repository, with the project's venv)::
     .venv/bin/python bench/fuzz.py --inputs 1000000 --seed 1 --out bench/results/fuzz.json
 
 See :mod:`ipfailover.lab.fuzz` for what is fed and what is checked. Progress goes to stderr, a
-summary (counts per kind and outcome, time) to stdout and, with ``--out``, as JSON. Exit
-status: 0 if every invariant held, 1 at the first that broke (the message names the input).
+summary (counts per kind and outcome, per state of each core when fed, per type of captured
+datagram the inputs were made from, what the pair did, time) to stdout and, with ``--out``, as
+JSON. Exit status: 0 if every invariant held, 1 at the first that broke (the message names the
+input).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def main() -> int:
         "per_kind": dict(sorted(report.inputs.items())),
         "outcomes": dict(sorted(report.outcomes.items())),
         "monitor_states": dict(sorted(report.states.items())),
+        "sender_states": dict(sorted(report.sender_states.items())),
+        "captured": dict(sorted(report.captured.items())),
+        "fresh": dict(sorted(report.fresh.items())),
+        "copied": dict(sorted(report.copied.items())),
+        "schedule": dict(sorted(report.schedule.items())),
     }
     print(json.dumps(result, indent=1))
     if args.out:

@@ -2,7 +2,8 @@
 
 :class:`Raw` is a datagram's fields, any of which may be invalid, signed again with the key by
 :meth:`Raw.pack`; :class:`Mutator` makes random bytes, bit flips, truncations and extensions of
-captured datagrams, and copies with one field changed and re-signed (or exact replays).
+captured datagrams, and copies with one field changed and re-signed (or exact replays); a changed
+flags field sets, clears or flips the cut-off and holding bits, or sets bits no type may carry.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Mutator:
                 "replay",
                 "type",
                 "flags",
+                "flags",
                 "name",
                 "boot",
                 "seq",
@@ -122,9 +124,12 @@ class Mutator:
             )
         )
         if which == "type":
-            raw.mtype = r.choice((0, 1, 2, 3, 4, 5, r.randrange(256)))
+            raw.mtype = r.choice((0, 1, 2, 3, 4, 5, 6, 7, r.randrange(256)))
         elif which == "flags":
-            raw.flags = r.choice((1, 2, 0x80, 0xFF, r.randrange(256)))
+            # the cut-off and holding bits set, cleared or flipped, or bits no type may carry
+            cut, hold = wire.FLAG_CUT_OFF, wire.FLAG_HOLDING
+            flips = (raw.flags ^ cut, raw.flags ^ hold)
+            raw.flags = r.choice((0, hold, cut, cut | hold, *flips, 0x80, 0xFF, r.randrange(256)))
         elif which == "name":
             raw.name = r.choice(
                 (

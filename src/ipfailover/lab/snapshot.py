@@ -3,8 +3,9 @@
 :func:`whole` pickles every attribute of a core but its counters, queues, clock and settings;
 :func:`changed` names the attributes that differ from such a pickle (what an unauthentic input
 must not touch: nothing). :func:`monitor_core` and :func:`sender_core` keep only what a fresh
-heartbeat relies on (what an authentic but not fresh input must not touch), and :func:`diff`
-compares two of those. :func:`freeze` makes any object comparable.
+heartbeat relies on (what an authentic but not fresh input must not touch; for the monitor also
+its hand-back's bookkeeping, for the sender its hand-backs and retired listeners), and
+:func:`diff` compares two of those. :func:`freeze` makes any object comparable.
 """
 
 from __future__ import annotations
@@ -54,18 +55,33 @@ MONITOR_CORE = (
     "peer_interval",
     "_holddown_until",
     "_retry_at",
+    "_probe_out",
     "_left_boots",
     "_warned_boots",
     "_stop_pending",
 )
+# the hold-down's rounds, the hand-back under way and the RELEASED notices due (monitor.handback)
+HANDBACK_CORE = (
+    "rounds_heard",
+    "round_heard",
+    "round_issued",
+    "echo_issued",
+    "released_due",
+    "release_id",
+    "handback_id",
+    "handback_until",
+)
 SENDER_CORE = (
+    "state",
     "boot_id",
     "seq",
-    "stopped",
     "_next_beat",
     "_listeners",
     "_release_ids",
     "_pending_announce",
+    "_cut_since",
+    "_cut_flag_until",
+    "_replies",
 )
 
 
@@ -91,11 +107,23 @@ def rejected(core: Monitor | Sender) -> int:
 def monitor_core(m: Monitor) -> dict[str, Any]:
     snap = {k: freeze(getattr(m, k)) for k in MONITOR_CORE}
     snap["verified"] = freeze({n: p.verified for n, p in m._peers.items()})
+    snap["handback"] = tuple(freeze(getattr(m.handback, k)) for k in HANDBACK_CORE)
     return snap
 
 
-def sender_core(s: Sender) -> dict[str, Any]:
-    return {k: freeze(getattr(s, k)) for k in SENDER_CORE}
+def sender_core(s: Sender, handback_copy: bytes | None = None) -> dict[str, Any]:
+    """What a fresh datagram to the sender relies on. ``handback_copy``: the id of a hand-back
+    whose copy is being delivered, which may add to that hand-back's addresses (and take a
+    sequence number to confirm there): those two are left out, and the harness checks them."""
+    snap = {k: freeze(getattr(s, k)) for k in SENDER_CORE}
+    snap["retired"] = freeze(s.roster.retired)
+    snap["handbacks"] = tuple(
+        (n, h.listener, h.seq, h.confirmed, None if n == handback_copy else tuple(h.addrs))
+        for n, h in s._handbacks.items()
+    )
+    if handback_copy is not None:
+        del snap["seq"]
+    return snap
 
 
 def diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
