@@ -86,7 +86,7 @@ def _cut_off_before_checks(
 ) -> None:
     """Monitor._receive acting on the cut-off flag before the heartbeat is verified."""
     if msg.cut_off:
-        self._cut_off(now)
+        self._cut_off(now, msg.interval, msg.cut)
     _receive(self, msg, addr, network, now)
 
 
