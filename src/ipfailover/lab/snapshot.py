@@ -108,6 +108,8 @@ def monitor_core(m: Monitor) -> dict[str, Any]:
     snap = {k: freeze(getattr(m, k)) for k in MONITOR_CORE}
     snap["verified"] = freeze({n: p.verified for n, p in m._peers.items()})
     snap["handback"] = tuple(freeze(getattr(m.handback, k)) for k in HANDBACK_CORE)
+    pinned = m.challenger.peer_window  # the verified primary's replay window
+    snap["peer_window"] = pinned and (pinned[0], pinned[1].highest, pinned[1]._bits)
     return snap
 
 
