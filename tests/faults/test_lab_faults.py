@@ -62,6 +62,16 @@ def test_flapping_primary_gets_its_addresses_back_once_it_settles() -> None:
     assert result.metrics["takeover_reasons"] in (["peer-cut-off"], ["peer-silent"]), result.metrics
 
 
+def test_flapping_at_the_default_interval_is_one_takeover() -> None:
+    """The same cuts at interval 1 s (dead time 3 s): each cut falls within the previous one's
+    four flagged rounds, and only its number tells it apart (without it: 7 takeovers and 13
+    owner changes in 60 s; without the flag: no takeover, and the clients lose every cut)."""
+    result = run("flap", 20.0, interval=1.0)
+    assert result.metrics["takeovers"] == 1, result.metrics
+    assert result.metrics["owner_changes"] <= 2, result.metrics
+    assert result.metrics["takeover_reasons"] == ["peer-cut-off"], result.metrics
+
+
 def test_frozen_primary_one_takeover_then_failback() -> None:
     """Case 4: SIGSTOP heartbeatd for two dead times, then SIGCONT."""
     result = run("freeze", 0.0)
