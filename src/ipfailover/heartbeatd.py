@@ -85,6 +85,7 @@ class Heartbeatd:
         self._unsure: dict[asyncio.Task[None], str] = {}  # announcements a holder cancels
         self._flush_soon = False  # a flush is queued for the end of this batch of datagrams
         self._addresses_changed = asyncio.Event()
+        self._no_carrier: set[str] = set()  # interfaces of ours whose carrier went
         self._own: list[netif.Assignment] | None = None  # the last dump, until a change
         self._own_lock = asyncio.Lock()  # set by watch_links: look the targets up
 
@@ -127,8 +128,9 @@ class Heartbeatd:
         self._flush()
 
     async def watch_links(self) -> None:
-        """Re-announce when a cable comes back on an interface that carries our heartbeats, and
-        have the held targets looked up again when addresses change (watch_held_targets).
+        """Re-announce when a cable comes back on an interface that carries our heartbeats, tell
+        the core when every one of them lost its carrier (a cut), and have the held targets
+        looked up again when addresses change (watch_held_targets).
         Event-driven (kernel notifications, nothing polled). Supervised: if the notifications
         fail (an overrun), subscribe again, and look the targets up again meanwhile."""
         await daemon.preload(*NET_MODULES)
@@ -140,15 +142,31 @@ class Heartbeatd:
                     if kind == "addresses":
                         self._own = None
                         self._addresses_changed.set()
-                    elif any(a.ifname == ifname for a in await self.own_addresses()):
-                        self.events("link-up", interface=ifname)
-                        self.core.link_up(self.clock.monotonic())
-                        self._flush()
+                    else:
+                        self._carrier(kind, ifname, {a.ifname for a in await self.own_addresses()})
             except Exception as e:  # logged, and the watch starts over
                 self.events("link-watch-error", logging.WARNING, error=repr(e))
                 self._own = None
                 self._addresses_changed.set()  # a change may have been missed
                 await asyncio.sleep(1.0)
+
+    def _carrier(self, kind: str, ifname: str, ours: set[str]) -> None:
+        """A carrier change on ``ifname``; ``ours``: the interfaces that carry our heartbeats.
+        When the last of them loses its carrier we are cut off (the core then flags the
+        heartbeats after the return, and the secondary takes over at once)."""
+        if ifname not in ours:
+            return
+        now = self.clock.monotonic()
+        if kind == "carrier-down":
+            self._no_carrier.add(ifname)
+            if ours <= self._no_carrier:
+                self.events("cut-off", interfaces=" ".join(sorted(ours)))
+                self.core.link_down(now)
+            return
+        self._no_carrier.discard(ifname)
+        self.events("link-up", interface=ifname)
+        self.core.link_up(now)
+        self._flush()
 
     async def watch_held_targets(self) -> None:
         """Peering with unicast targets: while this host holds a target's address (its own

@@ -50,11 +50,14 @@ def run(
     latency: float = 0.0005,
     primary_cuts: Sequence[tuple[float, float]] = (),
     relink: float | None = None,
+    cut_signal: bool = True,
 ) -> Outcome:
     """Run ``rounds`` intervals. ``primary_cuts`` are (start, end) times when the primary's cables
-    are out; at each end heartbeatd sees its carrier come back (``Sender.link_up``), and again
-    ``relink`` seconds later if given (the second cable, as in the lab, where the cables come
-    back one after the other and each one's carrier makes heartbeatd beat at once)."""
+    are out; at each start heartbeatd sees every carrier go (``Sender.link_down``, unless not
+    ``cut_signal``: heartbeatd before it told cuts), at each end it sees its carrier come back
+    (``Sender.link_up``), and again ``relink`` seconds later if given (the second cable, as in
+    the lab, where the cables come back one after the other and each one's carrier makes
+    heartbeatd beat at once)."""
     rng = random.Random(seed)
     noise = random.Random(seed + 1000)
     queue: list[tuple[float, int, str, object]] = []
@@ -118,7 +121,9 @@ def run(
                 push(now + PROBE_WAIT, "probed", (ev.id, answers))
         arm("m", monitor.get_timer(), now)
 
-    for _, back in primary_cuts:
+    for out_at, back in primary_cuts:
+        if cut_signal:
+            push(out_at, "link-down")
         push(back, "link-up")
         if relink is not None:
             push(back + relink, "link-up")
@@ -145,6 +150,8 @@ def run(
             data, src = payload  # type: ignore[misc]
             sender.receive_datagram(data, src, t)
             flush_sender(t)
+        elif kind == "link-down":
+            sender.link_down(t)
         elif kind == "link-up":
             sender.link_up(t)
             flush_sender(t)

@@ -267,6 +267,17 @@ class Sim:
         self._flush_sender()
         self.primary_alive = False
 
+    def cables(self, up: bool) -> None:
+        """The primary's cables all out (``up`` False) or all back: both networks stop or start
+        delivering, and heartbeatd sees its carrier go or come back (``link_down``/``link_up``),
+        as its shell reports it."""
+        self.up = dict.fromkeys(NETS, up)
+        if up:
+            self.sender.link_up(self.now)
+            self._flush_sender()
+        else:
+            self.sender.link_down(self.now)
+
     def replay(self, data: bytes, net: str, at: float | None = None) -> None:
         """An attacker on ``net`` re-sends a captured datagram (now, or ``at``) from the primary's
         address. It counts as delivered: it is the primary's own heartbeat, if an old one."""

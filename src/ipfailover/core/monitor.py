@@ -323,6 +323,19 @@ class Monitor(MonitorView):
             self.detector.forget()
             if (self.state, Trigger.PEER_LEAVING) in TRANSITIONS:
                 self._fire(Trigger.PEER_LEAVING, now)
+        elif msg.cut_off:
+            self._cut_off(now)
+
+    def _cut_off(self, now: float) -> None:
+        """A fresh, authentic heartbeat says the primary lost carrier on every network and got
+        it back moments ago: take over now (a cable that flaps for about the dead time would
+        otherwise cost the clients every cut until one outlasted it); while holding, the
+        hold-down starts over. Not with FAILOVER_TAKE_ANSWERING=no: its address answers."""
+        self.counters["cut-off"] += 1
+        if self.state not in HOLDING and not self.cfg.take_answering:
+            self.counters["cut-off-not-taken"] += 1
+        elif (self.state, Trigger.PEER_CUT_OFF) in TRANSITIONS:
+            self._fire(Trigger.PEER_CUT_OFF, now)
 
     def _evidence(self, msg: wire.Message, now: float) -> float | None:
         """When this heartbeat proves the primary was alive, or None if it proves nothing.

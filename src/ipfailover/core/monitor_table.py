@@ -39,6 +39,7 @@ class Trigger(enum.Enum):
     ANSWERS_AFTER_VERIFIED = "answers-after-verified"  # it answers; the primary was heard before
     ANSWERS_REFUSED = "answers-refused"  # as above, but FAILOVER_TAKE_ANSWERING=no
     PEER_LEAVING = "peer-leaving"
+    PEER_CUT_OFF = "peer-cut-off"  # the primary says it just lost carrier on every network
     PEER_HEARD = "peer-heard"
     HOLDDOWN_EXPIRED = "holddown-expired"
     ANNOUNCED = "announced"  # the primary confirmed it announced its addresses (ANNOUNCED)
@@ -56,6 +57,9 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (S.STANDBY, T.PEER_SILENT): S.PROBING,
     # the primary said it is going (authenticated, fresh): no probe, its address still answers
     (S.STANDBY, T.PEER_LEAVING): S.ACQUIRING,
+    # the primary says its cables were all out (authenticated, fresh): it will flap again, most
+    # likely; take over now rather than at whichever later cut outlasts the dead time
+    (S.STANDBY, T.PEER_CUT_OFF): S.ACQUIRING,
     (S.STANDBY, T.SHUTDOWN): S.STOPPED,
     (S.PROBING, T.NO_ANSWER): S.ACQUIRING,
     (S.PROBING, T.ANSWERS_AFTER_VERIFIED): S.ACQUIRING,
@@ -63,6 +67,7 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (S.PROBING, T.ANSWERS_REFUSED): S.BLOCKED,
     (S.PROBING, T.PEER_HEARD): S.STANDBY,
     (S.PROBING, T.PEER_LEAVING): S.ACQUIRING,
+    (S.PROBING, T.PEER_CUT_OFF): S.ACQUIRING,
     (S.PROBING, T.SHUTDOWN): S.STOPPED,
     (S.BLOCKED, T.NO_ANSWER): S.ACQUIRING,
     (S.BLOCKED, T.ANSWERS_AFTER_VERIFIED): S.ACQUIRING,  # a reload set take_answering again
@@ -76,6 +81,7 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (S.ACTIVE, T.SHUTDOWN): S.STOPPING,
     (S.HOLDDOWN, T.PEER_SILENT): S.ACTIVE,
     (S.HOLDDOWN, T.PEER_LEAVING): S.ACTIVE,
+    (S.HOLDDOWN, T.PEER_CUT_OFF): S.HOLDDOWN,  # not steady: the hold-down starts over
     (S.HOLDDOWN, T.HOLDDOWN_EXPIRED): S.HANDBACK,
     (S.HOLDDOWN, T.SHUTDOWN): S.STOPPING,
     # make before break: the primary announces first, then we delete (docs/protocol.md)
@@ -83,6 +89,7 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (S.HANDBACK, T.HANDBACK_TIMEOUT): S.RELEASING,  # today's order: delete, then RELEASED
     (S.HANDBACK, T.PEER_SILENT): S.ACTIVE,
     (S.HANDBACK, T.PEER_LEAVING): S.ACTIVE,
+    (S.HANDBACK, T.PEER_CUT_OFF): S.ACTIVE,
     (S.HANDBACK, T.SHUTDOWN): S.STOPPING,
     (S.RELEASING, T.RELEASED): S.STANDBY,
     (S.RELEASING, T.RELEASE_DECLINED): S.ACTIVE,

@@ -14,6 +14,13 @@ addresses we announce them again (Apple's "tickle"), and so we do on SIGHUP, sho
 and when a cable comes back -- unless a listener's challenge says it still holds them, in which
 case its hand-back triggers the announcement. On a graceful stop it sends LEAVING.
 
+A primary that lost carrier on every network that carries its heartbeats (:meth:`Sender.link_down`)
+for at least CUT_MIN intervals says so when the carrier comes back: its heartbeats carry the
+cut-off flag for CUT_FLAG_BEATS intervals, and a listener takes the addresses over at once (a
+cable that flaps for about the dead time would otherwise cost the clients every cut until the
+silence happened to outlast it). Its carrier announcement then waits for that listener's
+challenge saying it holds them (and is deferred), or for the flag's window to pass.
+
 Its states are in :data:`TRANSITIONS`, as the monitor's are: ``awaiting`` (beating; an
 announcement waits to hear whether a listener holds our addresses), ``beating`` and ``left``
 (LEAVING sent: nothing more is sent or announced). A move the table does not have raises
@@ -37,6 +44,8 @@ from ipfailover.core.sender_types import *  # noqa: F403
 from ipfailover.core.sender_types import (
     ANNOUNCE_WAIT_BEATS,
     CONFIRM_COPIES,
+    CUT_FLAG_BEATS,
+    CUT_MIN,
     ECHO_HORIZON,
     HANDBACK_ADDRS,
     LEAVING_COPIES,
@@ -81,6 +90,8 @@ class Sender:
         # (since, deadline, why) of an announcement waiting to hear whether a listener holds our
         # addresses: the first challenge after `since` decides, or the deadline does
         self._pending_announce: tuple[float, float, AnnounceReason] | None = None
+        self._cut_since: float | None = None  # carrier lost on every network since then
+        self._cut_flag_until = -math.inf  # heartbeats before this carry the cut-off flag
         self._await_listeners(now, AnnounceReason.START)
 
     @property
@@ -98,7 +109,7 @@ class Sender:
             return
         self.roster.expire(now, self.seq, self._horizon())
         for target in self.cfg.targets:
-            self._out.append((self._beat(wire.MsgType.HEARTBEAT), target))
+            self._out.append((self._beat(wire.MsgType.HEARTBEAT, now), target))
         # Keep the cadence; after a stall (suspend, overload) restart it instead of bursting.
         self._next_beat += self.cfg.interval
         if self._next_beat <= now:
@@ -158,10 +169,28 @@ class Sender:
         self.identity.node = cfg.node
         self._next_beat = min(self._next_beat, now + cfg.interval)
 
+    def link_down(self, now: float) -> None:
+        """Every cable that carries our heartbeats lost its carrier: nobody hears us. Once one
+        comes back (:meth:`link_up`), our heartbeats say we were cut off."""
+        if self._cut_since is None and not self.stopped:
+            self._cut_since = now
+
     def link_up(self, now: float) -> None:
         """A cable came back: announce our addresses shortly, unless a listener then says it
-        still holds them (its hand-back will trigger the announcement instead)."""
+        still holds them (its hand-back will trigger the announcement instead). After a cut
+        (:meth:`link_down`) of at least CUT_MIN intervals, the next heartbeats carry the cut-off
+        flag, and the announcement waits for the flag's window, as a listener takes over."""
+        cut, self._cut_since = self._cut_since, None
+        if cut is not None and now - cut >= CUT_MIN * self.cfg.interval and not self.stopped:
+            # the beat now and the next CUT_FLAG_BEATS - 1 (half an interval of slack each way)
+            self._cut_flag_until = now + (CUT_FLAG_BEATS - 0.5) * self.cfg.interval
+            self.counters["cuts-reported"] += 1
         self._fire(Trigger.LINK_UP, now)
+
+    @property
+    def cut_off_until(self) -> float | None:
+        """While our heartbeats carry the cut-off flag: until when."""
+        return self._cut_flag_until if self._cut_flag_until > -math.inf else None
 
     def tickle(self, now: float, reason: str = AnnounceReason.SIGHUP) -> None:
         """Announce our addresses now (SIGHUP: Apple's tickle). Not after :meth:`leave`."""
@@ -224,7 +253,7 @@ class Sender:
             self.roster.expire(now, self.seq, self._horizon())
             for target in self.cfg.targets:
                 for _ in range(LEAVING_COPIES):
-                    self._out.append((self._beat(wire.MsgType.LEAVING), target))
+                    self._out.append((self._beat(wire.MsgType.LEAVING, now), target))
         elif trigger is Trigger.TICKLE:
             self._events.append(Announce(reason=AnnounceReason(reason), at=now))
         elif trigger is Trigger.LINK_UP and new is State.AWAITING:
@@ -234,8 +263,14 @@ class Sender:
             self._decide_announce(now)
 
     def _await_listeners(self, now: float, reason: AnnounceReason) -> None:
-        deadline = now + ANNOUNCE_WAIT_BEATS * self.cfg.interval + 1.0
-        self._pending_announce = (now, deadline, reason)
+        """Wait to hear whether a listener holds our addresses: the first challenge from
+        ``since`` on decides (a listener's that says it holds them decides at once), or the
+        deadline does. After a cut, ``since`` is the end of the cut-off flag's window: a
+        listener that has not yet taken over is about to."""
+        since = max(now, self._cut_flag_until)
+        wait = ANNOUNCE_WAIT_BEATS * self.cfg.interval + 1.0
+        deadline = max(now + wait, since + self.cfg.interval)
+        self._pending_announce = (since, deadline, reason)
 
     def _decide_announce(self, now: float) -> None:
         """Announce, unless a listener says it still holds our addresses."""
@@ -248,9 +283,10 @@ class Sender:
         else:
             self._events.append(Announce(reason=reason, at=now))
 
-    def _beat(self, kind: wire.MsgType) -> bytes:
+    def _beat(self, kind: wire.MsgType, now: float) -> bytes:
         self.seq += 1
         echoes = self.roster.echoes()
+        cut_off = kind is wire.MsgType.HEARTBEAT and now < self._cut_flag_until
         msg = wire.Message(
             type=kind,
             sender=self.cfg.node,
@@ -258,8 +294,11 @@ class Sender:
             seq=self.seq,
             interval=self.cfg.interval,
             echoes=echoes,
+            cut_off=cut_off,
         )
         self.counters["sent"] += 1
+        if cut_off:
+            self.counters["cut-off-beats"] += 1
         return wire.encode(msg, self.cfg.key)
 
     def _receive(self, msg: wire.Message, addr: Addr, now: float) -> None:
@@ -316,20 +355,20 @@ class Sender:
             entry.holding = msg.holding
             self.roster.entries.move_to_end(key)
             self.counters["challenges"] += 1
-            self._heard_listener(now)
+            self._heard_listener(now, msg.holding)
             if msg.holding:
                 self._answer_holder(now)
             return
         self.roster.add(msg, now, expires)
         self.counters["challenges"] += 1
         self._note_collision(msg, addr, now)
-        self._heard_listener(now)
+        self._heard_listener(now, msg.holding)
         if msg.holding:
             self._answer_holder(now)
         elif not self.stopped and self._replies.take(now):
             # A new listener (or a restarted one): answer at once so it verifies us without
             # waiting a whole interval. Only new entries get this, so a flood cannot amplify.
-            self._out.append((self._beat(wire.MsgType.HEARTBEAT), addr))
+            self._out.append((self._beat(wire.MsgType.HEARTBEAT, now), addr))
 
     def _answer_holder(self, now: float) -> None:
         """A listener that holds our addresses challenged us: beat to every target now, besides
@@ -344,12 +383,13 @@ class Sender:
             return
         self.counters["holder-answers"] += 1
         for target in self.cfg.targets:
-            self._out.append((self._beat(wire.MsgType.HEARTBEAT), target))
+            self._out.append((self._beat(wire.MsgType.HEARTBEAT, now), target))
 
-    def _heard_listener(self, now: float) -> None:
-        """A challenge after start-up or a cable's return tells us what we waited to know."""
+    def _heard_listener(self, now: float, holding: bool) -> None:
+        """A challenge after start-up or a cable's return tells us what we waited to know (after
+        a cut, one that says the listener holds our addresses tells it at once)."""
         pending = self._pending_announce
-        if self.state is State.AWAITING and pending is not None and now >= pending[0]:
+        if self.state is State.AWAITING and pending is not None and (now >= pending[0] or holding):
             self._fire(Trigger.LISTENER_HEARD, now)
 
     def _note_collision(self, msg: wire.Message, addr: Addr, now: float) -> None:

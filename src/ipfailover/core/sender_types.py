@@ -14,6 +14,8 @@ __all__ = [
     "ANNOUNCE_WAIT_BEATS",
     "BOOTS_PER_LISTENER",
     "CONFIRM_COPIES",
+    "CUT_FLAG_BEATS",
+    "CUT_MIN",
     "ECHO_HORIZON",
     "HANDBACK_ADDRS",
     "LEAVING_COPIES",
@@ -46,6 +48,9 @@ ANNOUNCE_WAIT_BEATS = 3  # after start-up or a cable's return, announce once a l
 MAX_HANDBACKS = 16  # hand-back ids remembered (copies and replays of one are not acted on twice)
 HANDBACK_ADDRS = 4  # addresses one hand-back is confirmed to (one per network it came over)
 CONFIRM_COPIES = 2  # ANNOUNCED goes out twice to each, back to back, against a single loss
+CUT_MIN = 0.5  # intervals: carrier lost on every network at least this long is a cut worth telling
+CUT_FLAG_BEATS = 4  # heartbeat rounds after the carrier's return that carry the cut-off flag (the
+#                     first after a cut echoes a stale nonce and proves nothing; and against loss)
 
 
 @dataclass(frozen=True, kw_only=True)

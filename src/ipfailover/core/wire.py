@@ -5,7 +5,9 @@ Layout (all integers big-endian), documented in ``docs/protocol.md``::
     0   magic      4  b"IPFO"
     4   version    1  1
     5   type       1  MsgType
-    6   flags      1  CHALLENGE: bit 0 = the sender holds the primary's addresses; else zero
+    6   flags      1  CHALLENGE: bit 0 = the sender holds the primary's addresses;
+                      HEARTBEAT: bit 1 = the sender lost carrier on every heartbeat network,
+                      and got it back within the last CUT_FLAG_BEATS intervals; else zero
     7   name_len   1  1..64
     8   boot_id    8  random per process start
     16  seq        8  per-sender counter, +1 for every datagram
@@ -64,8 +66,12 @@ class MsgType(enum.IntEnum):
 ECHO_TYPES = frozenset({MsgType.RELEASED, MsgType.CHALLENGE, MsgType.HANDBACK, MsgType.ANNOUNCED})
 
 
-FLAG_HOLDING = 0x01
+FLAG_HOLDING = 0x01  # CHALLENGE
+FLAG_CUT_OFF = 0x02  # HEARTBEAT
 
+
+#: The flags each type may carry; any other bit set is malformed.
+_FLAGS = {MsgType.CHALLENGE: FLAG_HOLDING, MsgType.HEARTBEAT: FLAG_CUT_OFF}
 
 Addr = tuple[str, int]
 
@@ -93,6 +99,7 @@ class Message:
     echo_boot: bytes = b""
     echo_seq: int = 0
     holding: bool = False  # CHALLENGE only: the sender holds the primary's addresses
+    cut_off: bool = False  # HEARTBEAT only: the sender was just cut off on every network
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.sender):
@@ -111,12 +118,14 @@ class Message:
             raise LocalProtocolError(f"{self.type.name} needs the echoed boot id")
         if self.holding and self.type is not MsgType.CHALLENGE:
             raise LocalProtocolError("only a CHALLENGE carries the holding flag")
+        if self.cut_off and self.type is not MsgType.HEARTBEAT:
+            raise LocalProtocolError("only a HEARTBEAT carries the cut-off flag")
 
 
 def encode(msg: Message, key: bytes) -> bytes:
     """Serialize and sign ``msg``."""
     name = msg.sender.encode("utf-8")
-    flags = FLAG_HOLDING if msg.holding else 0
+    flags = (FLAG_HOLDING if msg.holding else 0) | (FLAG_CUT_OFF if msg.cut_off else 0)
     head = _HEADER.pack(
         MAGIC, VERSION, msg.type, flags, len(name), msg.boot_id, msg.seq, round(msg.interval * 1e6)
     )
@@ -145,7 +154,7 @@ def decode(data: bytes, key: bytes) -> Message:
         kind = MsgType(mtype)
     except ValueError:
         raise RemoteProtocolError(Reason.MALFORMED, f"unknown type {mtype}") from None
-    allowed = FLAG_HOLDING if kind is MsgType.CHALLENGE else 0
+    allowed = _FLAGS.get(kind, 0)
     if flags & ~allowed or not 1 <= name_len <= MAX_NAME or interval_us == 0:
         raise RemoteProtocolError(Reason.MALFORMED, "bad header field")
     pos = _HEADER.size + name_len
@@ -166,6 +175,7 @@ def decode(data: bytes, key: bytes) -> Message:
         echo_boot=echo_boot,
         echo_seq=echo_seq,
         holding=bool(flags & FLAG_HOLDING),
+        cut_off=bool(flags & FLAG_CUT_OFF),
     )
 
 

@@ -127,11 +127,16 @@ def case_flap(run: FaultRun, check: Checker, p: CaseParams) -> dict[str, Any]:
     run.lab.mark("flapping over")
     check.converged(end)
     settled = time.monotonic()
+    assert run.failoverd is not None
     return {
         "seconds": p.seconds,
         "owner_changes": run.owner_changes(start, settled),
         "lost_probes": run.lost(start, settled),
         "takeovers": run.takeovers(start, settled),
+        # peer-cut-off: the primary said its cables were out (docs/protocol.md)
+        "takeover_reasons": [
+            ln.fields.get("reason", "") for ln in run.failoverd.events("acquire-start", start)
+        ],
     }
 
 

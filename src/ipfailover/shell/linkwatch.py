@@ -5,7 +5,7 @@ kernel's link and address notifications.
   address still answers on the link, and :class:`LinkWatch` reports every frame by which another
   MAC claims an address (ARP with it as sender, Neighbour Advertisement for it): evidence for
   the takeover decision and conflict detection while holding (docs/safety.md);
-* :func:`link_events` reports carrier returns and address changes from one netlink
+* :func:`link_events` reports carrier losses, returns and address changes from one netlink
   subscription (nothing polled).
 """
 
@@ -267,8 +267,9 @@ async def carrier_up() -> AsyncIterator[str]:
 
 async def link_events(*, addresses: bool = True) -> AsyncIterator[tuple[str, str]]:
     """Yield ``("carrier-up", ifname)`` each time an interface's carrier comes back
-    (IFF_LOWER_UP turns on) and, with ``addresses``, ``("addresses", "")`` after each batch of
-    address changes (one for a burst, however many addresses it changed).
+    (IFF_LOWER_UP turns on), ``("carrier-down", ifname)`` each time it goes and, with
+    ``addresses``, ``("addresses", "")`` after each batch of address changes (one for a burst,
+    however many addresses it changed).
 
     One netlink socket subscribed to the kernel's notifications (RTMGRP_LINK, and the address
     groups): nothing is polled, so an idle daemon spends nothing here. Runs until cancelled.
@@ -292,5 +293,7 @@ async def link_events(*, addresses: bool = True) -> AsyncIterator[tuple[str, str
                 seen[msg["index"]] = up
                 if up and was is False:
                     yield "carrier-up", str(msg.get_attr("IFLA_IFNAME"))
+                elif was and not up:
+                    yield "carrier-down", str(msg.get_attr("IFLA_IFNAME"))
             if changed:
                 yield "addresses", ""
