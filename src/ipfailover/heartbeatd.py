@@ -83,7 +83,7 @@ class Heartbeatd:
         self._tasks: set[asyncio.Task[None]] = set()
         self._send_failures: dict[str, tuple[float | None, int]] = {}  # target -> (logged, since)
         self._unsure: dict[asyncio.Task[None], str] = {}  # announcements a holder cancels
-        self._flush_soon = False  # a flush is queued for the end of this batch of datagrams
+        self._after_batch = daemon.AfterBatch(loop, self._batch_done)
         self._addresses_changed = asyncio.Event()
         self._no_carrier: set[str] = set()  # interfaces of ours whose carrier went
         self._own: list[netif.Assignment] | None = None  # the last dump, until a change
@@ -137,6 +137,10 @@ class Heartbeatd:
         from ipfailover.shell import linkwatch
 
         while not self.stopped.is_set():
+            # a (re)subscription reports only changes from now on: forget the carriers we saw
+            # go, or a cable that came back unseen would make a later loss of another look like
+            # a cut of every network (a takeover the primary did not need)
+            self._no_carrier.clear()
             try:
                 async for kind, ifname in linkwatch.link_events():
                     if kind == "addresses":
@@ -216,14 +220,9 @@ class Heartbeatd:
     def _on_datagram(self, dg: daemon.Datagram) -> None:
         self.core.receive_datagram(dg.data, dg.addr, self.clock.monotonic())
         daemon.answer_local_boots(self.core, self.cfg.run_dir, self.clock.monotonic())
-        # One flush for the batch the socket readers are draining (the challenge copies of
-        # every network arrive together), not one per datagram.
-        if not self._flush_soon:
-            self._flush_soon = True
-            self.loop.call_soon(self._batch_done)
+        self._after_batch.request()  # one flush for the batch (every network's copies)
 
     def _batch_done(self) -> None:
-        self._flush_soon = False
         self._flush()
         if self._unsure:
             self._cancel_if_held()

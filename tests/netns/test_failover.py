@@ -341,6 +341,55 @@ def test_failback_loses_no_probe(start_pair: Callable[..., Pair], timing: Timing
     assert set(seen) == {PRIMARY, SECONDARY}
 
 
+CUT = Timing(interval=0.5, deadtime=3.0, failback_delay=1.0)
+"""A dead time six times the 0.5 s cuts below: only the cut-off flag can take them over."""
+
+
+def cut_primary(pair: Pair, networks: Sequence[Network], seconds: float) -> tuple[float, float]:
+    """Pull the primary's cables on ``networks`` for ``seconds`` once heartbeatd watches its
+    links (after its start-up announcement); returns (pulled, restored)."""
+    pair.heartbeatd.wait_event("announce", SETUP_TIMEOUT, reason="start")
+    time.sleep(0.5)  # its link watch subscribes alongside the announcement
+    pulled = pair.cables(False, *networks)
+    time.sleep(seconds)
+    return pulled, pair.cables(True, *networks)
+
+
+def test_a_primary_cut_off_on_both_networks_is_taken_over_as_its_cables_return(
+    start_pair: Callable[..., Pair],
+) -> None:
+    """Issue 8 case 3: a cut shorter than the dead time (0.5 s against 3 s) made no takeover, so
+    a cable that flapped at about the dead time cost the clients every cut. heartbeatd now sees
+    every carrier go (event=cut-off), flags its next heartbeats, and the secondary takes over
+    on the first fresh one (peer-cut-off), then hands back after a steady hold-down."""
+    pair = start_pair(CUT)
+    pulled, restored = cut_primary(pair, BOTH, 0.5)
+    cut = pair.heartbeatd.wait_event("cut-off", SLACK, since=pulled)
+    assert cut.t < restored
+    acquired = pair.failoverd.wait_event(
+        "acquire-start", LINKWATCH + 2 * CUT.interval + SLACK, since=restored, reason="peer-cut-off"
+    )
+    assert acquired.t - pulled < CUT.deadtime  # not the silence
+    assert pair.client.wait_first(SECONDARY, restored, LINKWATCH + SLACK + 1.0) is not None
+    bound = LINKWATCH + CUT.failback_delay + 4 * CUT.interval + SLACK
+    done = pair.failoverd.wait_event("release-done", bound, since=acquired.t, reason="peer-heard")
+    # one hold-down: the flagged heartbeats of the one cut are one report
+    assert len(pair.failoverd.events("holddown-start", since=acquired.t)) == 1
+    home = pair.client.wait_settled(PRIMARY, done.t, timeout=5.0, quiet=1.0)
+    assert home is not None, "the client did not come home to the primary"
+
+
+def test_one_cable_out_is_no_cut(start_pair: Callable[..., Pair]) -> None:
+    """The public cable alone out for 0.5 s: the private network still carries heartbeats, so
+    heartbeatd is not cut off, and nothing is taken over (Apple's one-network rule)."""
+    pair = start_pair(CUT)
+    pulled, restored = cut_primary(pair, [Network.PUBLIC], 0.5)
+    pair.heartbeatd.wait_event("link-up", LINKWATCH + SLACK, since=restored)
+    time.sleep(4 * CUT.interval)  # longer than the flag would last
+    assert pair.heartbeatd.find_event("cut-off", since=pulled) is None
+    assert pair.failoverd.find_event("acquire-start", since=pulled) is None
+
+
 def test_failback_when_only_the_private_cable_returns(start_pair: Callable[..., Pair]) -> None:
     """Apple's test, at the default timings: the private cable first, then the public one."""
     pair = start_pair(DEFAULTS)

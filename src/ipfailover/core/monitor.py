@@ -104,6 +104,7 @@ class Monitor(MonitorView):
         self._retry_at: float | None = None
         self._failed_takeovers = 0  # in a row: the retry back-off doubles with each
         self.probing = Probing()  # evidence before a takeover (docs/safety.md)
+        self._cut_episode: float | None = None  # when we first heard of the primary's last cut
 
     # Inputs ------------------------------------------------------------------------------------
 
@@ -324,13 +325,23 @@ class Monitor(MonitorView):
             if (self.state, Trigger.PEER_LEAVING) in TRANSITIONS:
                 self._fire(Trigger.PEER_LEAVING, now)
         elif msg.cut_off:
-            self._cut_off(now)
+            self._cut_off(now, msg.interval)
 
-    def _cut_off(self, now: float) -> None:
+    def _cut_off(self, now: float, interval: float) -> None:
         """A fresh, authentic heartbeat says the primary lost carrier on every network and got
         it back moments ago: take over now (a cable that flaps for about the dead time would
         otherwise cost the clients every cut until one outlasted it); while holding, the
-        hold-down starts over. Not with FAILOVER_TAKE_ANSWERING=no: its address answers."""
+        hold-down starts over. Not with FAILOVER_TAKE_ANSWERING=no: its address answers.
+
+        The flagged heartbeats of one cut (CUT_FLAG_BEATS rounds, and the answers to our
+        challenges among them) are one report: those within that many of the primary's
+        intervals of the first one we heard change nothing, so that a hold-down counts from
+        the cable's return, not from the last flagged heartbeat."""
+        episode = self._cut_episode
+        if episode is not None and now - episode < wire.CUT_FLAG_BEATS * interval:
+            self.counters["cut-off-repeats"] += 1
+            return
+        self._cut_episode = now
         self.counters["cut-off"] += 1
         if self.state not in HOLDING and not self.cfg.take_answering:
             self.counters["cut-off-not-taken"] += 1

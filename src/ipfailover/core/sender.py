@@ -15,8 +15,8 @@ and when a cable comes back -- unless a listener's challenge says it still holds
 case its hand-back triggers the announcement. On a graceful stop it sends LEAVING.
 
 A primary that lost carrier on every network that carries its heartbeats (:meth:`Sender.link_down`)
-for at least CUT_MIN intervals says so when the carrier comes back: its heartbeats carry the
-cut-off flag for CUT_FLAG_BEATS intervals, and a listener takes the addresses over at once (a
+for at least CUT_MIN intervals says so when the carrier comes back: its next CUT_FLAG_BEATS rounds
+of heartbeats carry the cut-off flag, and a listener takes the addresses over at once (a
 cable that flaps for about the dead time would otherwise cost the clients every cut until the
 silence happened to outlast it). Its carrier announcement then waits for that listener's
 challenge saying it holds them (and is deferred), or for the flag's window to pass.
@@ -37,19 +37,17 @@ from ipfailover.core import auth, wire
 
 # The table, the events, the configuration and the tunables were split out of this module (issue
 # 9); every name it had stays importable from here.
+from ipfailover.core.sender_handback import HandbackReplies
 from ipfailover.core.sender_listeners import Roster
 from ipfailover.core.sender_table import *  # noqa: F403
 from ipfailover.core.sender_table import TRANSITIONS, State, Trigger
 from ipfailover.core.sender_types import *  # noqa: F403
 from ipfailover.core.sender_types import (
     ANNOUNCE_WAIT_BEATS,
-    CONFIRM_COPIES,
     CUT_FLAG_BEATS,
     CUT_MIN,
     ECHO_HORIZON,
-    HANDBACK_ADDRS,
     LEAVING_COPIES,
-    MAX_HANDBACKS,
     MAX_HELD,
     REPLY_RATE,
     Addr,
@@ -66,8 +64,9 @@ from ipfailover.core.sender_types import (
 LocalProtocolError = wire.LocalProtocolError
 
 
-class Sender:
-    """The heartbeat sender of one heartbeatd."""
+class Sender(HandbackReplies):
+    """The heartbeat sender of one heartbeatd (its answers to HANDBACK are in
+    :mod:`ipfailover.core.sender_handback`)."""
 
     def __init__(self, cfg: SenderConfig, *, rng: RandomBytes, now: float) -> None:
         if not cfg.targets:
@@ -195,20 +194,6 @@ class Sender:
     def tickle(self, now: float, reason: str = AnnounceReason.SIGHUP) -> None:
         """Announce our addresses now (SIGHUP: Apple's tickle). Not after :meth:`leave`."""
         self._fire(Trigger.TICKLE, now, reason)
-
-    def handback_announced(self, now: float, handback: bytes, ok: bool = True) -> None:
-        """The shell sent the first round of the announcement that ``handback`` asked for
-        (``ok``), or could not: confirm it to the listener, which then lets our addresses go.
-        Without a confirmation the listener falls back to releasing first after a bound."""
-        hb = self._handbacks.get(handback)
-        if hb is None or hb.confirmed or self.stopped:
-            return
-        if not ok:
-            self.counters["handback-announce-failed"] += 1
-            return
-        hb.confirmed = True
-        self.counters["handbacks-confirmed"] += 1
-        self._confirm(handback, hb, hb.addrs)
 
     # Outputs -----------------------------------------------------------------------------------
 
@@ -419,55 +404,3 @@ class Sender:
             self._release_ids.popitem(last=False)
         self.counters["released"] += 1
         self._events.append(Announce(reason=AnnounceReason.RELEASED, at=now, listener=msg.sender))
-
-    def _handback(self, msg: wire.Message, addr: Addr, now: float) -> None:
-        """A listener that holds our addresses asks us to announce them before it lets go.
-
-        Accepted only if it echoes our boot and a recent beat (as RELEASED), comes from a
-        listener boot whose latest challenge says it holds our addresses, and is newer than that
-        challenge: a replay is refused once the listener's next challenge has arrived, and its
-        copies (the same id over another network) are acted on once."""
-        if not self._echoes_recent_beat(msg):
-            raise wire.RemoteProtocolError(wire.Reason.STALE, "HANDBACK echoes no recent beat")
-        key = (msg.sender, msg.boot_id)
-        entry = self.roster.entries.get(key)
-        if entry is None or not entry.holding:
-            raise wire.RemoteProtocolError(
-                wire.Reason.UNEXPECTED, "HANDBACK from a listener that does not hold our addresses"
-            )
-        hb = self._handbacks.get(msg.nonce)
-        if hb is not None and hb.listener == key:
-            self.counters["handback-copies"] += 1
-            if addr not in hb.addrs and len(hb.addrs) < HANDBACK_ADDRS:
-                hb.addrs.append(addr)
-                if hb.confirmed:
-                    self._confirm(msg.nonce, hb, [addr])
-            return
-        if hb is not None or msg.seq <= entry.seq:
-            raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"HANDBACK seq {msg.seq}")
-        self._handbacks[msg.nonce] = _Handback(listener=key, seq=msg.seq, addrs=[addr])
-        while len(self._handbacks) > MAX_HANDBACKS:
-            self._handbacks.popitem(last=False)
-        self.counters["handbacks"] += 1
-        self._events.append(
-            Announce(
-                reason=AnnounceReason.HANDBACK, at=now, listener=msg.sender, handback=msg.nonce
-            )
-        )
-
-    def _confirm(self, handback: bytes, hb: _Handback, addrs: list[Addr]) -> None:
-        """ANNOUNCED to each of ``addrs``: bound to the listener's boot and its HANDBACK."""
-        for addr in addrs:
-            self.seq += 1
-            msg = wire.Message(
-                type=wire.MsgType.ANNOUNCED,
-                sender=self.cfg.node,
-                boot_id=self.boot_id,
-                seq=self.seq,
-                interval=self.cfg.interval,
-                nonce=handback,
-                echo_boot=hb.listener[1],
-                echo_seq=hb.seq,
-            )
-            data = wire.encode(msg, self.cfg.key)
-            self._out += [(data, addr)] * CONFIRM_COPIES

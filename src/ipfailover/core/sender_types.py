@@ -49,8 +49,7 @@ MAX_HANDBACKS = 16  # hand-back ids remembered (copies and replays of one are no
 HANDBACK_ADDRS = 4  # addresses one hand-back is confirmed to (one per network it came over)
 CONFIRM_COPIES = 2  # ANNOUNCED goes out twice to each, back to back, against a single loss
 CUT_MIN = 0.5  # intervals: carrier lost on every network at least this long is a cut worth telling
-CUT_FLAG_BEATS = 4  # heartbeat rounds after the carrier's return that carry the cut-off flag (the
-#                     first after a cut echoes a stale nonce and proves nothing; and against loss)
+CUT_FLAG_BEATS = wire.CUT_FLAG_BEATS  # heartbeat rounds after the carrier's return with the flag
 
 
 @dataclass(frozen=True, kw_only=True)

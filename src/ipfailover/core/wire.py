@@ -68,6 +68,9 @@ ECHO_TYPES = frozenset({MsgType.RELEASED, MsgType.CHALLENGE, MsgType.HANDBACK, M
 
 FLAG_HOLDING = 0x01  # CHALLENGE
 FLAG_CUT_OFF = 0x02  # HEARTBEAT
+#: Heartbeat rounds after a cut's end that carry FLAG_CUT_OFF (the first echoes a stale nonce and
+#: proves nothing; the others against loss); a listener treats those of one cut as one report.
+CUT_FLAG_BEATS = 4
 
 
 #: The flags each type may carry; any other bit set is malformed.

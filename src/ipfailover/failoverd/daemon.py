@@ -86,7 +86,7 @@ class Failoverd(ReloadMixin, TransitionsMixin, EvidenceMixin):
         self.events = events
         self.udp = self._endpoint(cfg, assignments)
         self._bind_networks(networks)
-        self._flush_soon = False  # a flush is queued for the end of this batch of datagrams
+        self._after_batch = daemon.AfterBatch(loop, self._flush)
         self.core = Monitor(
             monitor_config(cfg, key, networks),
             rng=os.urandom,
@@ -257,16 +257,7 @@ class Failoverd(ReloadMixin, TransitionsMixin, EvidenceMixin):
     def _on_datagram(self, dg: daemon.Datagram) -> None:
         self.core.receive_datagram(dg.data, dg.addr, dg.ifname, self.clock.monotonic())
         daemon.answer_local_boots(self.core, self.cfg.run_dir, self.clock.monotonic())
-        # One flush for the whole batch the socket reader is draining: under a flood of
-        # junk, per-datagram flushes (timer re-arms, bookkeeping) would cost more than the
-        # datagrams themselves.
-        if not self._flush_soon:
-            self._flush_soon = True
-            self.loop.call_soon(self._batch_done)
-
-    def _batch_done(self) -> None:
-        self._flush_soon = False
-        self._flush()
+        self._after_batch.request()  # one flush for the whole batch
 
     def _on_stop(self) -> None:
         self.service.stopping()

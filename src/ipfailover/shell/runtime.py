@@ -175,6 +175,27 @@ class Timer:
         return self.deadline is None or self.loop.time() < self.deadline + slack
 
 
+class AfterBatch:
+    """Call ``callback`` once after the batch of datagrams the socket readers are draining (at
+    the next turn of the loop), however many of them asked: under a flood of junk, a flush per
+    datagram (timer re-arms, bookkeeping) would cost more than the datagrams themselves, and
+    the copies of one round arrive together on every network."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self.loop = loop
+        self.callback = callback
+        self._queued = False
+
+    def request(self) -> None:
+        if not self._queued:
+            self._queued = True
+            self.loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._queued = False
+        self.callback()
+
+
 def install_signals(
     loop: asyncio.AbstractEventLoop, *, stop: Callable[[], None], reload: Callable[[], None]
 ) -> None:
