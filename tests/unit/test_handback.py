@@ -465,10 +465,18 @@ def test_two_heartbeats_answering_one_challenge_are_one_round_of_the_holddown() 
     assert m.counters["holddown-restarts"] == 1
 
 
-def test_a_holddown_that_starts_over_counts_the_next_round_at_once() -> None:
-    """A hold-down that starts over (the primary was heard in too few rounds) counts on from the
-    last heartbeat it heard, not from the instant it starts over: the primary's next answer,
-    just after, is the new hold-down's first round, and seven of ten make it steady."""
+@pytest.mark.parametrize(
+    ("heard", "steady"),
+    [((11, 13, 15, 17, 18, 19), True), ((11, 13, 15, 17, 19), False)],
+    ids=["seven-of-ten", "six-of-ten"],
+)
+def test_a_holddown_that_starts_over_counts_its_rounds_afresh(
+    heard: tuple[int, ...], steady: bool
+) -> None:
+    """A hold-down that starts over (the primary was heard in too few rounds) counts its rounds
+    from none, and from the last heartbeat it heard, not from the instant it starts over: the
+    primary's next answer, just after, is the new hold-down's first round. Seven of its ten
+    rounds make it steady (the hand-back), six start it over again."""
     m, hand = holding_monitor(failback=10.0)
     m.handle_timer(0.0)
     hand.beat((), 0.05)  # stale: answered at once with a challenge
@@ -486,11 +494,42 @@ def test_a_holddown_that_starts_over_counts_the_next_round_at_once() -> None:
     for k in range(11, 21):
         m.handle_timer(float(k))
         n = hand.nonce()
-        if k in (11, 13, 15, 17, 18, 19):
+        if k in heard:
             hand.beat((n,), k + 0.1)
     m.handle_timer(20.1)
-    assert m.state is State.HANDBACK
-    assert m.counters["holddown-restarts"] == 1
+    if steady:
+        assert m.state is State.HANDBACK
+        assert m.counters["holddown-restarts"] == 1
+    else:
+        assert m.state is State.HOLDDOWN
+        assert m.counters["holddown-restarts"] == 2
+        assert m.holddown_until == pytest.approx(30.1)
+
+
+@pytest.mark.parametrize(
+    ("every", "steady"), [(1, True), (3, False)], ids=["every-round", "every-third-round"]
+)
+def test_a_holddown_counts_challenge_rounds_not_seconds(every: int, steady: bool) -> None:
+    """At a period of 0.5 s a 5 s hold-down is ten rounds: a primary heard in every third of
+    them (four of ten, alive all along) is not steady and the hold-down starts over; one heard
+    in every round gets its addresses back."""
+    cfg = MonitorConfig(
+        node="secondary", key=KEY, period=0.5, deadtime=1.5, failback_delay=5.0, networks=("pub",)
+    )
+    m = Monitor(cfg, rng=random.Random(1).randbytes, now=0.0, holding=True)
+    hand = Hand(m)
+    m.handle_timer(0.0)
+    hand.beat((), 0.05)  # stale: answered at once with a challenge
+    hand.beat((hand.nonce(),), 0.1)  # the hold-down starts: until 5.1
+    for k in range(1, 11):
+        m.handle_timer(k * 0.5)
+        n = hand.nonce()
+        if k % every == 0:
+            hand.beat((n,), k * 0.5 + 0.05)
+    assert m.holddown_until == pytest.approx(5.1)
+    m.handle_timer(5.1)
+    assert m.state is (State.HANDBACK if steady else State.HOLDDOWN)
+    assert m.counters["holddown-restarts"] == (0 if steady else 1)
 
 
 @pytest.mark.parametrize("verified", [True, False], ids=["verified", "never-verified"])
