@@ -145,8 +145,11 @@ def test_datagrams_a_listener_sends_are_refused_by_type() -> None:
 
 def test_a_replay_is_reported_with_its_sequence_number() -> None:
     m = monitor()
-    send(m, b"p" * 8, 5, 0.1)
-    send(m, b"p" * 8, 5, 0.2)
+    m.handle_timer(0.0)
+    send(m, b"p" * 8, 4, 0.1)  # stale: challenged
+    (challenge,) = out(m)
+    send(m, b"p" * 8, 5, 0.2, (challenge.nonce,))
+    send(m, b"p" * 8, 5, 0.3, (challenge.nonce,))
     (replay,) = [
         e for e in events(m) if isinstance(e, wire.Dropped) and e.reason is wire.Reason.REPLAY
     ]
@@ -215,16 +218,18 @@ def test_a_restarted_primary_is_challenged_and_its_old_boot_forgotten() -> None:
     assert [msg.echo_boot for msg in out(m)] == [b"b" * 8] * CHALLENGE_COPIES
 
 
-def test_a_restarted_primarys_earlier_datagrams_of_its_new_boot_are_replays() -> None:
+def test_a_restarted_primarys_earlier_fresh_datagrams_of_its_new_boot_are_replays() -> None:
     m = monitor()
     m.handle_timer(0.0)
     out(m)
     first = send(m, b"b" * 8, 1, 0.1)  # stale: challenged
     (challenge,) = out(m)
-    send(m, b"b" * 8, 2, 0.2, (challenge.nonce,))
+    fresh = send(m, b"b" * 8, 2, 0.2, (challenge.nonce,))
     assert m.peer_boot == b"b" * 8
-    m.receive_datagram(first, A0, "pub", 0.3)
-    assert m.counters["rejected.replay"] == 1
+    m.receive_datagram(first, A0, "pub", 0.3)  # the stale one again: stale, never recorded
+    assert m.counters["rejected.stale"] == 2 and m.counters["rejected.replay"] == 0
+    m.receive_datagram(fresh, A0, "pub", 0.4)  # the fresh one again: a replay
+    assert m.counters["rejected.replay"] == 1 and m.peer_boot == b"b" * 8
 
 
 def test_an_unverified_boot_heard_again_is_not_challenged_out_of_turn() -> None:

@@ -64,6 +64,11 @@ class ReplayWindow:
         self.highest = -1
         self._bits = 0  # bit i set: highest - i was seen
 
+    def seen(self, seq: int) -> bool:
+        """``seq`` would be refused (a replay, or too old); nothing is recorded."""
+        offset = self.highest - seq
+        return offset >= 0 and (offset >= self.size or bool(self._bits >> offset & 1))
+
     def accept(self, seq: int) -> bool:
         """Record ``seq``; False if it is a replay or too old."""
         if seq > self.highest:

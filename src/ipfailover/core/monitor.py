@@ -104,7 +104,8 @@ class Monitor(MonitorView):
         self._retry_at: float | None = None
         self._failed_takeovers = 0  # in a row: the retry back-off doubles with each
         self.probing = Probing()  # evidence before a takeover (docs/safety.md)
-        self._cut_episode: float | None = None  # when we first heard of the primary's last cut
+        # when we first heard of the primary's last cut, and its number
+        self._cut_episode: tuple[float, int] | None = None
 
     # Inputs ------------------------------------------------------------------------------------
 
@@ -325,23 +326,28 @@ class Monitor(MonitorView):
             if (self.state, Trigger.PEER_LEAVING) in TRANSITIONS:
                 self._fire(Trigger.PEER_LEAVING, now)
         elif msg.cut_off:
-            self._cut_off(now, msg.interval)
+            self._cut_off(now, msg.interval, msg.cut)
 
-    def _cut_off(self, now: float, interval: float) -> None:
+    def _cut_off(self, now: float, interval: float, cut: int) -> None:
         """A fresh, authentic heartbeat says the primary lost carrier on every network and got
         it back moments ago: take over now (a cable that flaps for about the dead time would
         otherwise cost the clients every cut until one outlasted it); while holding, the
         hold-down starts over. Not with FAILOVER_TAKE_ANSWERING=no: its address answers.
 
         The flagged heartbeats of one cut (CUT_FLAG_BEATS rounds, and the answers to our
-        challenges among them) are one report: those within that many of the primary's
-        intervals of the first one we heard change nothing, so that a hold-down counts from
-        the cable's return, not from the last flagged heartbeat."""
+        challenges among them) are one report: those with its number, within that many of the
+        primary's intervals of the first one we heard, change nothing, so that a hold-down counts
+        from the cable's return, not from the last flagged heartbeat. A cable that flaps faster
+        than that (0.5 s out, 0.5 s in at interval 1 s) makes each cut a new number."""
         episode = self._cut_episode
-        if episode is not None and now - episode < wire.CUT_FLAG_BEATS * interval:
+        if (
+            episode is not None
+            and episode[1] == cut
+            and now - episode[0] < wire.CUT_FLAG_BEATS * interval
+        ):
             self.counters["cut-off-repeats"] += 1
             return
-        self._cut_episode = now
+        self._cut_episode = (now, cut)
         self.counters["cut-off"] += 1
         if self.state not in HOLDING and not self.cfg.take_answering:
             self.counters["cut-off-not-taken"] += 1

@@ -92,16 +92,20 @@ class Verifier:
         time, as ``proof`` (the monitor's ``_evidence``) gives it. Raises REPLAY for a duplicate,
         STALE if it echoes no fresh nonce of ours."""
         ch = self.challenger
-        if not ch.window(msg.sender, msg.boot_id).accept(msg.seq):
+        window = ch.window(msg.sender, msg.boot_id)
+        if window.seen(msg.seq):
             raise wire.RemoteProtocolError(wire.Reason.REPLAY, f"seq {msg.seq} seen or too old")
         peer = ch.peers.setdefault(network, _PeerNet())
         source = ch.source(peer, addr, msg, now)
         evidence = proof(msg, now)
         if evidence is None:
             # Nothing a fresh heartbeat relies on changes here: only this (address, boot)'s own
-            # entry, and the budget for challenging unverified sources.
+            # entry, and the budget for challenging unverified sources. Not the replay window:
+            # a stale datagram with a sequence number far ahead (anyone with the key can make
+            # one) would otherwise have the primary's real heartbeats refused as too old.
             ch.challenge_now(peer, addr, msg.boot_id, source, now, box)
             raise wire.RemoteProtocolError(wire.Reason.STALE, "echoes no fresh challenge of ours")
+        window.accept(msg.seq)
         ch.boot(msg.boot_id, now).unanswered = None
         peer.verified = addr
         self.ever_verified = True

@@ -15,11 +15,12 @@ and when a cable comes back -- unless a listener's challenge says it still holds
 case its hand-back triggers the announcement. On a graceful stop it sends LEAVING.
 
 A primary that lost carrier on every network that carries its heartbeats (:meth:`Sender.link_down`)
-for at least CUT_MIN intervals says so when the carrier comes back: its next CUT_FLAG_BEATS rounds
-of heartbeats carry the cut-off flag, and a listener takes the addresses over at once (a
-cable that flaps for about the dead time would otherwise cost the clients every cut until the
-silence happened to outlast it). Its carrier announcement then waits for that listener's
-challenge saying it holds them (and is deferred), or for the flag's window to pass.
+for at least :func:`~ipfailover.core.sender_types.cut_min` says so when the carrier comes back: its
+next CUT_FLAG_BEATS rounds of heartbeats carry the cut-off flag, and a listener takes the
+addresses over at once (a cable that flaps for about the dead time would otherwise cost the
+clients every cut until the silence happened to outlast it). Its carrier announcement then
+waits for that listener's challenge saying it holds them (and is deferred), or for the flag's
+window to pass.
 
 Its states are in :data:`TRANSITIONS`, as the monitor's are: ``awaiting`` (beating; an
 announcement waits to hear whether a listener holds our addresses), ``beating`` and ``left``
@@ -45,7 +46,6 @@ from ipfailover.core.sender_types import *  # noqa: F403
 from ipfailover.core.sender_types import (
     ANNOUNCE_WAIT_BEATS,
     CUT_FLAG_BEATS,
-    CUT_MIN,
     ECHO_HORIZON,
     LEAVING_COPIES,
     MAX_HELD,
@@ -59,6 +59,7 @@ from ipfailover.core.sender_types import (
     SenderConfig,
     _Handback,
     _Listener,
+    cut_min,
 )
 
 LocalProtocolError = wire.LocalProtocolError
@@ -177,13 +178,13 @@ class Sender(HandbackReplies):
     def link_up(self, now: float) -> None:
         """A cable came back: announce our addresses shortly, unless a listener then says it
         still holds them (its hand-back will trigger the announcement instead). After a cut
-        (:meth:`link_down`) of at least CUT_MIN intervals, the next heartbeats carry the cut-off
+        (:meth:`link_down`) of at least :func:`cut_min`, the next heartbeats carry the cut-off
         flag, and the announcement waits for the flag's window, as a listener takes over."""
         cut, self._cut_since = self._cut_since, None
-        if cut is not None and now - cut >= CUT_MIN * self.cfg.interval and not self.stopped:
+        if cut is not None and now - cut >= cut_min(self.cfg.interval) and not self.stopped:
             # the beat now and the next CUT_FLAG_BEATS - 1 (half an interval of slack each way)
             self._cut_flag_until = now + (CUT_FLAG_BEATS - 0.5) * self.cfg.interval
-            self.counters["cuts-reported"] += 1
+            self.counters["cuts-reported"] += 1  # its number tells its heartbeats from the next's
         self._fire(Trigger.LINK_UP, now)
 
     @property
@@ -272,6 +273,7 @@ class Sender(HandbackReplies):
         self.seq += 1
         echoes = self.roster.echoes()
         cut_off = kind is wire.MsgType.HEARTBEAT and now < self._cut_flag_until
+        cut = self.counters["cuts-reported"] % wire.CUT_NUMBERS if cut_off else 0
         msg = wire.Message(
             type=kind,
             sender=self.cfg.node,
@@ -280,6 +282,7 @@ class Sender(HandbackReplies):
             interval=self.cfg.interval,
             echoes=echoes,
             cut_off=cut_off,
+            cut=cut,
         )
         self.counters["sent"] += 1
         if cut_off:

@@ -16,6 +16,7 @@ __all__ = [
     "CONFIRM_COPIES",
     "CUT_FLAG_BEATS",
     "CUT_MIN",
+    "CUT_MIN_SECONDS",
     "ECHO_HORIZON",
     "HANDBACK_ADDRS",
     "LEAVING_COPIES",
@@ -49,7 +50,14 @@ MAX_HANDBACKS = 16  # hand-back ids remembered (copies and replays of one are no
 HANDBACK_ADDRS = 4  # addresses one hand-back is confirmed to (one per network it came over)
 CONFIRM_COPIES = 2  # ANNOUNCED goes out twice to each, back to back, against a single loss
 CUT_MIN = 0.5  # intervals: carrier lost on every network at least this long is a cut worth telling
+CUT_MIN_SECONDS = 0.25  # ... or this long, if shorter: at 1 s, a 0.5 s flap must count every time
 CUT_FLAG_BEATS = wire.CUT_FLAG_BEATS  # heartbeat rounds after the carrier's return with the flag
+
+
+def cut_min(interval: float) -> float:
+    """The shortest loss of carrier on every network that is a cut worth telling: shorter
+    blips cost the clients less than a takeover and a hold-down would disturb them."""
+    return min(CUT_MIN * interval, CUT_MIN_SECONDS)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,7 +7,8 @@ Layout (all integers big-endian), documented in ``docs/protocol.md``::
     5   type       1  MsgType
     6   flags      1  CHALLENGE: bit 0 = the sender holds the primary's addresses;
                       HEARTBEAT: bit 1 = the sender lost carrier on every heartbeat network,
-                      and got it back within the last CUT_FLAG_BEATS intervals; else zero
+                      and got it back within the last CUT_FLAG_BEATS intervals; bits 2-3 =
+                      that cut's number, modulo 4 (zero without bit 1); else zero
     7   name_len   1  1..64
     8   boot_id    8  random per process start
     16  seq        8  per-sender counter, +1 for every datagram
@@ -68,13 +69,18 @@ ECHO_TYPES = frozenset({MsgType.RELEASED, MsgType.CHALLENGE, MsgType.HANDBACK, M
 
 FLAG_HOLDING = 0x01  # CHALLENGE
 FLAG_CUT_OFF = 0x02  # HEARTBEAT
+CUT_SHIFT = 2  # HEARTBEAT: the cut's number, modulo CUT_NUMBERS, in bits 2-3 (with FLAG_CUT_OFF)
+CUT_NUMBERS = 4
 #: Heartbeat rounds after a cut's end that carry FLAG_CUT_OFF (the first echoes a stale nonce and
 #: proves nothing; the others against loss); a listener treats those of one cut as one report.
 CUT_FLAG_BEATS = 4
 
 
 #: The flags each type may carry; any other bit set is malformed.
-_FLAGS = {MsgType.CHALLENGE: FLAG_HOLDING, MsgType.HEARTBEAT: FLAG_CUT_OFF}
+_FLAGS = {
+    MsgType.CHALLENGE: FLAG_HOLDING,
+    MsgType.HEARTBEAT: FLAG_CUT_OFF | (CUT_NUMBERS - 1) << CUT_SHIFT,
+}
 
 Addr = tuple[str, int]
 
@@ -103,6 +109,7 @@ class Message:
     echo_seq: int = 0
     holding: bool = False  # CHALLENGE only: the sender holds the primary's addresses
     cut_off: bool = False  # HEARTBEAT only: the sender was just cut off on every network
+    cut: int = 0  # with cut_off: that cut's number, modulo CUT_NUMBERS (one cut's from the next's)
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.sender):
@@ -123,12 +130,15 @@ class Message:
             raise LocalProtocolError("only a CHALLENGE carries the holding flag")
         if self.cut_off and self.type is not MsgType.HEARTBEAT:
             raise LocalProtocolError("only a HEARTBEAT carries the cut-off flag")
+        if not 0 <= self.cut < CUT_NUMBERS or (self.cut and not self.cut_off):
+            raise LocalProtocolError(f"a cut number is 0..{CUT_NUMBERS - 1}, with the cut-off flag")
 
 
 def encode(msg: Message, key: bytes) -> bytes:
     """Serialize and sign ``msg``."""
     name = msg.sender.encode("utf-8")
     flags = (FLAG_HOLDING if msg.holding else 0) | (FLAG_CUT_OFF if msg.cut_off else 0)
+    flags |= msg.cut << CUT_SHIFT
     head = _HEADER.pack(
         MAGIC, VERSION, msg.type, flags, len(name), msg.boot_id, msg.seq, round(msg.interval * 1e6)
     )
@@ -158,7 +168,10 @@ def decode(data: bytes, key: bytes) -> Message:
     except ValueError:
         raise RemoteProtocolError(Reason.MALFORMED, f"unknown type {mtype}") from None
     allowed = _FLAGS.get(kind, 0)
-    if flags & ~allowed or not 1 <= name_len <= MAX_NAME or interval_us == 0:
+    cut = flags >> CUT_SHIFT & (CUT_NUMBERS - 1) if kind is MsgType.HEARTBEAT else 0
+    if flags & ~allowed or (cut and not flags & FLAG_CUT_OFF):
+        raise RemoteProtocolError(Reason.MALFORMED, "bad header field")
+    if not 1 <= name_len <= MAX_NAME or interval_us == 0:
         raise RemoteProtocolError(Reason.MALFORMED, "bad header field")
     pos = _HEADER.size + name_len
     sender = signed[_HEADER.size : pos].decode("ascii", "replace")
@@ -179,6 +192,7 @@ def decode(data: bytes, key: bytes) -> Message:
         echo_seq=echo_seq,
         holding=bool(flags & FLAG_HOLDING),
         cut_off=bool(flags & FLAG_CUT_OFF),
+        cut=cut,
     )
 
 
