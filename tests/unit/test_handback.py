@@ -12,6 +12,8 @@ from sim import KEY, PRIMARY, SECONDARY, Hand, Sim
 
 from ipfailover.core import wire
 from ipfailover.core.monitor import (
+    RELEASED_COPIES,
+    AcquireOutcome,
     Monitor,
     MonitorConfig,
     Reclaim,
@@ -21,6 +23,7 @@ from ipfailover.core.monitor import (
     handback_wait,
 )
 from ipfailover.core.sender import Announce, Sender, SenderConfig
+from ipfailover.core.sender_types import CONFIRM_COPIES
 
 TARGETS = (("203.0.113.255", 1694), ("198.51.100.255", 1694))
 
@@ -97,6 +100,25 @@ def test_a_lost_request_falls_back_too() -> None:
     assert not any(r == "handback" for _, r in sim.rec.announces)
 
 
+def test_every_handback_and_confirmation_is_counted() -> None:
+    """Two outages, two hand-backs: each HANDBACK request and each ANNOUNCED that ended one
+    counts once; the other copies of the confirmation (CONFIRM_COPIES to each network) arrive
+    after it and count as late."""
+    sim = Sim(failback=3.0)
+    for start in (5.5, 25.5):
+        sim.run_until(start)
+        sim.up = {"pub": False, "priv": False}
+        sim.run_until(start + 10)
+        sim.up = {"pub": True, "priv": True}
+        sim.run_until(start + 19)
+    assert [r for _, r in sim.rec.releases] == [Trigger.PEER_HEARD] * 2
+    assert sim.monitor is not None
+    c = sim.monitor.counters
+    assert c["handback-sent"] == 2
+    assert c["announced"] == c["transitions.announced"] == 2
+    assert c["announced-late"] == 2 * (len(sim.up) * CONFIRM_COPIES - 1)
+
+
 def test_handback_wait_is_one_period_within_bounds() -> None:
     assert handback_wait(1.0) == 0.25
     assert handback_wait(0.1) == 0.1
@@ -135,6 +157,70 @@ def test_a_restarted_primary_starts_the_holddown_within_a_round_trip() -> None:
     first = first_delivery_after(sim, 12.3)
     start = next(at for at, _, new, _ in states(sim) if new is State.HOLDDOWN)
     assert start <= first + 2 * sim.latency + 1e-9
+
+
+def taken_over() -> tuple[Monitor, Hand, list[bytes]]:
+    """A standby monitor driven by hand: the primary is verified at 0.1 and answers the round
+    at 1.0, then falls silent; the secondary takes over at 5.0 (``since``), just after its round
+    at 5.0. Returns the nonces of the rounds at 0, 1, ..., 5 (index = issue time)."""
+    cfg = MonitorConfig(
+        node="secondary", key=KEY, period=1.0, deadtime=3.0, failback_delay=3.0, networks=("pub",)
+    )
+    m = Monitor(cfg, rng=random.Random(1).randbytes, now=0.0)
+    hand = Hand(m)
+    m.handle_timer(0.0)
+    hand.beat((), 0.05)  # a new primary: challenged at once
+    nonces = [hand.nonce()]
+    hand.beat((nonces[0],), 0.1)
+    for k in range(1, 6):
+        if k == 5:
+            assert m.state is State.PROBING and m._probe_out is not None
+            m.probe_done(4.5, m._probe_out, {})
+            assert m.state is State.ACQUIRING
+        m.handle_timer(float(k))
+        nonces.append(hand.nonce())
+        if k == 1:
+            hand.beat((nonces[1],), 1.1)  # alive until 4.1: silent after that
+        if k == 4:
+            m.handle_timer(4.2)
+    m.acquire_done(5.0, AcquireOutcome.DONE)
+    assert m.state is State.ACTIVE and m.since == 5.0
+    assert m.datagrams_to_send() == []
+    drain(m)
+    return m, hand, nonces
+
+
+def challenges(m: Monitor) -> list[tuple[bytes, wire.Addr]]:
+    out = [(wire.decode(d, KEY), a) for d, a in m.datagrams_to_send()]
+    assert all(msg.type is wire.MsgType.CHALLENGE for msg, _ in out)
+    return [(msg.nonce, a) for msg, a in out]
+
+
+@pytest.mark.parametrize("echoed", [3, 4], ids=["two-rounds-old", "at-the-takeover"])
+def test_a_primary_echoing_a_nonce_from_before_the_takeover_is_challenged_at_once(
+    echoed: int,
+) -> None:
+    """Its heartbeat proves life only up to the takeover (evidence 3.0, or exactly 5.0, the
+    takeover's time): not enough to start the hold-down (that takes life after the takeover),
+    so the secondary challenges it at once, both copies, with the latest nonce, and its answer
+    starts the hold-down one round trip later instead of at the next round (6.0)."""
+    m, hand, nonces = taken_over()
+    hand.beat((nonces[echoed],), 5.3)
+    assert m.state is State.ACTIVE
+    assert challenges(m) == [(nonces[5], PRIMARY["pub"])] * 2
+    hand.beat((nonces[5],), 5.31)
+    assert m.state is State.HOLDDOWN
+    assert m.since == 5.31
+
+
+def test_a_primary_echoing_the_latest_nonce_is_not_challenged_again() -> None:
+    """One that has our round's nonce already needs no extra challenge: the hold-down starts,
+    and nothing is sent until the next round."""
+    m, hand, nonces = taken_over()
+    hand.beat((nonces[5],), 5.3)
+    assert m.state is State.HOLDDOWN
+    assert m.datagrams_to_send() == []
+    assert m.get_timer() == 6.0
 
 
 # Abandoned hand-backs -----------------------------------------------------------------------
@@ -187,7 +273,7 @@ def test_a_primary_silent_after_the_request_is_reclaimed_not_released() -> None:
     m.handle_timer(10.21)
     assert m.state is State.ACTIVE
     evs = drain(m)
-    assert any(isinstance(e, Reclaim) for e in evs)
+    assert [e for e in evs if isinstance(e, Reclaim)] == [Reclaim(at=10.21)]
     assert not any(isinstance(e, Release) for e in evs)
 
 
@@ -219,18 +305,34 @@ def test_only_the_verified_primary_answering_this_handback_releases() -> None:
         announced(m, request.nonce, seq=5),  # a sequence number the primary used long ago
     ]
 
-    def rejected() -> int:
-        return sum(v for k, v in m.counters.items() if k.startswith("rejected."))
+    def rejected() -> dict[str, int]:
+        return {k: v for k, v in m.counters.items() if k.startswith("rejected.")}
 
     before = rejected()
+    drain(m)
     for dg in bad:
         m.receive_datagram(dg, PRIMARY["pub"], "pub", 10.12)
         assert m.state is State.HANDBACK
-    assert rejected() - before == len(bad)
+    # each is logged (`dropped reason=... detail=...`) and counted by reason (status shows them)
+    dropped = [(e.reason, e.detail) for e in drain(m) if isinstance(e, wire.Dropped)]
+    assert dropped == [
+        (wire.Reason.STALE, "ANNOUNCED answers no hand-back"),
+        (wire.Reason.STALE, "ANNOUNCED not from the verified primary to this boot"),
+        (wire.Reason.STALE, "ANNOUNCED not from the verified primary to this boot"),
+        (wire.Reason.REPLAY, "seq 5 seen or too old"),
+    ]
+    after = rejected()
+    assert after["rejected.stale"] - before.get("rejected.stale", 0) == 3
+    assert after["rejected.replay"] - before.get("rejected.replay", 0) == 1
+    assert m.counters["announced"] == 0
     m.receive_datagram(announced(m, request.nonce, seq=101), PRIMARY["pub"], "pub", 10.13)
     assert m.state is State.RELEASING
-    m.receive_datagram(announced(m, request.nonce, seq=102), PRIMARY["pub"], "pub", 10.13)
-    assert m.counters["announced-late"] == 1  # its copy: counted, nothing else
+    assert m.counters["announced"] == 1
+    for seq in (102, 103):
+        m.receive_datagram(announced(m, request.nonce, seq=seq), PRIMARY["pub"], "pub", 10.13)
+    assert m.counters["announced-late"] == 2  # its copies: counted, nothing else
+    assert m.counters["announced"] == 1
+    assert rejected() == after
 
 
 # heartbeatd's side ----------------------------------------------------------------------------
@@ -361,3 +463,91 @@ def test_two_heartbeats_answering_one_challenge_are_one_round_of_the_holddown() 
     m.handle_timer(10.1)
     assert m.state is State.HOLDDOWN  # five rounds of ten: not steady, it starts over
     assert m.counters["holddown-restarts"] == 1
+
+
+@pytest.mark.parametrize(
+    ("heard", "steady"),
+    [((11, 13, 15, 17, 18, 19), True), ((11, 13, 15, 17, 19), False)],
+    ids=["seven-of-ten", "six-of-ten"],
+)
+def test_a_holddown_that_starts_over_counts_its_rounds_afresh(
+    heard: tuple[int, ...], steady: bool
+) -> None:
+    """A hold-down that starts over (the primary was heard in too few rounds) counts its rounds
+    from none, and from the last heartbeat it heard, not from the instant it starts over: the
+    primary's next answer, just after, is the new hold-down's first round. Seven of its ten
+    rounds make it steady (the hand-back), six start it over again."""
+    m, hand = holding_monitor(failback=10.0)
+    m.handle_timer(0.0)
+    hand.beat((), 0.05)  # stale: answered at once with a challenge
+    hand.beat((hand.nonce(),), 0.1)  # the hold-down starts: until 10.1
+    for k in range(1, 11):
+        m.handle_timer(float(k))
+        n = hand.nonce()
+        if k in (1, 3, 5, 7, 8):  # six rounds of ten, counting the first: not steady
+            hand.beat((n,), k + 0.1)
+    m.handle_timer(10.1)
+    assert m.state is State.HOLDDOWN
+    assert m.counters["holddown-restarts"] == 1
+    assert m.holddown_until == pytest.approx(20.1)
+    hand.beat((n,), 10.15)  # its regular beat echoes round 10's nonce: the first round
+    for k in range(11, 21):
+        m.handle_timer(float(k))
+        n = hand.nonce()
+        if k in heard:
+            hand.beat((n,), k + 0.1)
+    m.handle_timer(20.1)
+    if steady:
+        assert m.state is State.HANDBACK
+        assert m.counters["holddown-restarts"] == 1
+    else:
+        assert m.state is State.HOLDDOWN
+        assert m.counters["holddown-restarts"] == 2
+        assert m.holddown_until == pytest.approx(30.1)
+
+
+@pytest.mark.parametrize(
+    ("every", "steady"), [(1, True), (3, False)], ids=["every-round", "every-third-round"]
+)
+def test_a_holddown_counts_challenge_rounds_not_seconds(every: int, steady: bool) -> None:
+    """At a period of 0.5 s a 5 s hold-down is ten rounds: a primary heard in every third of
+    them (four of ten, alive all along) is not steady and the hold-down starts over; one heard
+    in every round gets its addresses back."""
+    cfg = MonitorConfig(
+        node="secondary", key=KEY, period=0.5, deadtime=1.5, failback_delay=5.0, networks=("pub",)
+    )
+    m = Monitor(cfg, rng=random.Random(1).randbytes, now=0.0, holding=True)
+    hand = Hand(m)
+    m.handle_timer(0.0)
+    hand.beat((), 0.05)  # stale: answered at once with a challenge
+    hand.beat((hand.nonce(),), 0.1)  # the hold-down starts: until 5.1
+    for k in range(1, 11):
+        m.handle_timer(k * 0.5)
+        n = hand.nonce()
+        if k % every == 0:
+            hand.beat((n,), k * 0.5 + 0.05)
+    assert m.holddown_until == pytest.approx(5.1)
+    m.handle_timer(5.1)
+    assert m.state is (State.HANDBACK if steady else State.HOLDDOWN)
+    assert m.counters["holddown-restarts"] == (0 if steady else 1)
+
+
+@pytest.mark.parametrize("verified", [True, False], ids=["verified", "never-verified"])
+def test_released_at_shutdown_goes_to_the_verified_primary_only(verified: bool) -> None:
+    """Stopping while holding: RELEASED_COPIES at once to the verified primary, and counted.
+    A secondary that started holding and never verified a primary has no one to tell: it sends
+    nothing, and counts nothing as sent."""
+    m, hand = holding_monitor()
+    m.handle_timer(0.0)
+    if verified:
+        hand.beat((), 0.05)
+        hand.beat((hand.nonce(),), 0.1)
+        assert m.state is State.HOLDDOWN
+    m.datagrams_to_send()
+    m.shutdown(0.5)
+    m.release_done(0.6, ok=True)
+    assert m.state is State.STOPPED
+    out = [(wire.decode(d, KEY).type, a) for d, a in m.datagrams_to_send()]
+    copies = RELEASED_COPIES if verified else 0
+    assert out == [(wire.MsgType.RELEASED, PRIMARY["pub"])] * copies
+    assert m.counters["released-sent"] == copies

@@ -68,6 +68,7 @@ def test_failed_takeovers_back_off_in_the_core() -> None:
     for _ in range(7):
         m.acquire_done(now, AcquireOutcome.FAILED)
         (retry,) = [e for e in events(m) if isinstance(e, AcquireRetry)]
+        assert retry.at == now  # logged as acquire-retry when the takeover failed
         waits.append(retry.after)
         assert m.state is State.DECLINED
         t = retry_until_acquiring(m, now)
@@ -96,8 +97,16 @@ def test_the_old_form_still_works() -> None:
     m = acquiring()
     m.acquire_done(3.0, ok=True)
     assert m.state is State.ACTIVE
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalProtocolError, match=r"^no transition from ACTIVE on ACQUIRED$"):
         m.acquire_done(3.1, AcquireOutcome.DONE)  # nothing is being acquired
+
+
+def test_acquire_done_without_an_outcome_says_so() -> None:
+    """A shell bug (neither an outcome nor ``ok``) is named as such, not as a transition."""
+    m = acquiring()
+    with pytest.raises(LocalProtocolError, match=r"^acquire_done needs an outcome$"):
+        m.acquire_done(3.1)
+    assert m.state is State.ACQUIRING
 
 
 class Flapping(Monitor):
@@ -118,9 +127,13 @@ def test_a_cascade_that_does_not_settle_raises() -> None:
         node="s", key=KEY, period=1.0, deadtime=3.0, failback_delay=1.0, networks=("pub",)
     )
     m = Flapping(cfg, rng=random.Random(0).randbytes, now=0.0, holding=True)
-    with pytest.raises(LocalProtocolError, match="do not settle"):
+    with pytest.raises(LocalProtocolError) as err:
         m.handle_timer(0.0)
     assert MAX_CASCADE == 4
+    # the error names the state and the chain of triggers, for the bug report
+    assert str(err.value) == (
+        "triggers do not settle in ACTIVE: peer-heard peer-silent peer-heard peer-silent peer-heard"
+    )
 
 
 def test_kinds_and_reasons_are_enums_with_the_log_words() -> None:
