@@ -92,6 +92,7 @@ class Sender(HandbackReplies):
         self._pending_announce: tuple[float, float, AnnounceReason] | None = None
         self._cut_since: float | None = None  # carrier lost on every network since then
         self._cut_flag_until = -math.inf  # heartbeats before this carry the cut-off flag
+        self._cuts = 0  # cuts told since start-up: the last one's number marks its heartbeats
         self._await_listeners(now, AnnounceReason.START)
 
     @property
@@ -184,7 +185,8 @@ class Sender(HandbackReplies):
         if cut is not None and now - cut >= cut_min(self.cfg.interval) and not self.stopped:
             # the beat now and the next CUT_FLAG_BEATS - 1 (half an interval of slack each way)
             self._cut_flag_until = now + (CUT_FLAG_BEATS - 0.5) * self.cfg.interval
-            self.counters["cuts-reported"] += 1  # its number tells its heartbeats from the next's
+            self._cuts += 1
+            self.counters["cuts-reported"] += 1
         self._fire(Trigger.LINK_UP, now)
 
     @property
@@ -273,7 +275,7 @@ class Sender(HandbackReplies):
         self.seq += 1
         echoes = self.roster.echoes()
         cut_off = kind is wire.MsgType.HEARTBEAT and now < self._cut_flag_until
-        cut = self.counters["cuts-reported"] % wire.CUT_NUMBERS if cut_off else 0
+        cut = self._cuts % wire.CUT_NUMBERS if cut_off else 0
         msg = wire.Message(
             type=kind,
             sender=self.cfg.node,

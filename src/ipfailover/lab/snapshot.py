@@ -81,6 +81,7 @@ SENDER_CORE = (
     "_pending_announce",
     "_cut_since",
     "_cut_flag_until",
+    "_cuts",
     "_replies",
 )
 
